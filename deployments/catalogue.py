@@ -1,0 +1,62 @@
+"""The job catalogue: job type -> deployment -> pool. prefect.yaml must agree (a test checks)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from deployments.queues import QUEUES_BY_NAME, Priority, Queue
+from flows.params import JobType
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One Prefect deployment: a flow served by one work pool."""
+
+    flow_name: str
+    name: str
+    entrypoint: str
+    queue: Queue
+
+    @property
+    def full_name(self) -> str:
+        """The `flow/deployment` name that `run_deployment` and the CLI take."""
+        return f"{self.flow_name}/{self.name}"
+
+
+BACKUP = Deployment("backup", "backup", "flows/backup.py:backup", QUEUES_BY_NAME["backup"])
+SCAN = Deployment("scan", "scan", "flows/scan.py:scan", QUEUES_BY_NAME["scan"])
+UPDATE = Deployment("update", "update", "flows/update.py:update", QUEUES_BY_NAME["update"])
+
+DEPLOYMENTS: tuple[Deployment, ...] = (BACKUP, SCAN, UPDATE)
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a job type runs and where."""
+
+    type: JobType
+    deployment: Deployment
+
+    @property
+    def queue(self) -> Queue:
+        return self.deployment.queue
+
+    @property
+    def default_priority(self) -> Priority:
+        return self.deployment.queue.default_priority
+
+
+CATALOGUE: dict[JobType, Job] = {
+    JobType.BACKUP_MANUAL: Job(JobType.BACKUP_MANUAL, BACKUP),
+    JobType.BACKUP_SCHEDULED: Job(JobType.BACKUP_SCHEDULED, BACKUP),
+    JobType.SCAN_FULL: Job(JobType.SCAN_FULL, SCAN),
+    JobType.SCAN_QUICK: Job(JobType.SCAN_QUICK, SCAN),
+    JobType.UPDATE_SERVER: Job(JobType.UPDATE_SERVER, UPDATE),
+}
+
+#: Tag on every flow run naming its job type, so runs can be filtered by type in the UI and API.
+JOB_TYPE_TAG_PREFIX = "job:"
+
+
+def job_type_tag(job_type: JobType) -> str:
+    return f"{JOB_TYPE_TAG_PREFIX}{job_type.value}"

@@ -1,0 +1,85 @@
+"""The backup flow: `backup:manual` and `backup:scheduled` jobs on the backup pool."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from uuid import UUID
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from flows.params import BackupJob, BackupOptions
+from tasks.backup import (
+    complete_backup_record,
+    create_backup_record,
+    fail_backup_record,
+    plan_backup,
+    run_hook,
+    transfer_archive,
+)
+from tasks.inventory import BackupSpec, Server
+from tasks.progress import Progress
+from tasks.repository import BackupStatus
+from tasks.servers import find_server
+
+
+@flow(name="backup", flow_run_name="{job_type} {server_id}")
+def backup(
+    server_id: UUID,
+    backup_id: UUID | None = None,
+    user_id: str | None = None,
+    job_type: BackupJob = "backup:manual",
+    options: BackupOptions | None = None,
+) -> dict[str, Any]:
+    """Back up a server's paths into the repository; one archive per backup id, ever."""
+    began = time.monotonic()
+    options = options or BackupOptions()
+    job_id = UUID(flow_run.get_id()) if flow_run.get_id() else None
+    # A scheduled run has no id from a caller; its flow-run id keeps re-runs idempotent.
+    backup_id = backup_id or job_id
+    if backup_id is None:
+        raise ValueError("backup_id is required when not running as a flow run")
+    progress = Progress.start()
+    progress.milestone(10, "started")
+    server = find_server(server_id)
+    plan = plan_backup(server, options)
+    progress.milestone(20, "server verified")
+    manifest = create_backup_record(server, backup_id, job_id, user_id, job_type, plan)
+    progress.milestone(30, "backup record created")
+    if manifest.status is not BackupStatus.COMPLETED:
+        assert server.backup is not None
+        spec = server.backup
+        try:
+            if spec.pre:
+                run_hook(server, "pre", spec.pre)
+            manifest = transfer_archive(server, manifest, plan, progress)
+        except BaseException as exc:
+            fail_backup_record(manifest, str(exc))
+            _run_post(server, spec)
+            raise
+        # Restart what pre stopped before the (slower) verification.
+        post_error = _run_post(server, spec)
+        manifest = complete_backup_record(manifest)
+        if post_error is not None:
+            raise post_error
+    progress.milestone(100, "backup record updated")
+    return {
+        "backupId": str(manifest.backup_id),
+        "status": manifest.status.value,
+        "size": manifest.size,
+        "fileCount": manifest.file_count,
+        "sha256": manifest.sha256,
+        "duration": round(time.monotonic() - began, 3),
+    }
+
+
+def _run_post(server: Server, spec: BackupSpec) -> Exception | None:
+    """Run the post command whatever happened before; its failure is returned, not raised."""
+    if not spec.post:
+        return None
+    try:
+        run_hook(server, "post", spec.post)
+    except Exception as exc:
+        return exc
+    return None

@@ -1,0 +1,55 @@
+"""The parameters of each flow: what a job asks for. Plain pydantic, no Prefect, no SSH."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+
+class JobType(StrEnum):
+    """The job types of the original system, each a flow run of one deployment."""
+
+    #: A backup someone asked for.
+    BACKUP_MANUAL = "backup:manual"
+    #: A backup started by a server's cron schedule.
+    BACKUP_SCHEDULED = "backup:scheduled"
+    #: OS, hardware, disks, containers and services of a server.
+    SCAN_FULL = "scan:full"
+    #: A connectivity check: uptime and OS.
+    SCAN_QUICK = "scan:quick"
+    #: The server's update command.
+    UPDATE_SERVER = "update:server"
+
+
+BackupJob = Literal["backup:manual", "backup:scheduled"]
+ScanJob = Literal["scan:full", "scan:quick"]
+
+
+class BackupOptions(BaseModel):
+    """Options of a backup request, as the original API takes them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backup_type: Literal["full"] = "full"
+    #: True picks zstd (gzip when the server has no zstd); a name picks that codec.
+    compression: bool | Literal["none", "gzip", "zstd"] = False
+    encryption: bool = False
+
+    @field_validator("encryption")
+    @classmethod
+    def _no_encryption_yet(cls, value: bool) -> bool:
+        if value:
+            raise ValueError(
+                "encryption is not supported yet; keep the backup repository on an encrypted disk"
+            )
+        return value
+
+    @property
+    def wanted_compression(self) -> Literal["none", "gzip", "zstd", "auto"]:
+        if self.compression is True:
+            return "auto"
+        if self.compression is False:
+            return "none"
+        return self.compression

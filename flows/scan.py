@@ -1,0 +1,51 @@
+"""The scan flow: `scan:full` and `scan:quick` jobs on the scan pool."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from uuid import UUID
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from flows.params import ScanJob
+from tasks.progress import Progress
+from tasks.scan import create_scan_record, fail_scan_record, scan_server, store_scan_results
+from tasks.servers import find_server, verify_server
+
+
+@flow(name="scan", flow_run_name="{job_type} {server_id}")
+def scan(
+    server_id: UUID,
+    scan_id: UUID | None = None,
+    user_id: str | None = None,
+    job_type: ScanJob = "scan:full",
+) -> dict[str, Any]:
+    """Collect a server's inventory (full) or check that it answers (quick)."""
+    began = time.monotonic()
+    job_id = UUID(flow_run.get_id()) if flow_run.get_id() else None
+    scan_id = scan_id or job_id
+    if scan_id is None:
+        raise ValueError("scan_id is required when not running as a flow run")
+    progress = Progress.start()
+    progress.milestone(10, "started")
+    server = find_server(server_id)
+    verify_server(server)
+    progress.milestone(20, "server verified")
+    record = create_scan_record(server, scan_id, job_id, user_id, job_type)
+    progress.milestone(30, "scan record created")
+    try:
+        results = scan_server(server, job_type == "scan:quick", progress)
+    except BaseException as exc:
+        fail_scan_record(record, str(exc))
+        raise
+    store_scan_results(record, results)
+    progress.milestone(90, "results stored")
+    progress.milestone(100, "done")
+    return {
+        "scanId": str(scan_id),
+        "status": "completed",
+        "results": results,
+        "duration": round(time.monotonic() - began, 3),
+    }

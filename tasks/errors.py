@@ -1,0 +1,96 @@
+"""The errors of the work layer, and which of them are worth a retry.
+
+    JobError
+    ├── PermanentError            fail at once: retrying cannot help
+    │   ├── InventoryError        the inventory file is missing or invalid
+    │   ├── ServerNotFound        no server with that id in the inventory
+    │   ├── InvalidOptions        the job's options cannot be honoured
+    │   ├── SSHAuthError          the server refused our key
+    │   ├── HostKeyUnknown        the server's key is not in the known-hosts file
+    │   ├── HostKeyMismatch       the server's key differs from the known one
+    │   ├── RemotePathMissing     a path to back up does not exist on the server
+    │   ├── RemoteCommandFailed   a remote command exited non-zero
+    │   └── ArchiveInvalid        an archive does not match its manifest
+    └── TransientError            retried with backoff: the next try may work
+        ├── SSHConnectError       refused, unreachable, or dropped during the handshake
+        ├── SSHTimeout            connect or read timed out (a hung target)
+        └── SSHDisconnected       the channel dropped in the middle of the work
+
+Each class's docstring is its message when raised without arguments. `tasks.ssh` translates
+paramiko and socket exceptions into this tree in one place.
+"""
+
+from __future__ import annotations
+
+
+class JobError(Exception):
+    """A job failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or type(self).__name__).strip())
+
+
+class PermanentError(JobError):
+    """The job cannot succeed as asked; it is not retried."""
+
+
+class TransientError(JobError):
+    """The job may succeed on a later try."""
+
+
+class InventoryError(PermanentError):
+    """The server inventory is missing or invalid."""
+
+
+class ServerNotFound(PermanentError):
+    """No server with that id is in the inventory."""
+
+
+class InvalidOptions(PermanentError):
+    """The job's options cannot be honoured."""
+
+
+class SSHAuthError(PermanentError):
+    """The server refused our key."""
+
+
+class HostKeyUnknown(PermanentError):
+    """The server's host key is not in the known-hosts file."""
+
+
+class HostKeyMismatch(PermanentError):
+    """The server's host key differs from the one in the known-hosts file."""
+
+
+class RemotePathMissing(PermanentError):
+    """A path to back up does not exist on the server."""
+
+
+class RemoteCommandFailed(PermanentError):
+    """A remote command exited with a non-zero status."""
+
+    def __init__(self, message: str, exit_status: int, stderr_tail: str = "") -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
+        self.stderr_tail = stderr_tail
+
+
+class ArchiveInvalid(PermanentError):
+    """The archive does not match its manifest."""
+
+
+class SSHConnectError(TransientError):
+    """The server could not be reached."""
+
+
+class SSHTimeout(TransientError):
+    """The server stopped answering."""
+
+
+class SSHDisconnected(TransientError):
+    """The connection to the server dropped."""
+
+
+def is_retryable(exc: BaseException | None) -> bool:
+    """Whether a task that raised `exc` should go on to its retry policy."""
+    return not isinstance(exc, PermanentError)

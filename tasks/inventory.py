@@ -1,0 +1,154 @@
+"""The server inventory: a YAML file of the servers we back up, scan and update."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+from uuid import UUID
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from tasks.errors import InventoryError, ServerNotFound
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _remote_path(path: str) -> str:
+    """A remote path is absolute, has no `..` part and no control characters."""
+    if not path.startswith("/"):
+        raise ValueError(f"{path!r} is not an absolute path")
+    if _CONTROL.search(path):
+        raise ValueError(f"{path!r} contains a control character")
+    if ".." in path.split("/"):
+        raise ValueError(f"{path!r} contains a '..' part")
+    return path
+
+
+def _cron(expression: str) -> str:
+    # Prefect's own schedule model decides what a valid cron is, so the bootstrap never fails later.
+    from prefect.client.schemas.schedules import CronSchedule
+
+    CronSchedule(cron=expression)
+    return expression
+
+
+RemotePath = Annotated[str, AfterValidator(_remote_path)]
+LocalPath = Annotated[Path, AfterValidator(lambda p: p.expanduser())]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BackupSpec(_Model):
+    """What to back up on a server, when, and what to run around it."""
+
+    paths: list[RemotePath] = Field(min_length=1)
+    #: Cron expression (UTC unless `timezone` is set); each tick runs a `backup:scheduled` job.
+    schedule: Annotated[str, AfterValidator(_cron)] | None = None
+    timezone: str = "UTC"
+    #: Shell command run before the transfer, e.g. to stop a container.
+    pre: str | None = None
+    #: Shell command run after the transfer, also when the backup failed.
+    post: str | None = None
+
+
+class UpdateSpec(_Model):
+    """How a server updates its software."""
+
+    command: str | None = None
+    #: Seconds the update command may run before it counts as hung.
+    timeout: float = Field(3600.0, gt=0)
+
+
+class Server(_Model):
+    """One server of the inventory."""
+
+    id: UUID
+    name: str = Field(min_length=1, max_length=128)
+    host: str = Field(min_length=1, max_length=255)
+    port: int = Field(22, ge=1, le=65535)
+    username: str = Field(min_length=1, max_length=64)
+    private_key_file: LocalPath
+    known_hosts_file: LocalPath = Path("~/.ssh/known_hosts").expanduser()
+    backup: BackupSpec | None = None
+    update: UpdateSpec | None = None
+
+    @field_validator("name", "host", "username")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if _CONTROL.search(value):
+            raise ValueError("contains a control character")
+        return value
+
+
+class Inventory(_Model):
+    """All servers, by id."""
+
+    servers: list[Server] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> Inventory:
+        seen: set[UUID] = set()
+        for server in self.servers:
+            if server.id in seen:
+                raise ValueError(f"server id {server.id} appears twice")
+            seen.add(server.id)
+        return self
+
+    def get(self, server_id: UUID | str) -> Server:
+        """The server with this id, or `ServerNotFound`."""
+        wanted = str(server_id)
+        for server in self.servers:
+            if str(server.id) == wanted:
+                return server
+        raise ServerNotFound(f"no server with id {wanted} in the inventory")
+
+
+def load_inventory(path: Path) -> Inventory:
+    """Read and validate the inventory; errors name the file, the server and the field."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InventoryError(f"{path}: inventory file not found (set MM_INVENTORY)") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise InventoryError(f"{path}: cannot read the inventory: {exc}") from None
+    if raw is None:
+        raw = {"servers": []}
+    try:
+        return Inventory.model_validate(raw)
+    except ValidationError as exc:
+        raise InventoryError(_describe(path, raw, exc)) from None
+
+
+def _describe(path: Path, raw: Any, exc: ValidationError) -> str:
+    """One line per problem: `file: server #N (name): field.path: message`."""
+    lines = []
+    for error in exc.errors():
+        loc = list(error["loc"])
+        where = str(path)
+        if len(loc) >= 2 and loc[0] == "servers" and isinstance(loc[1], int):
+            index = loc[1]
+            name = "?"
+            servers = raw.get("servers") if isinstance(raw, dict) else None
+            if (
+                isinstance(servers, list)
+                and index < len(servers)
+                and isinstance(servers[index], dict)
+            ):
+                name = str(servers[index].get("name", "?"))
+            where += f": server #{index + 1} ({name})"
+            loc = loc[2:]
+        field = ".".join(str(part) for part in loc) or "(whole entry)"
+        lines.append(f"{where}: {field}: {error['msg']}")
+    return "\n".join(lines)

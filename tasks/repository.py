@@ -1,0 +1,201 @@
+"""The backup repository on local disk: one archive and one manifest per backup.
+
+Layout: `<root>/<serverId>/<backupId>.tar[.gz|.zst]` beside `<backupId>.json`. Ids are UUIDs,
+so no id can name a path outside the root. Archives are written through `atomic_file`; the
+manifest says `completed` only after the archive is renamed into place and verified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
+from tasks.atomic import HashingWriter, atomic_file, write_atomic
+from tasks.errors import ArchiveInvalid, InvalidOptions
+
+Compression = Literal["none", "gzip", "zstd"]
+
+#: File suffix and the flag that makes GNU tar read it.
+CODECS: dict[str, tuple[str, list[str]]] = {
+    "none": (".tar", []),
+    "gzip": (".tar.gz", ["--gzip"]),
+    "zstd": (".tar.zst", ["--zstd"]),
+}
+
+
+class BackupStatus(StrEnum):
+    """Where a backup stands, as its manifest records it."""
+
+    #: The transfer is under way (or was, when a crash interrupted it).
+    RUNNING = "running"
+    #: The archive is in place and matched its checksum.
+    COMPLETED = "completed"
+    #: The backup failed; any partial archive was removed.
+    FAILED = "failed"
+
+
+class Manifest(BaseModel):
+    """What we know of one backup; written as camelCase JSON beside the archive."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+    backup_id: UUID
+    server_id: UUID
+    server_name: str
+    user_id: str | None = None
+    job_id: UUID | None = None
+    job_type: str
+    type: Literal["full"] = "full"
+    compression: Compression = "none"
+    paths: list[str]
+    archive: str
+    size: int | None = None
+    file_count: int | None = None
+    sha256: str | None = None
+    started_at: datetime
+    finished_at: datetime | None = None
+    status: BackupStatus = BackupStatus.RUNNING
+    error: str | None = None
+
+
+class Verification(BaseModel):
+    """The result of checking an archive against its manifest."""
+
+    backup_id: UUID
+    size: int
+    sha256: str
+    file_count: int
+
+
+class BackupRepository:
+    """Archives and manifests under one root directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def server_dir(self, server_id: UUID) -> Path:
+        return self.root / str(UUID(str(server_id)))
+
+    def manifest_path(self, server_id: UUID, backup_id: UUID) -> Path:
+        return self.server_dir(server_id) / f"{UUID(str(backup_id))}.json"
+
+    def archive_path(self, manifest: Manifest) -> Path:
+        return self.server_dir(manifest.server_id) / manifest.archive
+
+    @staticmethod
+    def archive_name(backup_id: UUID, compression: Compression) -> str:
+        return f"{UUID(str(backup_id))}{CODECS[compression][0]}"
+
+    def read(self, server_id: UUID, backup_id: UUID) -> Manifest | None:
+        path = self.manifest_path(server_id, backup_id)
+        try:
+            return Manifest.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            return None
+
+    def save(self, manifest: Manifest) -> None:
+        write_atomic(
+            self.manifest_path(manifest.server_id, manifest.backup_id),
+            manifest.model_dump_json(by_alias=True, indent=2).encode(),
+        )
+
+    def find(self, backup_id: UUID | str) -> Manifest:
+        """The manifest of a backup, whichever server it belongs to."""
+        try:
+            wanted = UUID(str(backup_id))
+        except ValueError:
+            raise InvalidOptions(f"{backup_id!r} is not a backup id (a UUID)") from None
+        for path in self.root.glob(f"*/{wanted}.json"):
+            return Manifest.model_validate_json(path.read_bytes())
+        raise InvalidOptions(f"no backup {wanted} in {self.root}")
+
+    def list(self, server_id: UUID) -> list[Manifest]:
+        """Backups of a server, oldest first."""
+        manifests = [
+            Manifest.model_validate_json(path.read_bytes())
+            for path in self.server_dir(server_id).glob("*.json")
+        ]
+        return sorted(manifests, key=lambda m: m.started_at)
+
+    def open_archive(self, manifest: Manifest) -> AbstractContextManager[HashingWriter]:
+        """A writer for the archive; see `atomic_file` (nothing visible until it succeeds)."""
+        self.remove_partials(manifest)
+        return atomic_file(self.archive_path(manifest), temp_prefix=f".{manifest.backup_id}.")
+
+    def remove_partials(self, manifest: Manifest) -> None:
+        """Temp files a crashed earlier attempt of this backup left behind."""
+        for stale in self.server_dir(manifest.server_id).glob(f".{manifest.backup_id}.*.partial"):
+            stale.unlink(missing_ok=True)
+
+    def verify(self, manifest: Manifest) -> Verification:
+        """Check size and sha256 against the manifest and that tar can list every member."""
+        path = self.archive_path(manifest)
+        if not path.is_file():
+            raise ArchiveInvalid(f"backup {manifest.backup_id}: archive {path} is missing")
+        digest = hashlib.sha256()
+        size = 0
+        with path.open("rb", buffering=0) as archive:
+            while chunk := archive.read(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+        if manifest.sha256 is not None and digest.hexdigest() != manifest.sha256:
+            raise ArchiveInvalid(
+                f"backup {manifest.backup_id}: sha256 {digest.hexdigest()} does not match "
+                f"the manifest's {manifest.sha256}"
+            )
+        if manifest.size is not None and size != manifest.size:
+            raise ArchiveInvalid(
+                f"backup {manifest.backup_id}: {size} bytes, the manifest says {manifest.size}"
+            )
+        return Verification(
+            backup_id=manifest.backup_id,
+            size=size,
+            sha256=digest.hexdigest(),
+            file_count=count_files(path, manifest.compression),
+        )
+
+    def restore(self, manifest: Manifest, destination: Path, *, overwrite: bool = False) -> Path:
+        """Verify the archive, then unpack it into `destination` (empty unless `overwrite`)."""
+        self.verify(manifest)
+        destination.mkdir(parents=True, exist_ok=True)
+        if not overwrite and any(destination.iterdir()):
+            raise InvalidOptions(f"{destination} is not empty; pass overwrite to restore into it")
+        _tar(
+            [
+                "--extract",
+                "--file",
+                str(self.archive_path(manifest)),
+                "--directory",
+                str(destination),
+                *CODECS[manifest.compression][1],
+            ]
+        )
+        return destination
+
+
+def count_files(archive: Path, compression: Compression) -> int:
+    """Regular files in a tar archive; fails with `ArchiveInvalid` if tar cannot read it all."""
+    listing = _tar(["--list", "--verbose", "--file", str(archive), *CODECS[compression][1]])
+    return sum(1 for line in listing.splitlines() if line.startswith("-"))
+
+
+def _tar(args: list[str]) -> str:
+    result = subprocess.run(
+        ["tar", *args], capture_output=True, text=True, errors="replace", check=False
+    )
+    if result.returncode != 0:
+        raise ArchiveInvalid(f"tar {args[0]} failed: {result.stderr.strip()[-500:]}")
+    return result.stdout
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,26 @@
+"""Tasks that find a server in the inventory and check that we can reach it."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.inventory import Server, load_inventory
+from tasks.retry import RETRY_POLICY
+from tasks.settings import get_settings
+from tasks.ssh import connect
+
+
+@task(name="find server", cache_policy=NO_CACHE)
+def find_server(server_id: UUID) -> Server:
+    """The server of this job from the inventory (read afresh: edits apply to the next job)."""
+    return load_inventory(get_settings().inventory).get(server_id)
+
+
+@task(name="verify server", cache_policy=NO_CACHE, **RETRY_POLICY)
+def verify_server(server: Server) -> str:
+    """Connect (host key checked, key accepted) and return the server's `uname -srm`."""
+    with connect(server) as ssh:
+        return ssh.run(["uname", "-srm"]).text.strip()

@@ -1,0 +1,29 @@
+"""Settings of the processes that do the work (flow runs and the CLI)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class WorkSettings(BaseSettings):
+    """Where the inventory and repositories are, and how patient SSH is."""
+
+    model_config = SettingsConfigDict(env_prefix="MM_", extra="ignore")
+
+    inventory: Path = Field(Path("inventory.yaml"), description="Server inventory (YAML).")
+    backup_root: Path = Field(Path("var/backups"), description="The backup repository.")
+    results_root: Path = Field(Path("var/results"), description="Scan results and update logs.")
+    ssh_connect_timeout: float = Field(10.0, gt=0, description="Seconds to connect and log in.")
+    ssh_idle_timeout: float = Field(
+        120.0, gt=0, description="Seconds without a byte from the server before it counts as hung."
+    )
+
+
+@lru_cache
+def get_settings() -> WorkSettings:
+    """The settings of this process, read once from the environment."""
+    return WorkSettings()

@@ -1,0 +1,89 @@
+"""Tasks of a server update: run its update command, its output streamed into the run's logs."""
+
+from __future__ import annotations
+
+from collections import deque
+from uuid import UUID
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.errors import InvalidOptions, RemoteCommandFailed
+from tasks.inventory import Server
+from tasks.repository import utcnow
+from tasks.results import UpdateRecord, save_update
+from tasks.retry import RETRY_POLICY
+from tasks.ssh import connect
+
+LOG_LINES_KEPT = 10_000
+
+
+def update_command(server: Server) -> str:
+    if server.update is None or not server.update.command:
+        raise InvalidOptions(f"{server.name} has no `update.command` in the inventory")
+    return server.update.command
+
+
+@task(name="create update record", cache_policy=NO_CACHE)
+def create_update_record(
+    server: Server, update_id: UUID, job_id: UUID | None, user_id: str | None, job_type: str
+) -> UpdateRecord:
+    record = UpdateRecord(
+        update_id=update_id,
+        server_id=server.id,
+        server_name=server.name,
+        job_id=job_id,
+        user_id=user_id,
+        job_type=job_type,
+        command=update_command(server),
+        started_at=utcnow(),
+    )
+    save_update(record)
+    return record
+
+
+@task(name="run update", cache_policy=NO_CACHE, **RETRY_POLICY)
+def run_update(server: Server, record: UpdateRecord) -> UpdateRecord:
+    """Run the command; every output line goes to the flow-run log and the update's log file."""
+    logger = get_run_logger()
+    lines: deque[str] = deque(maxlen=LOG_LINES_KEPT)
+
+    def on_line(stream: str, line: str) -> None:
+        lines.append(f"{stream}: {line}")
+        (logger.warning if stream == "stderr" else logger.info)("%s", line)
+
+    assert server.update is not None
+    with connect(server) as ssh:
+        try:
+            result = ssh.run_lines(record.command, on_line, timeout=server.update.timeout)
+        except RemoteCommandFailed as exc:
+            save_update(
+                record.model_copy(
+                    update={
+                        "status": "failed",
+                        "finished_at": utcnow(),
+                        "exit_status": exc.exit_status,
+                        "stderr_tail": exc.stderr_tail,
+                        "error": str(exc),
+                    }
+                ),
+                log="\n".join(lines) + "\n",
+            )
+            raise
+    done = record.model_copy(
+        update={
+            "status": "completed",
+            "finished_at": utcnow(),
+            "exit_status": result.exit_status,
+            "stderr_tail": result.stderr_tail() or None,
+        }
+    )
+    save_update(done, log="\n".join(lines) + "\n")
+    return done
+
+
+@task(name="record update failure", cache_policy=NO_CACHE)
+def fail_update_record(record: UpdateRecord, error: str) -> None:
+    save_update(
+        record.model_copy(update={"status": "failed", "finished_at": utcnow(), "error": error})
+    )
