@@ -62,7 +62,7 @@ def store_scan_results(record: ScanRecord, results: dict[str, Any]) -> ScanRecor
     create_table_artifact(
         key=f"scan-{record.server_id}",
         table=summary_rows(results),
-        description=f"{record.job_type} of {record.server_name} ({done.finished_at:%Y-%m-%d %H:%M}Z)",
+        description=f"{record.job_type} of {record.server_name}",
     )
     return done
 
