@@ -100,7 +100,7 @@ class LocalTarget:
         self.process = subprocess.Popen(
             [SSHD, "-D", "-e", "-f", str(self.home / "sshd_config")],
             stdout=subprocess.DEVNULL,
-            stderr=open(self.home / "sshd.log", "ab"),  # noqa: SIM115 - sshd owns it until exit
+            stderr=open(self.home / "sshd.log", "ab"),
             start_new_session=True,
         )
         self.wait_ready()

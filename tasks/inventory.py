@@ -38,8 +38,21 @@ def _cron(expression: str) -> str:
     # Prefect's own schedule model decides what a valid cron is, so the bootstrap never fails later.
     from prefect.client.schemas.schedules import CronSchedule
 
-    CronSchedule(cron=expression)
+    try:
+        CronSchedule(cron=expression)
+    except ValidationError:
+        raise ValueError(f"{expression!r} is not a valid cron expression") from None
     return expression
+
+
+def _timezone(name: str) -> str:
+    from prefect.client.schemas.schedules import CronSchedule
+
+    try:
+        CronSchedule(cron="* * * * *", timezone=name)
+    except ValidationError:
+        raise ValueError(f"{name!r} is not an IANA time zone, e.g. Europe/Paris") from None
+    return name
 
 
 RemotePath = Annotated[str, AfterValidator(_remote_path)]
@@ -56,7 +69,7 @@ class BackupSpec(_Model):
     paths: list[RemotePath] = Field(min_length=1)
     #: Cron expression (UTC unless `timezone` is set); each tick runs a `backup:scheduled` job.
     schedule: Annotated[str, AfterValidator(_cron)] | None = None
-    timezone: str = "UTC"
+    timezone: Annotated[str, AfterValidator(_timezone)] = "UTC"
     #: Shell command run before the transfer, e.g. to stop a container.
     pre: str | None = None
     #: Shell command run after the transfer, also when the backup failed.
@@ -99,11 +112,15 @@ class Inventory(_Model):
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Inventory:
-        seen: set[UUID] = set()
-        for server in self.servers:
-            if server.id in seen:
-                raise ValueError(f"server id {server.id} appears twice")
-            seen.add(server.id)
+        first: dict[UUID, int] = {}
+        for index, server in enumerate(self.servers):
+            if server.id in first:
+                other = first[server.id]
+                raise ValueError(
+                    f"server #{index + 1} ({server.name}): id: {server.id} is already the id "
+                    f"of server #{other + 1} ({self.servers[other].name})"
+                )
+            first[server.id] = index
         return self
 
     def get(self, server_id: UUID | str) -> Server:
@@ -146,9 +163,12 @@ def _describe(path: Path, raw: Any, exc: ValidationError) -> str:
                 and index < len(servers)
                 and isinstance(servers[index], dict)
             ):
-                name = str(servers[index].get("name", "?"))
+                name = _CONTROL.sub("?", str(servers[index].get("name", "?")))
             where += f": server #{index + 1} ({name})"
             loc = loc[2:]
-        field = ".".join(str(part) for part in loc) or "(whole entry)"
+        if not loc:  # a check across servers; its message says where
+            lines.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+            continue
+        field = ".".join(str(part) for part in loc)
         lines.append(f"{where}: {field}: {error['msg']}")
     return "\n".join(lines)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic.alias_generators import to_camel
 
 from tasks.atomic import HashingWriter, atomic_file, write_atomic
@@ -65,6 +65,14 @@ class Manifest(BaseModel):
     finished_at: datetime | None = None
     status: BackupStatus = BackupStatus.RUNNING
     error: str | None = None
+
+    @model_validator(mode="after")
+    def _archive_beside_manifest(self) -> Manifest:
+        # An edited manifest must not point restore or cleanup at a file outside the repository.
+        expected = BackupRepository.archive_name(self.backup_id, self.compression)
+        if self.archive != expected:
+            raise ValueError(f"archive must be {expected!r}, not {self.archive!r}")
+        return self
 
 
 class Verification(BaseModel):

@@ -1,0 +1,271 @@
+"""`medicine-man`: the operator's command line.
+
+Jobs (backup, scan, update) are started by deployment name through the Prefect API and
+followed with `watch`; backups, verification, restores and the server list read the local
+repository and inventory directly. Every expected error is one line on stderr and exit 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import getpass
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
+from uuid import UUID, uuid4
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from deployments.cli_jobs import CliError, Enqueued, Snapshot, enqueue, watch
+from deployments.cli_render import JobProgress, backups_table, servers_table, show
+from deployments.queues import Priority
+from deployments.states import JobState
+from flows.params import BackupOptions, JobType
+from tasks.errors import JobError
+from tasks.inventory import load_inventory
+from tasks.repository import BackupRepository, Compression
+from tasks.settings import get_settings
+
+app = typer.Typer(
+    name="medicine-man",
+    help="Back up, scan and update servers through the Medicine Man job system.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def reported(command: Callable[P, R]) -> Callable[P, R]:
+    """Turn our errors into one line on stderr and exit status 1, never a traceback."""
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except (JobError, CliError) as exc:
+            _fail(str(exc))
+        except ValueError as exc:  # bad ids and options, validated here or by pydantic
+            _fail(str(exc))
+        except OSError as exc:
+            _fail(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
+
+    return run
+
+
+def _fail(message: str) -> NoReturn:
+    err.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def _uuid(kind: str, value: str) -> UUID:
+    try:
+        return UUID(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a {kind} id (a UUID)") from None
+
+
+def _operator() -> str:
+    """`cli:<os user>`, the user id that jobs started here carry."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no passwd entry, e.g. in a container
+        return f"cli:uid{os.getuid()}"
+
+
+PriorityOption = Annotated[
+    Priority | None,
+    typer.Option(
+        "--priority",
+        parser=Priority.from_name,
+        metavar="<" + "|".join(p.queue_name for p in Priority) + ">",
+        help="Work queue to wait in (default: the job type's own).",
+        show_default=False,
+    ),
+]
+WaitOption = Annotated[bool, typer.Option("--wait", help="Follow the job until it ends.")]
+
+
+def _start(
+    job_type: JobType,
+    server_id: str,
+    id_name: str,
+    priority: Priority | None,
+    wait: bool,
+    **extra: Any,
+) -> None:
+    """Enqueue one job, print its job id, and watch it if asked."""
+    parameters: dict[str, Any] = {
+        "server_id": str(_uuid("server", server_id)),
+        id_name: str(uuid4()),
+        "user_id": _operator(),
+        "job_type": job_type.value,
+        **extra,
+    }
+    job: Enqueued = asyncio.run(enqueue(job_type, parameters, priority))
+    out.print(str(job.job_id), markup=False)
+    err.print(
+        f"{job_type.value} queued on {job.queue}: jobId {job.job_id}, "
+        f"{_camel(id_name)} {parameters[id_name]}",
+        markup=False,
+        soft_wrap=True,
+    )
+    if wait:
+        _watch(job.job_id)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _watch(job_id: UUID) -> None:
+    try:
+        with JobProgress(str(job_id), err) as bar:
+            last: Snapshot = asyncio.run(watch(job_id, bar.update))
+    except KeyboardInterrupt:
+        err.print(f"stopped watching; job {job_id} goes on", markup=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+    reason = f": {last.message}" if last.message else ""
+    if last.state is JobState.COMPLETED:
+        out.print(f"job {job_id} completed{reason}", markup=False)
+        return
+    _fail(f"job {job_id} {last.state.value} ({last.state_name}){reason}")
+
+
+@app.command()
+@reported
+def backup(
+    server_id: Annotated[str, typer.Argument(help="Server id from the inventory.")],
+    compression: Annotated[
+        Compression | None,
+        typer.Option(
+            help="Archive compression (default: none).",
+            show_default=False,
+        ),
+    ] = None,
+    priority: PriorityOption = None,
+    wait: WaitOption = False,
+) -> None:
+    """Back up a server now (a backup:manual job)."""
+    options = BackupOptions() if compression is None else BackupOptions(compression=compression)
+    _start(
+        JobType.BACKUP_MANUAL,
+        server_id,
+        "backup_id",
+        priority,
+        wait,
+        options=options.model_dump(mode="json"),
+    )
+
+
+@app.command()
+@reported
+def scan(
+    server_id: Annotated[str, typer.Argument(help="Server id from the inventory.")],
+    quick: Annotated[bool, typer.Option("--quick", help="Only check connectivity.")] = False,
+    priority: PriorityOption = None,
+    wait: WaitOption = False,
+) -> None:
+    """Scan a server (scan:full, or scan:quick with --quick)."""
+    job_type = JobType.SCAN_QUICK if quick else JobType.SCAN_FULL
+    _start(job_type, server_id, "scan_id", priority, wait)
+
+
+@app.command()
+@reported
+def update(
+    server_id: Annotated[str, typer.Argument(help="Server id from the inventory.")],
+    priority: PriorityOption = None,
+    wait: WaitOption = False,
+) -> None:
+    """Run a server's update command (an update:server job)."""
+    _start(JobType.UPDATE_SERVER, server_id, "update_id", priority, wait)
+
+
+@app.command("watch")
+@reported
+def watch_command(
+    job_id: Annotated[str, typer.Argument(help="Job id (the flow-run id).")],
+) -> None:
+    """Follow a job until it ends; exit 0 if it completed, 1 otherwise."""
+    _watch(_uuid("job", job_id))
+
+
+@app.command()
+@reported
+def backups(
+    server_id: Annotated[str, typer.Argument(help="Server id.")],
+) -> None:
+    """List the backups of a server in the repository."""
+    wanted = _uuid("server", server_id)
+    repository = _repository()
+    manifests = repository.list(wanted)
+    if not manifests:
+        err.print(
+            f"no backups of server {wanted} in {repository.root}",
+            markup=False,
+            soft_wrap=True,
+        )
+        return
+    show(out, backups_table(str(wanted), manifests))
+
+
+@app.command()
+@reported
+def verify(
+    backup_id: Annotated[str, typer.Argument(help="Backup id.")],
+) -> None:
+    """Check a backup's archive against its manifest (size, sha256, readable by tar)."""
+    repository = _repository()
+    manifest = repository.find(backup_id)
+    result = repository.verify(manifest)
+    out.print(
+        f"backup {result.backup_id} OK: {result.file_count} files, {result.size} bytes, "
+        f"sha256 {result.sha256}",
+        markup=False,
+    )
+
+
+@app.command()
+@reported
+def restore(
+    backup_id: Annotated[str, typer.Argument(help="Backup id.")],
+    dest: Annotated[Path, typer.Argument(help="Directory to unpack into.")],
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Unpack into a non-empty directory.")
+    ] = False,
+) -> None:
+    """Verify a backup, then unpack it into DEST (which must be empty unless --overwrite)."""
+    repository = _repository()
+    manifest = repository.find(backup_id)
+    target = repository.restore(manifest, dest, overwrite=overwrite)
+    out.print(f"backup {manifest.backup_id} restored into {target}", markup=False)
+
+
+@app.command()
+@reported
+def servers() -> None:
+    """List the servers of the inventory."""
+    show(out, servers_table(load_inventory(get_settings().inventory)))
+
+
+def _repository() -> BackupRepository:
+    return BackupRepository(get_settings().backup_root)
+
+
+def main() -> None:
+    """Entry point of the `medicine-man` script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

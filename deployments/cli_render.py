@@ -1,0 +1,146 @@
+"""How the CLI shows things: rich tables of servers and backups, and a job's live progress bar."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from types import TracebackType
+
+from rich.console import Console
+from rich.measure import Measurement
+from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn
+from rich.table import Table
+from rich.text import Text
+
+from deployments.cli_jobs import Snapshot
+from tasks.inventory import Inventory
+from tasks.repository import BackupStatus, Manifest
+
+_STATUS_STYLE = {
+    BackupStatus.COMPLETED: "green",
+    BackupStatus.RUNNING: "yellow",
+    BackupStatus.FAILED: "red",
+}
+
+
+def human_size(size: int | None) -> str:
+    """`1536` -> `1.5 KiB`; `None` (not known yet) -> `-`."""
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _when(moment: datetime | None) -> str:
+    return "-" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
+
+
+def show(console: Console, table: Table) -> None:
+    """Print a table no narrower than its longest words need, so ids are never cut.
+
+    On a terminal it gets the terminal's width (or more, if the ids need it); into a pipe or
+    file it gets its natural width, so that `grep` and `awk` see whole rows.
+    """
+    measure = Measurement.get(console, console.options.update(max_width=10_000), table)
+    natural = console.width if console.is_terminal else measure.maximum
+    width = max(natural, measure.minimum)
+    if width <= console.width:
+        console.print(table, width=width)
+        return
+    # `Console.print` never goes wider than the console, so a wider one writes the same file.
+    wide = Console(file=console.file, width=width, force_terminal=console.is_terminal)
+    wide.print(table)
+
+
+def backups_table(server_id: str, manifests: Iterable[Manifest]) -> Table:
+    """One row per backup of a server, oldest first."""
+    table = Table(title=f"Backups of server {server_id}")
+    for column in ("backupId", "status", "started", "size", "files", "sha256", "jobId"):
+        table.add_column(
+            column,
+            justify="right" if column in ("size", "files") else "left",
+            no_wrap=column in ("backupId", "jobId", "sha256"),
+        )
+    for m in manifests:
+        style = _STATUS_STYLE.get(m.status, "")
+        table.add_row(
+            str(m.backup_id),
+            f"[{style}]{m.status.value}[/]" if style else m.status.value,
+            _when(m.started_at),
+            human_size(m.size),
+            "-" if m.file_count is None else str(m.file_count),
+            m.sha256[:12] if m.sha256 else "-",
+            str(m.job_id) if m.job_id else "-",
+        )
+    return table
+
+
+def servers_table(inventory: Inventory) -> Table:
+    """One row per server of the inventory."""
+    table = Table(title="Servers")
+    for column in ("id", "name", "host:port", "paths", "schedule"):
+        table.add_column(column, no_wrap=column == "id")
+    for server in inventory.servers:
+        backup = server.backup
+        schedule = "-"
+        if backup is not None and backup.schedule:
+            schedule = backup.schedule
+            if backup.timezone != "UTC":
+                schedule += f" ({backup.timezone})"
+        table.add_row(  # Text, not markup: a name or path may hold brackets
+            str(server.id),
+            Text(server.name),
+            Text(f"{server.host}:{server.port}"),
+            Text("\n".join(backup.paths) if backup is not None else "-"),
+            Text(schedule),
+        )
+    return table
+
+
+class JobProgress:
+    """A live progress bar of one job, fed with `Snapshot`s; prints each change of state."""
+
+    def __init__(self, job_id: str, console: Console) -> None:
+        self._console = console
+        self._label = job_id[:8]
+        self._last_state: str | None = None
+        self._bar = Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.fields[label]}[/] {task.fields[state]:<9}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>5.1f} %"),
+            TextColumn("{task.description}", markup=False),
+            console=console,
+        )
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> JobProgress:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._task is not None:
+            self._bar.stop()
+
+    def update(self, snap: Snapshot) -> None:
+        state = f"{snap.state.value} ({snap.state_name})"
+        if state != self._last_state:
+            self._bar.console.print(f"{self._label}: {state}", highlight=False, markup=False)
+            self._last_state = state
+        if self._task is None:  # drawn on the first answer, so an error shows no empty bar
+            self._bar.start()
+            self._task = self._bar.add_task("", total=100, label=self._label, state="")
+        self._bar.update(
+            self._task,
+            completed=snap.percent,
+            description=snap.step or "",
+            state=snap.state.value,
+        )

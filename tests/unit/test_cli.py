@@ -1,0 +1,293 @@
+"""The operator CLI without a Prefect server: what it sends, what it prints, how it exits."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from deployments import cli, cli_jobs
+from deployments.cli_jobs import DeploymentMissing, Enqueued, Snapshot
+from deployments.queues import Priority
+from deployments.states import JobState
+from flows.params import JobType
+from tasks.atomic import atomic_file
+from tasks.repository import BackupRepository, BackupStatus, Manifest, utcnow
+from tasks.settings import get_settings
+
+SERVER = "0d4c2b1a-6f7e-4d3c-9b2a-1c0d9e8f7a61"
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("MM_INVENTORY", str(tmp_path / "inventory.yaml"))
+    monkeypatch.setenv("MM_BACKUP_ROOT", str(tmp_path / "backups"))
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[JobType, dict[str, Any], Any]]:
+    """What the CLI asked Prefect for, instead of asking it."""
+    calls: list[tuple[JobType, dict[str, Any], Any]] = []
+    job_id = UUID("11111111-2222-4333-8444-555555555555")
+
+    async def enqueue(job_type: JobType, parameters: dict[str, Any], priority: Any) -> Enqueued:
+        calls.append((job_type, parameters, priority))
+        return Enqueued(job_id=job_id, deployment="x/x", queue="pool/queue")
+
+    monkeypatch.setattr(cli, "enqueue", enqueue)
+    return calls
+
+
+def test_backup_sends_the_flow_parameters(sent: list[Any]) -> None:
+    result = runner.invoke(cli.app, ["backup", SERVER, "--compression", "zstd"])
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "11111111-2222-4333-8444-555555555555\n"
+    [(job_type, parameters, priority)] = sent
+    assert job_type is JobType.BACKUP_MANUAL
+    assert priority is None
+    assert parameters.pop("user_id").startswith("cli:")
+    assert UUID(parameters.pop("backup_id")).version == 4
+    assert parameters == {
+        "server_id": SERVER,
+        "job_type": "backup:manual",
+        "options": {"backup_type": "full", "compression": "zstd", "encryption": False},
+    }
+    assert "backupId" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "job_type", "id_name"),
+    [
+        (["scan", SERVER], JobType.SCAN_FULL, "scan_id"),
+        (["scan", SERVER, "--quick", "--priority", "high"], JobType.SCAN_QUICK, "scan_id"),
+        (["update", SERVER, "--priority", "LOW"], JobType.UPDATE_SERVER, "update_id"),
+    ],
+)
+def test_scan_and_update(sent: list[Any], args: list[str], job_type: JobType, id_name: str) -> None:
+    result = runner.invoke(cli.app, args)
+
+    assert result.exit_code == 0, result.output
+    [(sent_type, parameters, priority)] = sent
+    assert sent_type is job_type
+    assert parameters["job_type"] == job_type.value
+    assert set(parameters) == {"server_id", id_name, "user_id", "job_type"}
+    expected = Priority.from_name(args[-1]) if "--priority" in args else None
+    assert priority is expected
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["backup", SERVER, "--priority", "urgent"], ["backup", SERVER, "--compression", "lz4"]],
+)
+def test_bad_choices_are_usage_errors(sent: list[Any], args: list[str]) -> None:
+    result = runner.invoke(cli.app, args)
+    assert result.exit_code == 2
+    assert sent == []
+
+
+def test_a_bad_server_id_is_one_line(sent: list[Any]) -> None:
+    result = runner.invoke(cli.app, ["backup", "../etc"])
+    assert result.exit_code == 1
+    assert result.stderr == "error: '../etc' is not a server id (a UUID)\n"
+    assert sent == []
+
+
+def test_a_missing_deployment_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def enqueue(*args: Any) -> Enqueued:
+        raise DeploymentMissing("deployment scan/scan is not registered; run the bootstrap")
+
+    monkeypatch.setattr(cli, "enqueue", enqueue)
+    result = runner.invoke(cli.app, ["scan", SERVER])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        "error: deployment scan/scan is not registered; run the bootstrap"
+    ]
+    assert "Traceback" not in result.output
+
+
+def test_messages_are_printed_verbatim_not_as_markup(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def enqueue(*args: Any) -> Enqueued:
+        raise DeploymentMissing("[bold]scan/scan[/] missing: [Errno 111]")
+
+    monkeypatch.setattr(cli, "enqueue", enqueue)
+    result = runner.invoke(cli.app, ["scan", SERVER])
+    assert result.stderr == "error: [bold]scan/scan[/] missing: [Errno 111]\n"
+
+
+def test_no_prefect_api_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli_jobs, "PREFECT_API_URL", _Setting(None))
+    result = runner.invoke(cli.app, ["update", SERVER])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: PREFECT_API_URL is not set")
+    assert len(result.stderr.splitlines()) == 1
+
+
+class _Setting:
+    def __init__(self, value: str | None) -> None:
+        self._value = value
+
+    def value(self) -> str | None:
+        return self._value
+
+
+@pytest.mark.parametrize(
+    ("state", "name", "message", "code"),
+    [
+        (JobState.COMPLETED, "Completed", None, 0),
+        (JobState.FAILED, "Failed", "SSHAuthError: the server refused our key", 1),
+        (JobState.FAILED, "Crashed", "Process exited with status code: -9", 1),
+        (JobState.CANCELLED, "Cancelled", "cancelled by admin", 1),
+    ],
+)
+def test_watch_exits_by_the_final_state(
+    monkeypatch: pytest.MonkeyPatch, state: JobState, name: str, message: str | None, code: int
+) -> None:
+    seen: list[Snapshot] = []
+
+    async def watch(job_id: UUID, on_update: Any) -> Snapshot:
+        for snap in (
+            Snapshot(JobState.WAITING, "Scheduled", None, 0.0, None, False),
+            Snapshot(JobState.ACTIVE, "Running", None, 40.0, "transfer started", False),
+            Snapshot(state, name, message, 65.0, "transferring", True),
+        ):
+            on_update(snap)
+            seen.append(snap)
+        return seen[-1]
+
+    monkeypatch.setattr(cli, "watch", watch)
+    job_id = str(uuid4())
+    result = runner.invoke(cli.app, ["watch", job_id])
+
+    assert result.exit_code == code, result.output
+    assert len(seen) == 3
+    if code == 0:
+        assert f"job {job_id} completed" in result.stdout
+    else:
+        last = result.stderr.strip().splitlines()[-1]
+        assert last == f"error: job {job_id} {state.value} ({name}): {message}"
+
+
+def _inventory(tmp_path: Path) -> None:
+    (tmp_path / "inventory.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "servers": [
+                    {
+                        "id": SERVER,
+                        "name": "web1",
+                        "host": "10.1.2.3",
+                        "port": 2200,
+                        "username": "root",
+                        "private_key_file": "/k",
+                        "backup": {"paths": ["/srv"], "schedule": "15 2 * * *"},
+                    }
+                ]
+            }
+        )
+    )
+
+
+def test_servers_lists_the_inventory(tmp_path: Path) -> None:
+    _inventory(tmp_path)
+    result = runner.invoke(cli.app, ["servers"])
+    assert result.exit_code == 0, result.output
+    for text in (SERVER, "web1", "10.1.2.3:2200", "/srv", "15 2 * * *"):
+        assert text in result.stdout
+
+
+def test_servers_with_a_broken_inventory_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "inventory.yaml").write_text("servers: [{id: 1}]\n")
+    result = runner.invoke(cli.app, ["servers"])
+    assert result.exit_code == 1
+    assert "server #1" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def _backup(tmp_path: Path) -> Manifest:
+    source = tmp_path / "src"
+    (source / "d").mkdir(parents=True)
+    (source / "d" / "a.txt").write_text("alpha")
+    (source / "b.bin").write_bytes(bytes(range(256)) * 10)
+    repo = BackupRepository(tmp_path / "backups")
+    backup_id = uuid4()
+    manifest = Manifest(
+        backup_id=backup_id,
+        server_id=UUID(SERVER),
+        server_name="web1",
+        job_id=uuid4(),
+        job_type="backup:manual",
+        paths=["/srv"],
+        archive=repo.archive_name(backup_id, "none"),
+        started_at=utcnow(),
+    )
+    tar = subprocess.run(
+        ["tar", "-cf", "-", "-C", str(source), "."], capture_output=True, check=True
+    )
+    with atomic_file(repo.archive_path(manifest)) as out:
+        out.write(tar.stdout)
+    manifest = manifest.model_copy(
+        update={"size": out.size, "sha256": out.sha256, "status": BackupStatus.COMPLETED}
+    )
+    repo.save(manifest)
+    return manifest
+
+
+def test_backups_verify_and_restore(tmp_path: Path) -> None:
+    manifest = _backup(tmp_path)
+
+    listed = runner.invoke(cli.app, ["backups", SERVER])
+    assert listed.exit_code == 0, listed.output
+    assert str(manifest.backup_id) in listed.stdout
+    assert str(manifest.job_id) in listed.stdout
+    assert (manifest.sha256 or "")[:12] in listed.stdout
+    assert "completed" in listed.stdout
+
+    verified = runner.invoke(cli.app, ["verify", str(manifest.backup_id)])
+    assert verified.exit_code == 0, verified.output
+    assert f"backup {manifest.backup_id} OK: 2 files" in verified.stdout
+
+    dest = tmp_path / "restored"
+    restored = runner.invoke(cli.app, ["restore", str(manifest.backup_id), str(dest)])
+    assert restored.exit_code == 0, restored.output
+    assert (dest / "d" / "a.txt").read_text() == "alpha"
+
+    again = runner.invoke(cli.app, ["restore", str(manifest.backup_id), str(dest)])
+    assert again.exit_code == 1
+    assert "not empty" in again.stderr
+    forced = runner.invoke(cli.app, ["restore", str(manifest.backup_id), str(dest), "--overwrite"])
+    assert forced.exit_code == 0, forced.output
+
+
+def test_verify_of_a_damaged_archive_exits_1_with_the_reason(tmp_path: Path) -> None:
+    manifest = _backup(tmp_path)
+    archive = BackupRepository(tmp_path / "backups").archive_path(manifest)
+    data = bytearray(archive.read_bytes())
+    data[700] ^= 0xFF
+    archive.write_bytes(bytes(data))
+
+    result = runner.invoke(cli.app, ["verify", str(manifest.backup_id)])
+
+    assert result.exit_code == 1
+    actual = hashlib.sha256(bytes(data)).hexdigest()
+    assert result.stderr.strip() == (
+        f"error: backup {manifest.backup_id}: sha256 {actual} does not match "
+        f"the manifest's {manifest.sha256}"
+    )
+
+
+def test_backups_of_an_unknown_server_says_so(tmp_path: Path) -> None:
+    result = runner.invoke(cli.app, ["backups", str(uuid4())])
+    assert result.exit_code == 0
+    assert "no backups of server" in result.stderr
