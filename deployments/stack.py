@@ -1,0 +1,450 @@
+"""The whole system on one machine: Prefect server, bootstrap, one worker per pool, the API shim.
+
+One implementation for `make up`, `make demo` and the integration tests. Every child runs in its
+own process group with its log under `<data_dir>/logs`; `stop()` ends them in reverse order,
+flow-run processes included (they run in sessions of their own, so a group signal misses them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+from prefect.client.orchestration import PrefectClient, SyncPrefectClient
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from deployments.bootstrap import PROJECT_DIR, ensure_pool
+from deployments.local_target import _descendants
+from deployments.queues import QUEUES, Queue, get_queue
+
+#: Inherited variables that would point the stack at another Prefect (a Cloud profile, say).
+_FOREIGN = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH")
+
+
+class StackError(RuntimeError):
+    """A part of the stack did not start; the message ends with the tail of its log."""
+
+
+@dataclass
+class Child:
+    """One child process in its own process group, logging to a file."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self, env: dict[str, str], cwd: Path) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.popen = subprocess.Popen(
+                self.argv,
+                env=env,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen is not None else None
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float) -> None:
+        """SIGTERM its descendants' groups, then its own group; SIGKILL what outlives `timeout`."""
+        if self.popen is None:
+            return
+        if self.popen.poll() is None:
+            # Flow runs first, while the worker still lives to report them: a run killed after
+            # its worker stays Running forever and holds a pool slot.
+            _terminate_groups([p for p in _descendants(self.popen.pid) if _leads_group(p)], timeout)
+            _signal_group(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _signal_group(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+        self.popen = None
+
+    def kill(self) -> None:
+        """kill -9 its group and nothing else, as a crash of this process would."""
+        if self.popen is None:
+            return
+        _signal_group(self.popen.pid, signal.SIGKILL)
+        self.popen.wait()
+        self.popen = None
+
+
+@dataclass
+class Stack:
+    """Prefect server + bootstrap + workers (+ API shim) under `data_dir`.
+
+    Args:
+        data_dir: PREFECT_HOME (with the SQLite database), logs, and default repositories.
+        port: the Prefect API and UI port on 127.0.0.1.
+        inventory: MM_INVENTORY for bootstrap and flow runs; read at run time by the flows.
+        api_port: port of the API shim; None never starts it. It starts only if
+            api_shim/app.py exists.
+        ui: serve the Prefect UI (tests save a little startup without it).
+        extra_env: more variables for every child, e.g. PREFECT_* tuning in a test.
+    """
+
+    data_dir: Path
+    port: int = 4200
+    inventory: Path | None = None
+    project_dir: Path = PROJECT_DIR
+    backup_root: Path | None = None
+    results_root: Path | None = None
+    api_port: int | None = 3000
+    ui: bool = True
+    extra_env: dict[str, str] = field(default_factory=dict)
+    server: Child | None = None
+    workers: dict[str, Child] = field(default_factory=dict)
+    shim: Child | None = None
+    #: Seconds each startup phase took, by phase name.
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.data_dir = self.data_dir.resolve()
+        self.project_dir = self.project_dir.resolve()
+        if self.inventory is not None:
+            self.inventory = self.inventory.resolve()
+
+    # -- where things are -------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The Prefect UI."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/api"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.data_dir / "prefect"
+
+    @property
+    def shim_url(self) -> str | None:
+        return f"http://127.0.0.1:{self.api_port}" if self.shim is not None else None
+
+    def environment(self) -> dict[str, str]:
+        """The environment of every child process."""
+        env = {k: v for k, v in os.environ.items() if k not in _FOREIGN}
+        env.update(
+            {
+                "PREFECT_HOME": str(self.prefect_home),
+                "PREFECT_API_URL": self.api_url,
+                "PREFECT_UI_URL": self.url,
+                "PREFECT_UI_ENABLED": "true" if self.ui else "false",
+                # No internet here, and no one to report to.
+                "DO_NOT_TRACK": "1",
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                # Pickup 0.6 s instead of 4 s (FACTS.md) for ~10 % of a core on the server.
+                "PREFECT_WORKER_QUERY_SECONDS": "1",
+                # A run's process takes 3-5 s to start; a longer look-ahead starts delayed jobs
+                # early, a shorter one starts them late.
+                "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+                "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+                "PYTHONUNBUFFERED": "1",
+                "MM_PROJECT_DIR": str(self.project_dir),
+                "MM_BACKUP_ROOT": str(self.backup_root or self.data_dir / "backups"),
+                "MM_RESULTS_ROOT": str(self.results_root or self.data_dir / "results"),
+            }
+        )
+        if self.inventory is not None:
+            env["MM_INVENTORY"] = str(self.inventory)
+        if self.api_port is not None:
+            env["MM_API_PORT"] = str(self.api_port)
+        env.update(self.extra_env)
+        return env
+
+    # -- clients ----------------------------------------------------------------------------
+
+    def client(self) -> PrefectClient:
+        """An async Prefect client of this stack: `async with stack.client() as client:`."""
+        return PrefectClient(api=self.api_url)
+
+    def sync_client(self) -> SyncPrefectClient:
+        """A sync Prefect client of this stack: `with stack.sync_client() as client:`."""
+        return SyncPrefectClient(api=self.api_url)
+
+    @contextlib.contextmanager
+    def prefect_settings(self) -> Iterator[None]:
+        """Point Prefect helpers that use the global client (`run_deployment`) at this stack."""
+        with temporary_settings(updates={PREFECT_API_URL: self.api_url}):
+            yield
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self, timeout: float = 90.0) -> Stack:
+        """Start everything and return once the workers are registered; stop all on failure."""
+        try:
+            self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self, timeout: float) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        begin = time.monotonic()
+        self.start_server(timeout)
+        self.timings["server"] = time.monotonic() - begin
+        mark = time.monotonic()
+        # Pools first, in-process (a fraction of a second), so the workers can start while the
+        # full bootstrap, which spends seconds in `prefect deploy`, runs beside them.
+        asyncio.run(self._ensure_pools())
+        for queue in QUEUES:
+            self.start_worker(queue.name, wait=False)
+        if self.api_port is not None and (self.project_dir / "api_shim" / "app.py").exists():
+            self.start_shim()
+        self.bootstrap()
+        self.timings["bootstrap"] = time.monotonic() - mark
+        for name in self.workers:
+            self.wait_for_worker(name, timeout)
+        self.timings["workers"] = time.monotonic() - mark
+        self.timings["total"] = time.monotonic() - begin
+
+    async def _ensure_pools(self) -> None:
+        async with self.client() as client:
+            for queue in QUEUES:
+                await ensure_pool(client, queue)
+
+    def start_server(self, timeout: float = 90.0) -> None:
+        _check_port_free(self.port, "Prefect server")
+        self.server = self._child(
+            "server",
+            ["server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+        )
+        self._wait(
+            self.server,
+            lambda: _http_ok(f"{self.api_url}/health"),
+            timeout,
+            f"Prefect server did not answer {self.api_url}/health",
+        )
+
+    def bootstrap(self) -> None:
+        """Run `python -m deployments.bootstrap` against this stack; idempotent."""
+        argv = [
+            sys.executable,
+            "-m",
+            "deployments.bootstrap",
+            "--project-dir",
+            str(self.project_dir),
+        ]
+        if self.inventory is not None:
+            argv += ["--inventory", str(self.inventory)]
+        result = subprocess.run(
+            argv,
+            env=self.environment(),
+            cwd=self.project_dir,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        with open(self.logs_dir / "bootstrap.log", "a") as log:
+            log.write(result.stdout + result.stderr)
+        if result.returncode != 0:
+            tail = result.stderr[-4000:]
+            raise StackError(f"bootstrap failed (exit {result.returncode}):\n{tail}")
+
+    def worker_name(self, pool: str) -> str:
+        return f"{pool}@{socket.gethostname()}"
+
+    def start_worker(self, pool: str, *, wait: bool = True, timeout: float = 60.0) -> Child:
+        """Start (or restart) the worker of `pool`, limited like the pool itself."""
+        queue: Queue = get_queue(pool)
+        old = self.workers.get(pool)
+        if old is not None and old.alive():
+            raise StackError(f"the {pool} worker is already running")
+        worker = self._child(
+            f"worker-{pool}",
+            [
+                "worker",
+                "start",
+                "--pool",
+                pool,
+                "--type",
+                "process",
+                "--name",
+                self.worker_name(pool),
+                # A second guard: the pool's own limit can overshoot (FACTS.md).
+                "--limit",
+                str(queue.concurrency),
+                # Pools are the bootstrap's; a worker must not create an empty-template one.
+                "--no-create-pool-if-not-found",
+            ],
+        )
+        self.workers[pool] = worker
+        if wait:
+            self.wait_for_worker(pool, timeout)
+        return worker
+
+    def wait_for_worker(self, pool: str, timeout: float = 60.0) -> None:
+        """Until the pool's worker has registered with the server (after its first poll)."""
+        name = self.worker_name(pool)
+
+        def registered() -> bool:
+            with self.sync_client() as client:
+                return any(w.name == name for w in client.read_workers_for_work_pool(pool))
+
+        self._wait(self.workers[pool], registered, timeout, f"worker {name} did not register")
+
+    def stop_worker(self, pool: str, timeout: float = 15.0) -> None:
+        """Stop the worker of `pool` and its flow runs, as a clean shutdown does."""
+        worker = self.workers.get(pool)
+        if worker is not None:
+            worker.stop(timeout)
+
+    def kill_worker(self, pool: str) -> None:
+        """kill -9 the worker of `pool` only; its flow-run processes live on, as in a crash."""
+        worker = self.workers.get(pool)
+        if worker is not None:
+            worker.kill()
+
+    def start_shim(self, timeout: float = 30.0) -> None:
+        assert self.api_port is not None
+        _check_port_free(self.api_port, "API shim")
+        self.shim = Child(
+            "shim",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "api_shim.app:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.api_port),
+            ],
+            self.logs_dir / "shim.log",
+        )
+        self.shim.start(self.environment(), self.project_dir)
+        port = self.api_port
+        self._wait(self.shim, lambda: _port_open(port), timeout, f"API shim not on port {port}")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop the shim, the workers (with their flow runs) and the server; safe to repeat."""
+        if self.shim is not None:
+            self.shim.stop(timeout)
+        for worker in self.workers.values():
+            worker.stop(timeout)
+        if self.server is not None:
+            self.server.stop(timeout)
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _child(self, name: str, prefect_args: list[str]) -> Child:
+        child = Child(
+            name, [sys.executable, "-m", "prefect", *prefect_args], self.logs_dir / f"{name}.log"
+        )
+        child.start(self.environment(), self.project_dir)
+        return child
+
+    @staticmethod
+    def _wait(child: Child, ready: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not child.alive():
+                raise StackError(f"{child.name} exited; {child.log_path}:\n{child.log_tail()}")
+            with contextlib.suppress(httpx.HTTPError, OSError):
+                if ready():
+                    return
+            time.sleep(0.2)
+        raise StackError(f"{what} within {timeout:.0f} s; {child.log_path}:\n{child.log_tail()}")
+
+
+def _http_ok(url: str) -> bool:
+    return httpx.get(url, timeout=2).status_code == 200
+
+
+def _port_open(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+
+
+def _check_port_free(port: int, what: str) -> None:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            raise StackError(f"port {port} for the {what} is in use; pick another one") from None
+
+
+def _leads_group(pid: int) -> bool:
+    with contextlib.suppress(ProcessLookupError):
+        return os.getpgid(pid) == pid
+    return False
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _terminate_groups(pgids: list[int], timeout: float) -> None:
+    """SIGTERM each group, wait for its leader to go, SIGKILL the groups still there."""
+    for pgid in pgids:
+        _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    waiting = list(pgids)
+    while waiting and time.monotonic() < deadline:
+        waiting = [p for p in waiting if _group_alive(p)]
+        if waiting:
+            time.sleep(0.1)
+    for pgid in waiting:
+        _signal_group(pgid, signal.SIGKILL)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie leader (the worker has not reaped it yet) still counts as a member.
+    try:
+        state = Path(f"/proc/{pgid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state != "Z" or _descendants(pgid) != []

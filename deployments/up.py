@@ -1,0 +1,221 @@
+"""`make up` and `make demo`: the whole stack in the foreground until Ctrl-C.
+
+    python -m deployments.up [--demo] [--data-dir var] [--port 4200] [--api-port 3000]
+
+`--demo` also starts a throwaway sshd on loopback with a small data tree, points the inventory at
+it, enqueues a quick scan and a backup, and shows their progress.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+from types import FrameType
+from uuid import UUID
+
+import yaml
+from prefect.client.schemas.objects import FlowRun
+from prefect.deployments import arun_deployment
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from deployments.bootstrap import PROJECT_DIR
+from deployments.catalogue import CATALOGUE
+from deployments.local_target import LocalTarget
+from deployments.stack import Stack, StackError
+from flows.params import JobType
+from tasks.atomic import write_atomic
+from tasks.progress import read_progress
+
+console = Console(stderr=True)
+
+#: The demo server keeps its id across runs, so its jobs line up in the UI.
+DEMO_SERVER_ID = uuid.uuid5(uuid.NAMESPACE_URL, "https://medicine-man.invalid/demo-target")
+
+EXAMPLE_INVENTORY = """\
+# The server inventory (MM_INVENTORY). Jobs read it when they run; backup schedules are applied
+# by the bootstrap, so restart `make up` (or run `python -m deployments.bootstrap`) after
+# changing a `schedule`.
+servers: []
+#  - id: 6f0b7c1e-0000-4000-8000-000000000001  # any UUID, e.g. from uuidgen
+#    name: web-1
+#    host: 203.0.113.10
+#    port: 22
+#    username: backup
+#    private_key_file: ~/.ssh/id_ed25519
+#    known_hosts_file: ~/.ssh/known_hosts
+#    backup:
+#      paths: [/srv/app/data]
+#      schedule: "0 3 * * *"        # cron; each tick runs a backup:scheduled job
+#      timezone: UTC
+#      pre: docker stop app
+#      post: docker start app
+#    update:
+#      command: sudo apt-get update && sudo apt-get -y upgrade
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deployments.up", description=__doc__)
+    parser.add_argument("--demo", action="store_true", help="also run a demo server and jobs")
+    parser.add_argument("--data-dir", type=Path, default=PROJECT_DIR / "var")
+    parser.add_argument("--project-dir", type=Path, default=PROJECT_DIR, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=4200, help="Prefect API and UI")
+    parser.add_argument("--api-port", type=int, default=int(os.environ.get("MM_API_PORT", 3000)))
+    parser.add_argument(
+        "--inventory", type=Path, default=None, help="default: MM_INVENTORY or ./inventory.yaml"
+    )
+    args = parser.parse_args(argv)
+    data_dir: Path = args.data_dir.resolve()
+
+    # SIGTERM ends the stack like Ctrl-C does.
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+    target: LocalTarget | None = None
+    stack: Stack | None = None
+    try:
+        if args.demo:
+            target = LocalTarget(home=data_dir / "demo" / "target").start()
+            inventory = write_demo_inventory(data_dir / "demo", target)
+            console.print(
+                f"demo server: sshd on 127.0.0.1:{target.port}, inventory {inventory}",
+                soft_wrap=True,
+            )
+        else:
+            inventory = args.inventory or Path(os.environ.get("MM_INVENTORY", "inventory.yaml"))
+            inventory = inventory.resolve()
+            if not inventory.exists():
+                inventory.parent.mkdir(parents=True, exist_ok=True)
+                inventory.write_text(EXAMPLE_INVENTORY)
+                console.print(f"[yellow]{inventory} did not exist: wrote an empty example[/]")
+        stack = Stack(
+            data_dir,
+            port=args.port,
+            inventory=inventory,
+            api_port=args.api_port,
+            project_dir=args.project_dir,
+        )
+        console.print(f"starting the stack under {data_dir} (logs in {stack.logs_dir}) ...")
+        stack.start()
+        console.print(
+            f"[green]ready[/] in {stack.timings['total']:.1f} s\n"
+            f"  Prefect UI   {stack.url}\n"
+            f"  Prefect API  {stack.api_url}\n"
+            + (f"  Jobs API     {stack.shim_url}\n" if stack.shim_url else "")
+            + f"  inventory    {inventory}\n"
+            "Ctrl-C stops everything."
+        )
+        if args.demo:
+            asyncio.run(run_demo(stack))
+        supervise(stack)
+    except KeyboardInterrupt:
+        console.print("stopping ...")
+    except StackError as exc:
+        console.print(f"[red]{exc}[/]")
+        return 1
+    finally:
+        # A second Ctrl-C must not cut the shutdown short and leave orphans.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if stack is not None:
+            stack.stop()
+        if target is not None:
+            target.stop()
+    return 0
+
+
+def supervise(stack: Stack) -> None:
+    """Until interrupted: restart a worker that died; give up if the server died."""
+    while True:
+        time.sleep(1)
+        if stack.server is None or not stack.server.alive():
+            raise StackError(f"the Prefect server exited; see {stack.logs_dir / 'server.log'}")
+        for pool, worker in stack.workers.items():
+            if not worker.alive():
+                console.print(f"[yellow]the {pool} worker exited; restarting it[/]")
+                stack.start_worker(pool)
+
+
+def write_demo_inventory(demo_dir: Path, target: LocalTarget) -> Path:
+    """A sample data tree served by `target` and an inventory with one server for it."""
+    data = demo_dir / "data"
+    (data / "app" / "uploads").mkdir(parents=True, exist_ok=True)
+    (data / "app" / "config.yml").write_text("name: demo\nreplicas: 2\n")
+    for i in range(20):
+        (data / "app" / "uploads" / f"note-{i:02d}.txt").write_text(f"note {i}\n" * 200)
+    blob = data / "app" / "blob.bin"
+    if not blob.exists():
+        blob.write_bytes(os.urandom(8 << 20))
+    entry = target.server_entry(
+        str(DEMO_SERVER_ID),
+        "demo-target",
+        backup={"paths": [str(data / "app")]},
+        update={"command": "echo nothing to update"},
+    )
+    inventory = demo_dir / "inventory.yaml"
+    write_atomic(inventory, yaml.safe_dump({"servers": [entry]}, sort_keys=False).encode())
+    return inventory
+
+
+async def run_demo(stack: Stack) -> None:
+    """Enqueue a quick scan and a backup of the demo server and show their progress."""
+    jobs = [JobType.SCAN_QUICK, JobType.BACKUP_MANUAL]
+    runs: list[tuple[JobType, FlowRun]] = []
+    with stack.prefect_settings():
+        for job_type in jobs:
+            deployment = CATALOGUE[job_type].deployment
+            flow_run = await arun_deployment(
+                name=deployment.full_name,
+                parameters={"server_id": str(DEMO_SERVER_ID), "job_type": job_type.value},
+                timeout=0,
+            )
+            runs.append((job_type, flow_run))
+            console.print(
+                f"enqueued {job_type.value}: {stack.url}/runs/flow-run/{flow_run.id}",
+                soft_wrap=True,
+            )
+    columns = (
+        TextColumn("{task.fields[job]:<14}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>5.1f} %"),
+        TextColumn("{task.fields[state]:<10} {task.description}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as bars:
+        ids: dict[UUID, TaskID] = {
+            run.id: bars.add_task("queued", total=100, job=job.value, state="Scheduled")
+            for job, run in runs
+        }
+        pending = set(ids)
+        async with stack.client() as client:
+            while pending:
+                for run_id in list(pending):
+                    run = await client.read_flow_run(run_id)
+                    reading = await read_progress(client, run_id)
+                    state = run.state
+                    bars.update(
+                        ids[run_id],
+                        completed=reading.percent if reading else 0,
+                        description=(reading.message if reading else None) or "",
+                        state=state.name if state else "?",
+                    )
+                    if state is not None and state.is_final():
+                        pending.discard(run_id)
+                        if state.is_completed():
+                            bars.update(ids[run_id], completed=100)
+                        elif state.message:
+                            bars.update(ids[run_id], description=state.message[:80])
+                await asyncio.sleep(0.5)
+    console.print(f"demo jobs done; backups are under {stack.environment()['MM_BACKUP_ROOT']}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

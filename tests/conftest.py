@@ -1,0 +1,27 @@
+"""Every test starts from a clean environment: no PREFECT_* or MM_* variables from the shell."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+#: Prefixes of variables a developer's shell may carry that would point tests at the wrong place.
+CLEANED_PREFIXES = ("PREFECT_", "MM_")
+
+
+def _scrub() -> None:
+    for key in [k for k in os.environ if k.startswith(CLEANED_PREFIXES)]:
+        del os.environ[key]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Before collection: Prefect reads its settings from the environment when it is imported,
+    # and test modules import it, so the session fixture alone would come too late for that.
+    _scrub()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def clean_environ() -> None:
+    """No PREFECT_* or MM_* variable from the shell reaches a test (like httpx's conftest)."""
+    _scrub()

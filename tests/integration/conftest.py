@@ -1,0 +1,190 @@
+"""Session-wide services for integration tests: the whole stack, an sshd, and the inventory.
+
+Each service starts once per session; each test gets clean state by adding servers with fresh
+ids (`inventory.add_server(target)`). A service that cannot start fails the tests that need it;
+nothing here skips.
+
+    def test_backup(stack, target, inventory, run_job, wait_for_final_state):
+        server_id = inventory.add_server(target, backup={"paths": [str(tree)]})
+        run_id = run_job("backup/backup", {"server_id": str(server_id)})
+        run = wait_for_final_state(run_id, timeout=120)
+        assert run.state.is_completed()
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+import yaml
+from prefect.client.schemas.objects import FlowRun
+
+from deployments.local_target import LocalTarget, free_port
+from deployments.stack import Stack
+from tasks.atomic import write_atomic
+
+#: A server that is in the inventory when the stack starts, with a backup schedule far enough
+#: ahead (1 January, 03:00) that the scheduler's runs never reach a worker during a session.
+SCHEDULED_SERVER_ID = UUID("5c4e4d6a-0000-4000-8000-00000000000a")
+SCHEDULED_CRON = "0 3 1 1 *"
+SCHEDULED_TIMEZONE = "Europe/Berlin"
+
+
+class InventoryFile:
+    """The session's inventory YAML; flow runs read it at run time, so edits need no restart."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._servers: list[dict[str, Any]] = []
+        self._write()
+
+    def servers(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(s) for s in self._servers]
+
+    def add(self, entry: dict[str, Any]) -> UUID:
+        """Add a raw inventory entry (it must have an unused `id`)."""
+        with self._lock:
+            if any(s["id"] == str(entry["id"]) for s in self._servers):
+                raise ValueError(f"server {entry['id']} is already in the inventory")
+            self._servers.append({**entry, "id": str(entry["id"])})
+            self._write()
+        return UUID(str(entry["id"]))
+
+    def add_server(
+        self, target: LocalTarget | None = None, *, server_id: UUID | None = None, **fields: Any
+    ) -> UUID:
+        """Add a server with a fresh id, reached through `target` unless `fields` say otherwise."""
+        server_id = server_id or uuid.uuid4()
+        name = fields.pop("name", f"test-{str(server_id)[:8]}")
+        if target is not None:
+            entry = target.server_entry(str(server_id), name, **fields)
+        else:
+            entry = {"id": str(server_id), "name": name, **fields}
+        return self.add(entry)
+
+    def remove(self, server_id: UUID | str) -> None:
+        with self._lock:
+            self._servers = [s for s in self._servers if s["id"] != str(server_id)]
+            self._write()
+
+    def _write(self) -> None:
+        # Whole or not at all: a flow run may read the file at any moment.
+        text = yaml.safe_dump({"servers": self._servers}, sort_keys=False)
+        write_atomic(self.path, text.encode())
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests by the services they use, so `-m 'not sshd'` and the like select correctly."""
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if {"stack", "run_job", "wait_for_final_state"} & set(fixtures):
+            item.add_marker(pytest.mark.prefect)
+        if "target" in fixtures:
+            item.add_marker(pytest.mark.sshd)
+
+
+@pytest.fixture(scope="session")
+def inventory(tmp_path_factory: pytest.TempPathFactory) -> InventoryFile:
+    """The inventory of the session's stack, with one scheduled server to start with."""
+    inventory = InventoryFile(tmp_path_factory.mktemp("inventory") / "inventory.yaml")
+    inventory.add(
+        {
+            "id": str(SCHEDULED_SERVER_ID),
+            "name": "scheduled",
+            "host": "127.0.0.1",
+            "username": "nobody",
+            "private_key_file": "/nonexistent/id_ed25519",
+            "backup": {
+                "paths": ["/srv"],
+                "schedule": SCHEDULED_CRON,
+                "timezone": SCHEDULED_TIMEZONE,
+            },
+        }
+    )
+    return inventory
+
+
+@pytest.fixture(scope="session")
+def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTarget]:
+    """An OpenSSH server on loopback; without /usr/sbin/sshd this fails (run `make test`)."""
+    local = LocalTarget(home=tmp_path_factory.mktemp("target")).start()
+    yield local
+    local.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, inventory: InventoryFile) -> Iterator[Stack]:
+    """Server, bootstrap and one worker per pool, on a free port with its own SQLite database.
+
+    While it lives, Prefect helpers that use the global client (`run_deployment`, `get_client`)
+    talk to it; `stack.client()` and `stack.sync_client()` always do.
+    """
+    data_dir = tmp_path_factory.mktemp("stack")
+    running = Stack(
+        data_dir,
+        port=free_port(),
+        inventory=inventory.path,
+        backup_root=data_dir / "backups",
+        results_root=data_dir / "results",
+        api_port=free_port(),
+        ui=False,
+    )
+    running.start()
+    try:
+        with running.prefect_settings():
+            yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def run_job(stack: Stack) -> Callable[..., UUID]:
+    """`run_job(deployment_full_name, parameters, work_queue_name=None) -> flow_run_id`."""
+
+    def run(
+        deployment_full_name: str,
+        parameters: dict[str, Any],
+        work_queue_name: str | None = None,
+    ) -> UUID:
+        with stack.sync_client() as client:
+            deployment = client.read_deployment_by_name(deployment_full_name)
+            flow_run = client.create_flow_run_from_deployment(
+                deployment.id, parameters=parameters, work_queue_name=work_queue_name
+            )
+        return flow_run.id
+
+    return run
+
+
+@pytest.fixture
+def wait_for_final_state(stack: Stack) -> Callable[..., FlowRun]:
+    """`wait_for_final_state(flow_run_id, timeout=120) -> FlowRun`, polling; fails on timeout."""
+
+    def wait(flow_run_id: UUID, timeout: float = 120.0, poll: float = 0.25) -> FlowRun:
+        deadline = time.monotonic() + timeout
+        with stack.sync_client() as client:
+            while True:
+                flow_run = client.read_flow_run(flow_run_id)
+                if flow_run.state is not None and flow_run.state.is_final():
+                    return flow_run
+                if time.monotonic() > deadline:
+                    state = flow_run.state.name if flow_run.state else None
+                    logs = "\n".join(
+                        f"--- {child.log_path}\n{child.log_tail(1500)}"
+                        for child in stack.workers.values()
+                    )
+                    pytest.fail(
+                        f"flow run {flow_run_id} still {state} after {timeout} s\n{logs}",
+                        pytrace=False,
+                    )
+                time.sleep(poll)
+
+    return wait

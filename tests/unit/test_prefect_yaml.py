@@ -1,0 +1,75 @@
+"""prefect.yaml, the source of truth for deployments, agrees with the catalogue and queue table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prefect.flows import load_flow_from_entrypoint
+
+from deployments.bootstrap import PROJECT_DIR
+from deployments.catalogue import DEPLOYMENTS, Deployment
+
+PREFECT_YAML = PROJECT_DIR / "prefect.yaml"
+
+
+@pytest.fixture(scope="module")
+def config() -> dict[str, Any]:
+    loaded = yaml.safe_load(PREFECT_YAML.read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def by_name(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {d["name"]: d for d in config["deployments"]}
+
+
+def test_it_has_exactly_the_catalogue_deployments(config: dict[str, Any]) -> None:
+    names = [d["name"] for d in config["deployments"]]
+    assert sorted(names) == sorted(d.name for d in DEPLOYMENTS)
+    assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d.name)
+def test_deployment_agrees_with_the_catalogue(
+    config: dict[str, Any], deployment: Deployment
+) -> None:
+    entry = by_name(config)[deployment.name]
+    assert entry["entrypoint"] == deployment.entrypoint
+    assert entry["work_pool"]["name"] == deployment.queue.name
+    assert entry["work_pool"]["work_queue_name"] == deployment.queue.default_priority.queue_name
+    assert "medicine-man" in entry["tags"]
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d.name)
+def test_entrypoint_loads_the_named_flow(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Entrypoints are relative to the project directory, as `prefect deploy` and workers see them.
+    monkeypatch.chdir(PROJECT_DIR)
+    flow = load_flow_from_entrypoint(deployment.entrypoint)
+    assert flow.name == deployment.flow_name
+
+
+def test_code_is_pulled_from_the_project_directory_not_built(config: dict[str, Any]) -> None:
+    assert not config.get("build")
+    assert not config.get("push")
+    assert config["pull"] == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $MM_PROJECT_DIR }}"}}
+    ]
+    for entry in config["deployments"]:
+        assert "pull" not in entry and "build" not in entry
+
+
+def test_no_schedules_in_the_yaml(config: dict[str, Any]) -> None:
+    # The bootstrap owns the backup schedules (from the inventory); a `schedules:` key here
+    # would make `prefect deploy` replace them.
+    for entry in config["deployments"]:
+        assert "schedules" not in entry and "schedule" not in entry
+
+
+def test_project_dir_is_the_repository_root() -> None:
+    assert (PROJECT_DIR / "pyproject.toml").is_file()
+    assert Path(__file__).resolve().is_relative_to(PROJECT_DIR)
