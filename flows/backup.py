@@ -19,6 +19,7 @@ from tasks.backup import (
     transfer_archive,
 )
 from tasks.inventory import BackupSpec, Server
+from tasks.outcome import publish_result
 from tasks.progress import Progress
 from tasks.repository import BackupStatus
 from tasks.servers import find_server
@@ -64,14 +65,16 @@ def backup(
         if post_error is not None:
             raise post_error
     progress.milestone(100, "backup record updated")
-    return {
-        "backupId": str(manifest.backup_id),
-        "status": manifest.status.value,
-        "size": manifest.size,
-        "fileCount": manifest.file_count,
-        "sha256": manifest.sha256,
-        "duration": round(time.monotonic() - began, 3),
-    }
+    return publish_result(
+        {
+            "backupId": str(manifest.backup_id),
+            "status": manifest.status.value,
+            "size": manifest.size,
+            "fileCount": manifest.file_count,
+            "sha256": manifest.sha256,
+            "duration": round(time.monotonic() - began, 3),
+        }
+    )
 
 
 def _run_post(server: Server, spec: BackupSpec) -> Exception | None:

@@ -10,6 +10,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.params import ScanJob
+from tasks.outcome import publish_result
 from tasks.progress import Progress
 from tasks.scan import create_scan_record, fail_scan_record, scan_server, store_scan_results
 from tasks.servers import find_server, verify_server
@@ -43,9 +44,11 @@ def scan(
     store_scan_results(record, results)
     progress.milestone(90, "results stored")
     progress.milestone(100, "done")
-    return {
-        "scanId": str(scan_id),
-        "status": "completed",
-        "results": results,
-        "duration": round(time.monotonic() - began, 3),
-    }
+    return publish_result(
+        {
+            "scanId": str(scan_id),
+            "status": "completed",
+            "results": results,
+            "duration": round(time.monotonic() - began, 3),
+        }
+    )

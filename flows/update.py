@@ -10,6 +10,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from tasks.errors import RemoteCommandFailed
+from tasks.outcome import publish_result
 from tasks.progress import Progress
 from tasks.servers import find_server, verify_server
 from tasks.update import create_update_record, fail_update_record, run_update
@@ -45,9 +46,11 @@ def update(
         raise
     progress.milestone(90, "update finished")
     progress.milestone(100, "update record stored")
-    return {
-        "updateId": str(update_id),
-        "status": "completed",
-        "exitStatus": record.exit_status,
-        "duration": round(time.monotonic() - began, 3),
-    }
+    return publish_result(
+        {
+            "updateId": str(update_id),
+            "status": "completed",
+            "exitStatus": record.exit_status,
+            "duration": round(time.monotonic() - began, 3),
+        }
+    )

@@ -9,17 +9,19 @@ from pathlib import Path
 import pytest
 
 from deployments.stack import Stack
+from tasks.outcome import read_result
 from tasks.progress import read_progress
 from tasks.repository import BackupRepository, BackupStatus
 from tests.support.runs import task_run_named
 from tests.support.trees import make_tree, restored, tree_digest
 
 
-def progress_of(stack: Stack, run_id: uuid.UUID) -> float | None:
-    async def read() -> float | None:
+def progress_and_result(stack: Stack, run_id: uuid.UUID) -> tuple[float | None, dict | None]:
+    async def read() -> tuple[float | None, dict | None]:
         async with stack.client() as client:
             reading = await read_progress(client, run_id)
-        return reading.percent if reading else None
+            result = await read_result(client, run_id)
+        return (reading.percent if reading else None), result
 
     return asyncio.run(read())
 
@@ -55,7 +57,12 @@ def test_backup_restores_to_an_identical_tree(
     archive = repo.archive_path(manifest)
     assert archive.stat().st_size == manifest.size
     assert repo.verify(manifest).sha256 == manifest.sha256
-    assert progress_of(stack, run_id) == 100
+    percent, result = progress_and_result(stack, run_id)
+    assert percent == 100
+    assert result is not None
+    assert result["backupId"] == str(backup_id)
+    assert result["status"] == "completed"
+    assert result["sha256"] == manifest.sha256
 
     destination = tmp_path / "restore"
     repo.restore(manifest, destination)
