@@ -1,0 +1,123 @@
+"""Bearer JWTs (HS256) with the claims `sub`, `role` and `exp`; PyJWT checks signature and expiry.
+
+Only HS256 is accepted, so a token signed with another algorithm (or `alg: none`) is forged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Annotated
+
+import jwt
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api_shim.settings import get_settings
+
+ALGORITHM = "HS256"
+
+
+class Role(StrEnum):
+    """What a caller may do."""
+
+    #: Sees and acts on every job; pauses queues and cleans old jobs.
+    ADMIN = "admin"
+    #: Sees and acts on the jobs they enqueued.
+    USER = "user"
+
+
+class AuthError(Exception):
+    """The request carries no valid token (401)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Forbidden(Exception):
+    """The caller is authenticated but may not do this (403)."""
+
+    def __init__(self, message: str = "this operation is for admins only") -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling, from a verified token."""
+
+    user_id: str
+    role: Role
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is Role.ADMIN
+
+    @property
+    def owner(self) -> str | None:
+        """Whose jobs this caller sees: None for all (an admin)."""
+        return None if self.is_admin else self.user_id
+
+
+def mint_token(
+    secret: str, user_id: str, role: Role | str = Role.USER, ttl: timedelta = timedelta(hours=12)
+) -> str:
+    """A signed token, for `make up`'s dev token and for tests."""
+    claims = {"sub": user_id, "role": str(role), "exp": datetime.now(UTC) + ttl}
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def verify_token(token: str, secret: str) -> Caller:
+    """The caller a token names, or `AuthError` saying what is wrong with it."""
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=[ALGORITHM],
+            options={"require": ["sub", "role", "exp"]},
+        )
+    except jwt.ExpiredSignatureError:
+        raise AuthError("token expired") from None
+    except jwt.MissingRequiredClaimError as exc:
+        raise AuthError(f"token lacks the {exc.claim!r} claim") from None
+    except jwt.InvalidTokenError:
+        raise AuthError("invalid token: bad signature, algorithm or format") from None
+    sub, role = claims.get("sub"), claims.get("role")
+    if not isinstance(sub, str) or not sub:
+        raise AuthError("token's 'sub' claim must be a non-empty string")
+    try:
+        return Caller(user_id=sub, role=Role(str(role)))
+    except ValueError:
+        raise AuthError("token's 'role' claim must be 'admin' or 'user'") from None
+
+
+#: Declares the bearer scheme in the OpenAPI document; the header is parsed below, so each
+#: kind of bad header gets its own message.
+_bearer = HTTPBearer(auto_error=False, description="A JWT signed with HS256 (MM_JWT_SECRET).")
+
+
+def current_caller(
+    request: Request,
+    _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Caller:
+    """The caller of this request; `AuthError` (401) unless it has a valid bearer token."""
+    header = request.headers.get("authorization")
+    if not header:
+        raise AuthError("missing Authorization header; send 'Authorization: Bearer <token>'")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("Authorization header must be 'Bearer <token>'")
+    return verify_token(token.strip(), get_settings().secret)
+
+
+def admin_caller(caller: Annotated[Caller, Depends(current_caller)]) -> Caller:
+    """The caller, if an admin; `Forbidden` (403) otherwise."""
+    if not caller.is_admin:
+        raise Forbidden()
+    return caller
+
+
+CurrentCaller = Annotated[Caller, Depends(current_caller)]
+AdminCaller = Annotated[Caller, Depends(admin_caller)]

@@ -1,0 +1,56 @@
+"""Settings of the API shim process (MM_*); Prefect's own stay PREFECT_*."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger("api_shim")
+
+
+class InsecureSettings(RuntimeError):
+    """MM_JWT_SECRET is not set; set it (or MM_API_DEV=1 for a throwaway one in development)."""
+
+
+class ApiSettings(BaseSettings):
+    """How the shim authenticates callers and where it finds the inventory."""
+
+    model_config = SettingsConfigDict(env_prefix="MM_", extra="ignore")
+
+    jwt_secret: SecretStr | None = Field(None, description="HS256 key of the callers' tokens.")
+    api_port: int = Field(3000, ge=1, le=65535, description="Port the shim listens on.")
+    api_dev: bool = Field(False, description="Development mode: a generated secret if none.")
+    inventory: Path = Field(Path("inventory.yaml"), description="Server inventory (YAML).")
+    #: Seconds one Prefect call may take before the orchestrator counts as unavailable;
+    #: bounds the Prefect client's own retries, so a dead server answers 503 promptly.
+    prefect_timeout: float = Field(10.0, gt=0)
+    #: Seconds between two looks at a job in a Server-Sent Events stream.
+    events_poll: float = Field(0.5, gt=0)
+
+    #: True when the secret was generated here (dev mode): tokens die with the process.
+    generated_secret: bool = Field(False, exclude=True)
+
+    @model_validator(mode="after")
+    def _secret_or_dev(self) -> ApiSettings:
+        if self.jwt_secret is None or not self.jwt_secret.get_secret_value():
+            if not self.api_dev:
+                raise InsecureSettings()
+            self.jwt_secret = SecretStr(secrets.token_urlsafe(32))
+            self.generated_secret = True
+        return self
+
+    @property
+    def secret(self) -> str:
+        assert self.jwt_secret is not None  # the validator guarantees it
+        return self.jwt_secret.get_secret_value()
+
+
+@lru_cache
+def get_settings() -> ApiSettings:
+    """The settings of this process, read once from the environment."""
+    return ApiSettings()
