@@ -60,3 +60,12 @@ JOB_TYPE_TAG_PREFIX = "job:"
 
 def job_type_tag(job_type: JobType) -> str:
     return f"{JOB_TYPE_TAG_PREFIX}{job_type.value}"
+
+
+#: Tag on every flow run the API shim creates, naming the user who asked for it; the shim shows
+#: a user only the runs with their tag.
+USER_TAG_PREFIX = "user:"
+
+
+def user_tag(user_id: str) -> str:
+    return f"{USER_TAG_PREFIX}{user_id}"

@@ -21,7 +21,8 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 
-from deployments.catalogue import CATALOGUE, job_type_tag
+from deployments.catalogue import CATALOGUE
+from deployments.enqueue import create_job_run
 from deployments.queues import Priority
 from deployments.states import JobState, job_state
 from flows.params import JobType
@@ -107,17 +108,11 @@ async def enqueue(
     queue_name = (priority or job.default_priority).queue_name
     async with prefect_client() as client:
         try:
-            deployment = await client.read_deployment_by_name(name)
+            run = await create_job_run(client, job_type, parameters, priority=priority)
         except ObjectNotFound:
             raise DeploymentMissing(
                 f"deployment {name} is not registered; run the bootstrap (`make up`) first"
             ) from None
-        run = await client.create_flow_run_from_deployment(
-            deployment.id,
-            parameters=parameters,
-            work_queue_name=queue_name,
-            tags=[job_type_tag(job_type)],
-        )
     return Enqueued(job_id=run.id, deployment=name, queue=f"{job.queue.name}/{queue_name}")
 
 

@@ -1,0 +1,38 @@
+"""Starting a job: a flow run of its deployment, in the work queue of its priority.
+
+Shared by the CLI and the API shim, so both tag and route jobs the same way. Prefect's
+`ObjectNotFound` (the deployment is not registered) is left to each caller to translate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.objects import FlowRun
+
+from deployments.catalogue import CATALOGUE, job_type_tag
+from deployments.queues import Priority
+from flows.params import JobType
+
+
+async def create_job_run(
+    client: PrefectClient,
+    job_type: JobType,
+    parameters: dict[str, Any],
+    *,
+    priority: Priority | None = None,
+    tags: Iterable[str] = (),
+    idempotency_key: str | None = None,
+) -> FlowRun:
+    """Create the flow run of a job; with an `idempotency_key` seen before, return that run."""
+    job = CATALOGUE[job_type]
+    deployment = await client.read_deployment_by_name(job.deployment.full_name)
+    return await client.create_flow_run_from_deployment(
+        deployment.id,
+        parameters=parameters,
+        work_queue_name=(priority or job.default_priority).queue_name,
+        tags=[job_type_tag(job_type), *tags],
+        idempotency_key=idempotency_key,
+    )
