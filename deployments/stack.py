@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -108,6 +109,8 @@ class Stack:
             api_shim/app.py exists.
         ui: serve the Prefect UI (tests save a little startup without it).
         extra_env: more variables for every child, e.g. PREFECT_* tuning in a test.
+        jwt_secret: the shim's MM_JWT_SECRET; default: MM_JWT_SECRET from the environment, or
+            a fresh random one (tokens are then minted with `api_shim.auth.mint_token`).
     """
 
     data_dir: Path
@@ -119,6 +122,7 @@ class Stack:
     api_port: int | None = 3000
     ui: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
+    jwt_secret: str | None = None
     server: Child | None = None
     workers: dict[str, Child] = field(default_factory=dict)
     shim: Child | None = None
@@ -130,6 +134,8 @@ class Stack:
         self.project_dir = self.project_dir.resolve()
         if self.inventory is not None:
             self.inventory = self.inventory.resolve()
+        if self.jwt_secret is None:
+            self.jwt_secret = os.environ.get("MM_JWT_SECRET") or secrets.token_urlsafe(32)
 
     # -- where things are -------------------------------------------------------------------
 
@@ -241,7 +247,8 @@ class Stack:
         _check_port_free(self.port, "Prefect server")
         self.server = self._child(
             "server",
-            ["server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+            ["--host", "127.0.0.1", "--port", str(self.port)],
+            module="deployments.prefect_server",
         )
         self._wait(
             self.server,
@@ -347,7 +354,11 @@ class Stack:
             ],
             self.logs_dir / "shim.log",
         )
-        self.shim.start(self.environment(), self.project_dir)
+        # Only the shim gets the secret: flow-run processes have no use for it.
+        env = self.environment()
+        assert self.jwt_secret is not None
+        env["MM_JWT_SECRET"] = self.jwt_secret
+        self.shim.start(env, self.project_dir)
         port = self.api_port
         self._wait(self.shim, lambda: _port_open(port), timeout, f"API shim not on port {port}")
 
@@ -373,10 +384,8 @@ class Stack:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _child(self, name: str, prefect_args: list[str]) -> Child:
-        child = Child(
-            name, [sys.executable, "-m", "prefect", *prefect_args], self.logs_dir / f"{name}.log"
-        )
+    def _child(self, name: str, args: list[str], module: str = "prefect") -> Child:
+        child = Child(name, [sys.executable, "-m", module, *args], self.logs_dir / f"{name}.log")
         child.start(self.environment(), self.project_dir)
         return child
 

@@ -24,6 +24,7 @@ from prefect.deployments import arun_deployment
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
+from api_shim.auth import Role, mint_token
 from deployments.bootstrap import PROJECT_DIR
 from deployments.catalogue import CATALOGUE
 from deployments.local_target import LocalTarget
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  Prefect UI   {stack.url}\n"
             f"  Prefect API  {stack.api_url}\n"
             + (f"  Jobs API     {stack.shim_url}\n" if stack.shim_url else "")
+            + (f"  dev token    {dev_token(stack)}\n" if stack.shim_url else "")
             + f"  inventory    {inventory}\n"
             "Ctrl-C stops everything."
         )
@@ -130,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         if target is not None:
             target.stop()
     return 0
+
+
+def dev_token(stack: Stack) -> str:
+    """An admin token for the shim, valid 12 hours: `curl -H "Authorization: Bearer $TOKEN"`."""
+    assert stack.jwt_secret is not None
+    return mint_token(stack.jwt_secret, "dev-admin", Role.ADMIN)
 
 
 def supervise(stack: Stack) -> None:

@@ -1,0 +1,141 @@
+"""The API shim: the original job API of Medicine Man, over Prefect flow runs.
+
+    MM_JWT_SECRET=... PREFECT_API_URL=http://127.0.0.1:4200/api uvicorn api_shim.app:app --port 3000
+
+Every answer is in the `{success, message, data}` envelope, errors too; no error leaves as a
+500 with a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prefect.settings import PREFECT_API_URL
+from starlette.exceptions import HTTPException
+
+from api_shim.auth import AuthError, Forbidden, Role, mint_token
+from api_shim.gateway import Gateway, GatewayError, JobConflict, JobNotFound
+from api_shim.metrics import REQUEST_SECONDS
+from api_shim.routes import health, jobs, metrics, queues, servers
+from api_shim.routes.jobs import InvalidQuery
+from api_shim.schemas import ErrorData, ErrorDetail, ErrorEnvelope
+from api_shim.settings import get_settings
+from tasks.errors import InventoryError, ServerNotFound
+
+log = logging.getLogger("api_shim")
+
+
+class NoPrefectUrl(RuntimeError):
+    """PREFECT_API_URL is not set; point it at the Prefect server (e.g. http://127.0.0.1:4200/api)."""
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings = get_settings()  # refuses to start without a secret outside dev mode
+    api_url = PREFECT_API_URL.value()
+    if not api_url:
+        # Without it the Prefect client would start an ephemeral server of its own.
+        raise NoPrefectUrl()
+    if settings.generated_secret:
+        token = mint_token(settings.secret, "dev-admin", Role.ADMIN)
+        log.warning("MM_API_DEV: generated a JWT secret; dev admin token: %s", token)
+    async with Gateway.open(api_url, settings.prefect_timeout) as gateway:
+        app.state.gateway = gateway
+        yield
+
+
+app = FastAPI(
+    title="Medicine Man Jobs API",
+    version="1.0.0",
+    description="Backups, scans and updates of servers as jobs; the original BullMQ API over "
+    "Prefect flow runs. Authenticate with `Authorization: Bearer <jwt>` (HS256).",
+    lifespan=lifespan,
+)
+for module in (health, servers, jobs, queues, metrics):
+    app.include_router(module.router)
+
+
+def _error(status: int, message: str, details: list[ErrorDetail] | None = None) -> JSONResponse:
+    body = ErrorEnvelope(message=message, data=ErrorData(errors=details) if details else None)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
+
+
+@app.exception_handler(AuthError)
+async def _auth(request: Request, exc: AuthError) -> JSONResponse:
+    return _error(401, exc.message)
+
+
+@app.exception_handler(Forbidden)
+async def _forbidden(request: Request, exc: Forbidden) -> JSONResponse:
+    return _error(403, exc.message)
+
+
+@app.exception_handler(GatewayError)
+async def _gateway(request: Request, exc: GatewayError) -> JSONResponse:
+    if isinstance(exc, JobNotFound):
+        return _error(404, exc.message)
+    if isinstance(exc, JobConflict):
+        return _error(409, exc.message)
+    return _error(503, exc.message)
+
+
+@app.exception_handler(ServerNotFound)
+async def _no_server(request: Request, exc: ServerNotFound) -> JSONResponse:
+    return _error(404, str(exc))
+
+
+@app.exception_handler(InventoryError)
+async def _inventory(request: Request, exc: InventoryError) -> JSONResponse:
+    return _error(503, f"the server inventory cannot be read: {exc}")
+
+
+@app.exception_handler(InvalidQuery)
+async def _invalid_query(request: Request, exc: InvalidQuery) -> JSONResponse:
+    return _error(400, exc.message, [ErrorDetail(field=exc.field, message=exc.message)])
+
+
+@app.exception_handler(RequestValidationError)
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    details = [
+        ErrorDetail(
+            # ("body", "compression") -> "compression"; ("query", "limit") -> "limit".
+            field=".".join(str(p) for p in error["loc"][1:]) or str(error["loc"][0]),
+            message=str(error["msg"]).removeprefix("Value error, "),
+        )
+        for error in exc.errors()
+    ]
+    summary = "; ".join(f"{d.field}: {d.message}" for d in details)
+    return _error(422, f"invalid request: {summary}", details)
+
+
+@app.exception_handler(HTTPException)
+async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+    return _error(exc.status_code, str(exc.detail))
+
+
+@app.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return _error(500, "internal error; the shim's log has the details")
+
+
+@app.middleware("http")
+async def _timing(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    began = time.perf_counter()
+    response = await call_next(request)
+    route: Any = request.scope.get("route")
+    path = getattr(route, "path", "unmatched")
+    REQUEST_SECONDS.labels(request.method, path, str(response.status_code)).observe(
+        time.perf_counter() - began
+    )
+    return response

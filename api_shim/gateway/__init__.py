@@ -1,0 +1,292 @@
+"""The gateway: the only part of the shim that talks to Prefect.
+
+It answers with the shim's schemas, never Prefect objects, and raises the errors of
+`api_shim.gateway.errors` instead of Prefect's or httpx's; routes turn those into HTTP answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import TypeVar
+from uuid import UUID
+
+import httpx
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.objects import FlowRun, State, StateType
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.exceptions import ObjectNotFound
+from prefect.states import Cancelled, Cancelling, Scheduled
+
+from api_shim.gateway.errors import (
+    DeploymentMissing,
+    GatewayError,
+    JobConflict,
+    JobNotFound,
+    OrchestratorUnavailable,
+)
+from api_shim.gateway.jobs import PAGE, JobReader, state_of
+from api_shim.gateway.selection import Slice, slices_for
+from api_shim.metrics import PREFECT_SECONDS
+from api_shim.schemas import Job, JobList, PrefectStatus, QueueCounts
+from deployments.catalogue import user_tag
+from deployments.enqueue import create_job_run
+from deployments.queues import QUEUES, Priority
+from deployments.states import JobState
+from flows.params import JobType
+
+__all__ = [
+    "DeploymentMissing",
+    "Gateway",
+    "GatewayError",
+    "JobConflict",
+    "JobNotFound",
+    "OrchestratorUnavailable",
+]
+
+T = TypeVar("T")
+
+#: The pools the API speaks of, in the queue table's order.
+POOLS: tuple[str, ...] = tuple(queue.name for queue in QUEUES)
+
+
+class Gateway:
+    """Jobs, queues and workers, as Prefect knows them, through one long-lived client."""
+
+    def __init__(self, client: PrefectClient, api_url: str, timeout: float) -> None:
+        self.client = client
+        self.api_url = api_url
+        self.timeout = timeout
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, api_url: str, timeout: float) -> AsyncIterator[Gateway]:
+        async with PrefectClient(api=api_url) as client:
+            yield cls(client, api_url, timeout)
+
+    async def call(self, operation: str, awaitable: Awaitable[T]) -> T:
+        """Await one Prefect call with a deadline, translating its errors into ours."""
+        began = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await awaitable
+        except ObjectNotFound:
+            raise JobNotFound() from None
+        except TimeoutError:
+            raise OrchestratorUnavailable(
+                f"the Prefect API at {self.api_url} did not answer within {self.timeout:.0f} s"
+            ) from None
+        except httpx.HTTPStatusError as exc:
+            status = exc.response.status_code
+            detail = exc.response.text.strip()[:200]
+            if status == 404:
+                raise JobNotFound() from None
+            if status == 409:
+                raise JobConflict(detail or None) from None
+            raise OrchestratorUnavailable(
+                f"the Prefect API at {self.api_url} answered {status}: {detail}"
+            ) from None
+        except (httpx.TransportError, OSError) as exc:
+            raise OrchestratorUnavailable(
+                f"the Prefect API at {self.api_url} cannot be reached "
+                f"({exc or type(exc).__name__}); is the stack up (`make up`)?"
+            ) from None
+        finally:
+            PREFECT_SECONDS.labels(operation).observe(time.perf_counter() - began)
+
+    # -- the orchestrator ------------------------------------------------------------------
+
+    async def status(self) -> PrefectStatus:
+        """Whether Prefect answers, and its version; never raises."""
+        try:
+            version = await self.call("version", self.client.api_version())
+        except GatewayError as exc:
+            return PrefectStatus(reachable=False, api_url=self.api_url, message=exc.message)
+        return PrefectStatus(
+            reachable=True, api_url=self.api_url, version=str(version), message="reachable"
+        )
+
+    async def paused_pools(self) -> set[str]:
+        pools = await self.call("read_work_pools", self.client.read_work_pools())
+        return {pool.name for pool in pools if pool.name in POOLS and pool.is_paused}
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        job_type: JobType,
+        parameters: dict[str, object],
+        *,
+        user_id: str,
+        priority: Priority | None,
+        idempotency_key: str | None,
+    ) -> tuple[UUID, dict[str, object]]:
+        """Start a job; returns its id and parameters (those of the first, for a repeat)."""
+        try:
+            run = await self.call(
+                "create_flow_run",
+                create_job_run(
+                    self.client,
+                    job_type,
+                    dict(parameters),
+                    priority=priority,
+                    tags=[user_tag(user_id)],
+                    idempotency_key=idempotency_key,
+                ),
+            )
+        except JobNotFound:
+            raise DeploymentMissing() from None
+        return run.id, dict(run.parameters)
+
+    async def find(self, job_id: UUID, owner: str | None) -> FlowRun:
+        """The flow run of a job the caller may see; others' jobs are as absent as unknown ones."""
+        runs = await self.call(
+            "read_flow_runs",
+            self.client.read_flow_runs(
+                flow_run_filter=Slice(None, POOLS).flow_run_filter(owner, ids=[job_id]), limit=1
+            ),
+        )
+        if not runs:
+            raise JobNotFound(f"no job {job_id}")
+        return runs[0]
+
+    async def job(self, job_id: UUID, owner: str | None) -> Job:
+        run, paused = await asyncio.gather(self.find(job_id, owner), self.paused_pools())
+        (job,) = await self.call("read_job_details", JobReader(self.client).jobs([run], paused))
+        return job
+
+    async def jobs(
+        self,
+        owner: str | None,
+        queue: str | None,
+        state: JobState | None,
+        limit: int,
+        offset: int,
+    ) -> JobList:
+        """A page of jobs, newest (by due time) first, and how many match in all."""
+        paused = await self.paused_pools()
+        pools = (queue,) if queue else POOLS
+        slices = slices_for(state, pools, paused, datetime.now(UTC))
+        totals = await asyncio.gather(*(self._count(s, owner) for s in slices))
+        if len(slices) == 1:
+            runs = await self._read(slices[0], owner, offset, limit)
+        else:
+            # A union: the first offset+limit of each slice, merged in the same order.
+            wanted = offset + limit
+            reads = [
+                self._read(part, owner, 0, min(wanted, n))
+                for part, n in zip(slices, totals, strict=True)
+            ]
+            parts = await asyncio.gather(*reads)
+            merged = sorted((run for part in parts for run in part), key=_due, reverse=True)
+            runs = merged[offset : offset + limit]
+        page = await self.call("read_job_details", JobReader(self.client).jobs(runs, paused))
+        return JobList(jobs=page, count=len(page), total=sum(totals), limit=limit, offset=offset)
+
+    async def counts(self, owner: str | None) -> dict[str, QueueCounts]:
+        """Jobs per queue and state, by count queries run side by side."""
+        paused = await self.paused_pools()
+        now = datetime.now(UTC)
+        keys: list[tuple[str, JobState]] = []
+        queries: list[Awaitable[int]] = []
+        for pool in POOLS:
+            for state in JobState:
+                for part in slices_for(state, (pool,), paused, now):
+                    keys.append((pool, state))
+                    queries.append(self._count(part, owner))
+        found = await asyncio.gather(*queries)
+        counts = {pool: QueueCounts() for pool in POOLS}
+        for (pool, state), n in zip(keys, found, strict=True):
+            entry = counts[pool]
+            setattr(entry, state.value, getattr(entry, state.value) + n)
+            entry.total += n
+        return counts
+
+    async def workers_online(self) -> dict[str, int]:
+        """Live (ONLINE) workers per pool."""
+        found = await asyncio.gather(
+            *(
+                self.call("read_workers", self.client.read_workers_for_work_pool(pool))
+                for pool in POOLS
+            )
+        )
+        return {
+            pool: sum(1 for w in workers if w.status.value == "ONLINE")
+            for pool, workers in zip(POOLS, found, strict=True)
+        }
+
+    async def retry(self, job_id: UUID, owner: str | None) -> None:
+        """Run a failed job again under the same id; its attempts go on counting."""
+        run, state = await self._run_and_state(job_id, owner)
+        if state is not JobState.FAILED:
+            raise JobConflict(f"only failed jobs can be retried; job {job_id} is {state}")
+        # Forced: Prefect refuses Failed -> Scheduled otherwise; the worker then runs the same
+        # flow-run id again with run_count + 1 (FACTS.md).
+        await self.call(
+            "set_flow_run_state", self.client.set_flow_run_state(run.id, Scheduled(), force=True)
+        )
+
+    async def cancel(self, job_id: UUID, owner: str | None) -> JobState:
+        """Cancel a job that has not ended; returns the state it is in now."""
+        run, state = await self._run_and_state(job_id, owner)
+        if run.state is not None and run.state.is_final():
+            raise JobConflict(f"job {job_id} has already ended ({state})")
+        started = run.state is not None and run.state.type in _STARTED
+        # A run with a process must be killed by its worker (Cancelling); one without a process
+        # has nothing to kill, and Cancelling would leave it hanging (FACTS.md).
+        new_state: State[None] = Cancelling() if started else Cancelled()
+        await self.call("set_flow_run_state", self.client.set_flow_run_state(run.id, new_state))
+        return JobState.ACTIVE if started else JobState.CANCELLED
+
+    async def delete(self, job_id: UUID, owner: str | None) -> None:
+        """Delete a job that is not running (BullMQ refused to remove active jobs too)."""
+        run, state = await self._run_and_state(job_id, owner)
+        if run.state is not None and run.state.type in _STARTED:
+            raise JobConflict(f"job {job_id} is {state}; cancel it before removing it")
+        await self.call("delete_flow_run", self.client.delete_flow_run(run.id))
+
+    async def _run_and_state(self, job_id: UUID, owner: str | None) -> tuple[FlowRun, JobState]:
+        run, paused = await asyncio.gather(self.find(job_id, owner), self.paused_pools())
+        return run, state_of(run, paused, datetime.now(UTC))
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    async def _count(self, part: Slice, owner: str | None) -> int:
+        return await self.call(
+            "count_flow_runs",
+            self.client.count_flow_runs(
+                flow_run_filter=part.flow_run_filter(owner),
+                work_pool_filter=part.work_pool_filter(),
+            ),
+        )
+
+    async def _read(self, part: Slice, owner: str | None, offset: int, limit: int) -> list[FlowRun]:
+        """Up to `limit` runs of a slice from `offset`, in pages Prefect accepts."""
+        runs: list[FlowRun] = []
+        while len(runs) < limit:
+            wanted = min(PAGE, limit - len(runs))
+            page = await self.call(
+                "read_flow_runs",
+                self.client.read_flow_runs(
+                    flow_run_filter=part.flow_run_filter(owner),
+                    work_pool_filter=part.work_pool_filter(),
+                    sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+                    limit=wanted,
+                    offset=offset + len(runs),
+                ),
+            )
+            runs.extend(page)
+            if len(page) < wanted:
+                break
+        return runs
+
+
+#: States in which a run has (or is about to get) a process of its own.
+_STARTED = {StateType.PENDING, StateType.RUNNING, StateType.CANCELLING}
+
+
+def _due(run: FlowRun) -> tuple[datetime, str]:
+    return (run.expected_start_time or run.created or datetime.min.replace(tzinfo=UTC), str(run.id))

@@ -1,0 +1,196 @@
+"""Flow runs -> the API's `Job`: parameters, mapped state, progress, attempts, result.
+
+A page of jobs costs a fixed number of queries whatever its size: one for the pools, one for
+the progress artifacts, one for the result artifacts and one per 200 task runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+    ArtifactFilterType,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
+from prefect.client.schemas.objects import Artifact, FlowRun, StateType, TaskRun
+from prefect.client.schemas.sorting import ArtifactSort, TaskRunSort
+
+from api_shim.schemas import Job, JobData
+from deployments.catalogue import JOB_TYPE_TAG_PREFIX
+from deployments.states import JobState, job_state
+
+#: One try plus three retries (the tasks' `retries=3`).
+MAX_ATTEMPTS = 4
+#: The most rows Prefect returns for one read (PREFECT_API_DEFAULT_LIMIT).
+PAGE = 200
+#: Ids of a job besides its job id, by parameter name.
+ID_PARAMETERS = ("backup_id", "scan_id", "update_id")
+
+
+def epoch_ms(moment: datetime | None) -> int | None:
+    return None if moment is None else int(moment.timestamp() * 1000)
+
+
+def state_of(run: FlowRun, paused_pools: set[str], now: datetime) -> JobState:
+    """The job state of a run, through the one state table."""
+    if run.state is None:
+        return job_state(StateType.PENDING)
+    return job_state(
+        run.state.type,
+        scheduled_time=run.state.state_details.scheduled_time or run.next_scheduled_start_time,
+        now=now,
+        pool_paused=run.work_pool_name in paused_pools,
+    )
+
+
+def job_name(run: FlowRun) -> str:
+    """The job type, from the run's tag (or its `job_type` parameter)."""
+    for tag in run.tags:
+        if tag.startswith(JOB_TYPE_TAG_PREFIX):
+            return tag.removeprefix(JOB_TYPE_TAG_PREFIX)
+    return str(run.parameters.get("job_type") or run.flow_id)
+
+
+def job_data(run: FlowRun) -> JobData:
+    params = run.parameters
+
+    def text(name: str) -> str | None:
+        value = params.get(name)
+        return None if value is None else str(value)
+
+    options = params.get("options")
+    return JobData(
+        server_id=text("server_id"),
+        backup_id=text("backup_id"),
+        scan_id=text("scan_id"),
+        update_id=text("update_id"),
+        user_id=text("user_id"),
+        options=options if isinstance(options, dict) else None,
+    )
+
+
+def attempts_of(run: FlowRun, task_runs: Sequence[TaskRun]) -> int:
+    """Tries so far: per run of the flow, the most tries of one of its tasks (at least one).
+
+    Task retries leave the flow run's `run_count` at 1 (FACTS.md); a retry through the API runs
+    the flow again, and its tasks' `flow_run_run_count` says which run they belong to.
+    """
+    most: dict[int, int] = defaultdict(int)
+    for task_run in task_runs:
+        key = task_run.flow_run_run_count or 1
+        most[key] = max(most[key], task_run.run_count)
+    return sum(max(1, most.get(n, 0)) for n in range(1, run.run_count + 1)) if run.run_count else 0
+
+
+class JobReader:
+    """Builds `Job`s for a batch of flow runs with a bounded number of queries."""
+
+    def __init__(self, client: PrefectClient) -> None:
+        self.client = client
+
+    async def jobs(self, runs: Sequence[FlowRun], paused_pools: set[str]) -> list[Job]:
+        if not runs:
+            return []
+        ids = [run.id for run in runs]
+        progress, results, task_runs = await asyncio.gather(
+            self._progress(ids), self._results(ids), self._task_runs(ids)
+        )
+        now = datetime.now(UTC)
+        return [
+            self._job(run, paused_pools, now, progress, results, task_runs.get(run.id, []))
+            for run in runs
+        ]
+
+    def _job(
+        self,
+        run: FlowRun,
+        paused_pools: set[str],
+        now: datetime,
+        progress: dict[UUID, float],
+        results: dict[UUID, dict[str, Any]],
+        task_runs: list[TaskRun],
+    ) -> Job:
+        state = state_of(run, paused_pools, now)
+        return Job(
+            id=str(run.id),
+            name=job_name(run),
+            data=job_data(run),
+            state=state,
+            progress=progress.get(run.id, 0.0),
+            attempts=attempts_of(run, task_runs),
+            max_attempts=MAX_ATTEMPTS,
+            timestamp=epoch_ms(run.created) or 0,
+            processed_on=epoch_ms(run.start_time),
+            finished_on=epoch_ms(run.end_time),
+            result=results.get(run.id),
+            queue=run.work_pool_name,
+            failed_reason=(run.state.message if run.state else None)
+            if state is JobState.FAILED
+            else None,
+        )
+
+    async def _progress(self, ids: list[UUID]) -> dict[UUID, float]:
+        """The newest progress artifact of each run (a re-run starts a new one)."""
+        found: dict[UUID, float] = {}
+        for artifact in await self._artifacts(ids, "progress"):
+            if artifact.flow_run_id is not None and artifact.flow_run_id not in found:
+                data = artifact.data
+                found[artifact.flow_run_id] = float(data) if isinstance(data, int | float) else 0.0
+        return found
+
+    async def _results(self, ids: list[UUID]) -> dict[UUID, dict[str, Any]]:
+        """Each run's result: its newest keyless table artifact (tasks/outcome.py)."""
+        found: dict[UUID, dict[str, Any]] = {}
+        for artifact in await self._artifacts(ids, "table", keyless=True):
+            if artifact.flow_run_id is None or artifact.flow_run_id in found:
+                continue
+            rows = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+            if isinstance(rows, list) and rows and isinstance(rows[0], dict):
+                found[artifact.flow_run_id] = rows[0]
+        return found
+
+    async def _artifacts(self, ids: list[UUID], kind: str, keyless: bool = False) -> list[Artifact]:
+        """The runs' artifacts of one type, newest first, all pages."""
+        found: list[Artifact] = []
+        while True:
+            page = await self.client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    flow_run_id=ArtifactFilterFlowRunId(any_=ids),
+                    type=ArtifactFilterType(any_=[kind]),
+                    key=ArtifactFilterKey(exists_=False) if keyless else None,
+                ),
+                sort=ArtifactSort.UPDATED_DESC,
+                limit=PAGE,
+                offset=len(found),
+            )
+            found.extend(page)
+            if len(page) < PAGE:
+                return found
+
+    async def _task_runs(self, ids: list[UUID]) -> dict[UUID, list[TaskRun]]:
+        by_run: dict[UUID, list[TaskRun]] = defaultdict(list)
+        offset = 0
+        while True:
+            page = await self.client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
+                sort=TaskRunSort.ID_DESC,
+                limit=PAGE,
+                offset=offset,
+            )
+            for task_run in page:
+                if task_run.flow_run_id is not None:
+                    by_run[task_run.flow_run_id].append(task_run)
+            if len(page) < PAGE:
+                return by_run
+            offset += PAGE

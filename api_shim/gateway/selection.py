@@ -1,0 +1,86 @@
+"""Which flow runs show as a given job state: the state table turned into Prefect filters.
+
+Most job states are a set of Prefect state types. SCHEDULED is split three ways, as
+`deployments.states.job_state` does for one run: paused in a paused pool, delayed when due later,
+waiting when due now. So `waiting` and `paused` are unions of two slices, each one filter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterNextScheduledStartTime,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    FlowRunFilterTags,
+    WorkPoolFilter,
+    WorkPoolFilterName,
+)
+from prefect.client.schemas.objects import StateType
+
+from deployments.catalogue import user_tag
+from deployments.states import STATE_TABLE, JobState, state_types_for
+
+
+@dataclass(frozen=True)
+class Slice:
+    """Flow runs in some state types and pools, optionally due before or after a time."""
+
+    types: tuple[StateType, ...] | None
+    pools: tuple[str, ...]
+    due_before: datetime | None = None
+    due_after: datetime | None = None
+
+    def flow_run_filter(
+        self, owner: str | None, ids: Iterable[UUID] | None = None
+    ) -> FlowRunFilter:
+        """Prefect's filter for this slice, limited to `owner`'s runs unless None (an admin)."""
+        return FlowRunFilter(
+            id=FlowRunFilterId(any_=list(ids)) if ids is not None else None,
+            tags=FlowRunFilterTags(all_=[user_tag(owner)]) if owner is not None else None,
+            state=(
+                FlowRunFilterState(type=FlowRunFilterStateType(any_=list(self.types)))
+                if self.types is not None
+                else None
+            ),
+            next_scheduled_start_time=(
+                FlowRunFilterNextScheduledStartTime(before_=self.due_before, after_=self.due_after)
+                if self.due_before is not None or self.due_after is not None
+                else None
+            ),
+        )
+
+    def work_pool_filter(self) -> WorkPoolFilter:
+        return WorkPoolFilter(name=WorkPoolFilterName(any_=list(self.pools)))
+
+
+#: `after_` is inclusive like `before_`; one tick past `now` keeps the two SCHEDULED slices apart.
+_TICK = timedelta(microseconds=1)
+
+
+def slices_for(
+    state: JobState | None, pools: Iterable[str], paused_pools: Iterable[str], now: datetime
+) -> list[Slice]:
+    """Disjoint slices whose union is every run in `pools` that shows as `state` (all if None)."""
+    pools = tuple(pools)
+    if state is None:
+        return [Slice(None, pools)] if pools else []
+    paused = tuple(p for p in pools if p in set(paused_pools))
+    running = tuple(p for p in pools if p not in paused)
+    slices: list[Slice] = []
+    plain = tuple(t for t in state_types_for(state) if t is not StateType.SCHEDULED)
+    if plain and pools:
+        slices.append(Slice(plain, pools))
+    if state is JobState.PAUSED and paused:
+        slices.append(Slice((StateType.SCHEDULED,), paused))
+    if state is JobState.DELAYED and running:
+        slices.append(Slice((StateType.SCHEDULED,), running, due_after=now + _TICK))
+    if state is STATE_TABLE[StateType.SCHEDULED] and running:
+        slices.append(Slice((StateType.SCHEDULED,), running, due_before=now))
+    return slices

@@ -1,0 +1,64 @@
+"""Prometheus metrics of the shim (GET /metrics) and the queues' health verdict.
+
+Queue gauges are set from count queries at scrape time, so they are as fresh as the scrape;
+counters and histograms live in this process and restart with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from api_shim.schemas import Health, HealthStatus, QueueCounts
+
+#: Waiting jobs in one queue beyond which the queues count as degraded.
+MAX_WAITING = 100
+#: Share of failed jobs among all of a queue's jobs beyond which the queues count as degraded.
+MAX_FAILED_SHARE = 0.10
+
+QUEUE_JOBS = Gauge("mm_queue_jobs", "Jobs per queue and job state.", ["queue", "state"])
+QUEUE_WORKERS = Gauge("mm_queue_workers_online", "Live workers per queue (pool).", ["queue"])
+JOBS_ENQUEUED = Counter(
+    "mm_jobs_enqueued_total", "Jobs enqueued through the API, by job type.", ["job_type"]
+)
+JOB_OPERATIONS = Counter(
+    "mm_job_operations_total",
+    "Retries, cancels, deletes and cleans done through the API.",
+    ["operation"],
+)
+REQUEST_SECONDS = Histogram(
+    "mm_http_request_seconds",
+    "Seconds the shim took to answer, by route and status.",
+    ["method", "route", "status"],
+)
+PREFECT_SECONDS = Histogram(
+    "mm_prefect_call_seconds",
+    "Seconds the shim's calls to the Prefect API took, by operation.",
+    ["operation"],
+)
+
+
+def record_queues(counts: Mapping[str, QueueCounts], workers: Mapping[str, int]) -> None:
+    for queue, entry in counts.items():
+        for state, value in entry.model_dump(exclude={"total"}).items():
+            QUEUE_JOBS.labels(queue, state).set(value)
+    for queue, online in workers.items():
+        QUEUE_WORKERS.labels(queue).set(online)
+
+
+def verdict(counts: Mapping[str, QueueCounts], workers: Mapping[str, int]) -> Health:
+    """Degraded when a queue has too many waiting or failed jobs, or a pool no live worker."""
+    problems = []
+    for queue, entry in counts.items():
+        if entry.waiting > MAX_WAITING:
+            problems.append(f"{queue}: {entry.waiting} jobs waiting (more than {MAX_WAITING})")
+        if entry.total and entry.failed > MAX_FAILED_SHARE * entry.total:
+            share = entry.failed / entry.total
+            problems.append(f"{queue}: {share:.0%} of jobs failed (more than 10 %)")
+    for queue, online in workers.items():
+        if online == 0:
+            problems.append(f"{queue}: no live worker")
+    if problems:
+        return Health(status=HealthStatus.DEGRADED, message="; ".join(problems))
+    return Health(status=HealthStatus.HEALTHY, message="All queues operating normally")

@@ -1,0 +1,196 @@
+"""/api/jobs: job status, lists, statistics, retry, cancel, remove, clean, and an event stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Body, Query
+from fastapi.responses import StreamingResponse
+
+from api_shim.auth import AdminCaller, CurrentCaller
+from api_shim.gateway import POOLS, Gateway, GatewayError
+from api_shim.gateway.admin import clean as clean_jobs
+from api_shim.metrics import JOB_OPERATIONS
+from api_shim.routes import GatewayDep, errors
+from api_shim.schemas import (
+    Cancelled,
+    CleanRequest,
+    CleanResult,
+    Envelope,
+    Job,
+    JobEvent,
+    JobList,
+    JobRef,
+    QueueCounts,
+)
+from api_shim.settings import get_settings
+from deployments.states import JobState
+
+router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+
+#: Job states after which nothing more happens to a job (unless it is retried).
+FINAL = {JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED}
+#: Seconds between keep-alive comments on a quiet event stream, so proxies keep it open.
+KEEPALIVE_SECONDS = 15.0
+
+
+class InvalidQuery(Exception):
+    """A query parameter has a value outside the allowed ones (400)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def _choice(field: str, value: str | None, allowed: list[str]) -> str | None:
+    if value is None or value in allowed:
+        return value
+    raise InvalidQuery(field, f"unknown {field} {value!r}; use one of {', '.join(allowed)}")
+
+
+@router.get("", response_model=Envelope[JobList], responses=errors(400, 401, 422, 503))
+async def list_jobs(
+    caller: CurrentCaller,
+    gateway: GatewayDep,
+    queue: Annotated[str | None, Query(description=f"One of {', '.join(POOLS)}.")] = None,
+    state: Annotated[
+        str | None, Query(description=f"One of {', '.join(s.value for s in JobState)}.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> Envelope[JobList]:
+    """The caller's jobs (an admin's: all), newest first; `total` counts all that match."""
+    queue = _choice("queue", queue, list(POOLS))
+    wanted = _choice("state", state, [s.value for s in JobState])
+    page = await gateway.jobs(
+        caller.owner, queue, JobState(wanted) if wanted else None, limit, offset
+    )
+    return Envelope(message="Jobs retrieved successfully", data=page)
+
+
+@router.get(
+    "/stats/all", response_model=Envelope[dict[str, QueueCounts]], responses=errors(401, 503)
+)
+async def stats(caller: CurrentCaller, gateway: GatewayDep) -> Envelope[dict[str, QueueCounts]]:
+    """Jobs per queue and state: the caller's (an admin's: everyone's)."""
+    counts = await gateway.counts(caller.owner)
+    return Envelope(message="Job statistics retrieved successfully", data=counts)
+
+
+@router.post("/clean", response_model=Envelope[CleanResult], responses=errors(401, 403, 422, 503))
+async def clean(
+    caller: AdminCaller,
+    gateway: GatewayDep,
+    body: Annotated[CleanRequest | None, Body()] = None,
+) -> Envelope[CleanResult]:
+    """Admin: delete finished jobs older than `older_than_seconds` and completed jobs beyond the
+    newest `keep_completed` per queue (defaults: 7 days, 1000)."""
+    body = body or CleanRequest()
+    result = await clean_jobs(
+        gateway, timedelta(seconds=body.older_than_seconds), body.keep_completed
+    )
+    JOB_OPERATIONS.labels("clean").inc()
+    return Envelope(message=f"Removed {result.deleted} old jobs", data=result)
+
+
+@router.get("/{job_id}", response_model=Envelope[Job], responses=errors(401, 404, 422, 503))
+async def get_job(job_id: UUID, caller: CurrentCaller, gateway: GatewayDep) -> Envelope[Job]:
+    job = await gateway.job(job_id, caller.owner)
+    return Envelope(message="Job status retrieved successfully", data=job)
+
+
+@router.delete(
+    "/{job_id}", response_model=Envelope[None], responses=errors(401, 404, 409, 422, 503)
+)
+async def remove_job(job_id: UUID, caller: CurrentCaller, gateway: GatewayDep) -> Envelope[None]:
+    """Remove a job that is not running (409 for an active one)."""
+    await gateway.delete(job_id, caller.owner)
+    JOB_OPERATIONS.labels("delete").inc()
+    return Envelope(message="Job removed successfully", data=None)
+
+
+@router.post(
+    "/{job_id}/retry", response_model=Envelope[JobRef], responses=errors(401, 404, 409, 422, 503)
+)
+async def retry_job(job_id: UUID, caller: CurrentCaller, gateway: GatewayDep) -> Envelope[JobRef]:
+    """Run a failed job again under the same id (409 unless it failed)."""
+    await gateway.retry(job_id, caller.owner)
+    JOB_OPERATIONS.labels("retry").inc()
+    return Envelope(message="Job retry initiated successfully", data=JobRef(job_id=str(job_id)))
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=Envelope[Cancelled],
+    responses=errors(401, 404, 409, 422, 503),
+)
+async def cancel_job(
+    job_id: UUID, caller: CurrentCaller, gateway: GatewayDep
+) -> Envelope[Cancelled]:
+    """Cancel a job that has not ended: a running one is stopped by its worker (409 if ended)."""
+    state = await gateway.cancel(job_id, caller.owner)
+    JOB_OPERATIONS.labels("cancel").inc()
+    data = Cancelled(job_id=str(job_id), state=state)
+    return Envelope(message="Job cancellation requested", data=data)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "`job` events until final"},
+        **errors(401, 404, 422, 503),
+    },
+)
+async def job_events(job_id: UUID, caller: CurrentCaller, gateway: GatewayDep) -> StreamingResponse:
+    """Server-Sent Events: a `job` event whenever the state or progress changes, an `end`
+    event once the job is final (or an `error` event if it can no longer be read)."""
+    first = await gateway.job(job_id, caller.owner)  # 404 before the stream starts
+    stream = _events(gateway, job_id, caller.owner, first, get_settings().events_poll)
+    return StreamingResponse(
+        stream,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _events(
+    gateway: Gateway, job_id: UUID, owner: str | None, job: Job, poll: float
+) -> AsyncIterator[str]:
+    last: tuple[JobState, float] | None = None
+    quiet = 0.0
+    while True:
+        if (job.state, job.progress) != last:
+            last = (job.state, job.progress)
+            quiet = 0.0
+            event = JobEvent(
+                job_id=job.id,
+                state=job.state,
+                progress=job.progress,
+                message=job.failed_reason,
+                final=job.state in FINAL,
+            )
+            yield _sse("job", event.model_dump_json(by_alias=True))
+            if job.state in FINAL:
+                yield _sse("end", event.model_dump_json(by_alias=True))
+                return
+        elif quiet >= KEEPALIVE_SECONDS:
+            quiet = 0.0
+            yield ": keep-alive\n\n"
+        await asyncio.sleep(poll)
+        quiet += poll
+        try:
+            job = await gateway.job(job_id, owner)
+        except GatewayError as exc:
+            yield _sse("error", json.dumps({"message": exc.message}))
+            return
+
+
+def _sse(event: str, data: str) -> str:
+    return f"event: {event}\ndata: {data}\n\n"

@@ -1,0 +1,161 @@
+"""POST /api/servers/:id/backup|scan|update: enqueue a job and answer at once with its ids."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, TypeVar
+from uuid import UUID, uuid4
+
+from fastapi import APIRouter, Body, Header, Request, status
+
+from api_shim.auth import Caller, CurrentCaller
+from api_shim.metrics import JOBS_ENQUEUED
+from api_shim.routes import GatewayDep, errors
+from api_shim.schemas import (
+    BackupEnqueued,
+    BackupRequest,
+    Envelope,
+    PriorityValue,
+    ScanEnqueued,
+    ScanRequest,
+    UpdateEnqueued,
+    UpdateRequest,
+)
+from api_shim.settings import get_settings
+from deployments.queues import Priority
+from flows.params import JobType
+from tasks.inventory import load_inventory
+
+router = APIRouter(prefix="/api/servers", tags=["servers"])
+
+E = TypeVar("E", BackupEnqueued, ScanEnqueued, UpdateEnqueued)
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=200,
+        description="A repeated request with the same key returns the first one's job.",
+    ),
+]
+RESPONSES = errors(401, 404, 422, 503)
+
+
+@router.post(
+    "/{server_id}/backup",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Envelope[BackupEnqueued],
+    responses=RESPONSES,
+)
+async def backup(
+    server_id: UUID,
+    request: Request,
+    caller: CurrentCaller,
+    gateway: GatewayDep,
+    idempotency_key: IdempotencyKey = None,
+    body: Annotated[BackupRequest | None, Body()] = None,
+) -> Envelope[BackupEnqueued]:
+    """Enqueue a `backup:manual` job (HIGH priority unless asked otherwise)."""
+    body = body or BackupRequest()
+    options = body.model_dump(exclude={"priority"})
+    extra = {"options": options}
+    return await _enqueue(
+        request, gateway, caller, JobType.BACKUP_MANUAL, server_id, "backup_id", extra,
+        body.priority, idempotency_key, BackupEnqueued, "Backup enqueued successfully",
+    )  # fmt: skip
+
+
+@router.post(
+    "/{server_id}/scan",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Envelope[ScanEnqueued],
+    responses=RESPONSES,
+)
+async def scan(
+    server_id: UUID,
+    request: Request,
+    caller: CurrentCaller,
+    gateway: GatewayDep,
+    idempotency_key: IdempotencyKey = None,
+    body: Annotated[ScanRequest | None, Body()] = None,
+) -> Envelope[ScanEnqueued]:
+    """Enqueue a `scan:full` or `scan:quick` job (NORMAL priority unless asked otherwise)."""
+    body = body or ScanRequest()
+    job_type = JobType.SCAN_QUICK if body.scan_type == "quick" else JobType.SCAN_FULL
+    return await _enqueue(
+        request, gateway, caller, job_type, server_id, "scan_id", {},
+        body.priority, idempotency_key, ScanEnqueued, "Scan enqueued successfully",
+    )  # fmt: skip
+
+
+@router.post(
+    "/{server_id}/update",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Envelope[UpdateEnqueued],
+    responses=RESPONSES,
+)
+async def update(
+    server_id: UUID,
+    request: Request,
+    caller: CurrentCaller,
+    gateway: GatewayDep,
+    idempotency_key: IdempotencyKey = None,
+    body: Annotated[UpdateRequest | None, Body()] = None,
+) -> Envelope[UpdateEnqueued]:
+    """Enqueue an `update:server` job (CRITICAL priority unless asked otherwise)."""
+    body = body or UpdateRequest()
+    return await _enqueue(
+        request, gateway, caller, JobType.UPDATE_SERVER, server_id, "update_id", {},
+        body.priority, idempotency_key, UpdateEnqueued, "Update enqueued successfully",
+    )  # fmt: skip
+
+
+async def _enqueue(
+    request: Request,
+    gateway: GatewayDep,
+    caller: Caller,
+    job_type: JobType,
+    server_id: UUID,
+    id_name: str,
+    extra: dict[str, Any],
+    priority: PriorityValue | None,
+    idempotency_key: str | None,
+    answer: type[E],
+    message: str,
+) -> Envelope[E]:
+    # An unknown server is refused here, not by a job that fails later.
+    load_inventory(get_settings().inventory).get(server_id)
+    parameters: dict[str, Any] = {
+        "server_id": str(server_id),
+        id_name: str(uuid4()),
+        "user_id": caller.user_id,
+        "job_type": job_type.value,
+        **extra,
+    }
+    # Scoped by user and endpoint, so one user's key never returns another's job.
+    key = (
+        f"api:{caller.user_id}:{request.method} {request.url.path}:{idempotency_key}"
+        if idempotency_key
+        else None
+    )
+    job_id, stored = await gateway.enqueue(
+        job_type, parameters, user_id=caller.user_id, priority=_priority(priority),
+        idempotency_key=key,
+    )  # fmt: skip
+    JOBS_ENQUEUED.labels(job_type.value).inc()
+    data = answer.model_validate(
+        {
+            "job_id": str(job_id),
+            "server_id": str(stored.get("server_id", server_id)),
+            id_name: str(stored.get(id_name)),
+            "message": f"{job_type.value} is queued and will run shortly",
+        }
+    )
+    return Envelope[E](message=message, data=data)
+
+
+def _priority(value: PriorityValue | None) -> Priority | None:
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return Priority(value)
+    return Priority.from_name(value)

@@ -1,0 +1,259 @@
+"""What the API answers: camelCase JSON in the original `{success, message, data}` envelope."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic.alias_generators import to_camel
+
+from deployments.queues import QUEUES
+from deployments.states import JobState
+from flows.params import BackupOptions
+
+T = TypeVar("T")
+
+
+class Schema(BaseModel):
+    """Snake_case in Python, camelCase on the wire, like the original Node API."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+class Envelope(BaseModel, Generic[T]):
+    """Every answer, errors included."""
+
+    success: bool = True
+    message: str
+    data: T
+
+
+class ErrorDetail(Schema):
+    """One invalid input: where it is and what is wrong."""
+
+    field: str
+    message: str
+
+
+class ErrorData(Schema):
+    errors: list[ErrorDetail] = Field(default_factory=list)
+
+
+class ErrorEnvelope(BaseModel):
+    """An error answer: `success` false and a message that says what to do."""
+
+    success: Literal[False] = False
+    message: str
+    data: ErrorData | None = None
+
+
+# -- requests -------------------------------------------------------------------------------
+
+PriorityName = Literal["critical", "high", "normal", "low"]
+#: A work queue by name or by its number (1 = critical ... 4 = low), as BullMQ priorities were.
+PriorityValue = PriorityName | Annotated[int, Field(ge=1, le=4)]
+
+
+class BackupRequest(BackupOptions):
+    """A backup request: the original options plus an optional priority."""
+
+    priority: PriorityValue | None = None
+
+
+class ScanRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    scan_type: Literal["full", "quick"] = "full"
+    priority: PriorityValue | None = None
+
+
+class UpdateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    priority: PriorityValue | None = None
+
+
+class PauseRequest(BaseModel):
+    """Which queue to pause or resume; all of them when absent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    queue: Literal["backup", "scan", "update"] | None = None
+
+
+class CleanRequest(BaseModel):
+    """Which finished jobs to delete."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Completed and failed jobs that ended longer ago than this are deleted.
+    older_than_seconds: int = Field(7 * 24 * 3600, ge=0, le=10 * 365 * 24 * 3600)
+    #: Completed jobs beyond the newest this many of each queue are deleted too.
+    keep_completed: int = Field(1000, ge=0, le=1_000_000)
+
+
+# -- jobs -----------------------------------------------------------------------------------
+
+
+class JobData(Schema):
+    """What the job was asked to do (the flow run's parameters)."""
+
+    server_id: str | None = None
+    backup_id: str | None = None
+    scan_id: str | None = None
+    update_id: str | None = None
+    user_id: str | None = None
+    options: dict[str, Any] | None = None
+
+
+class Job(Schema):
+    """A job as the original `GET /api/jobs/:id` showed it; times are epoch milliseconds."""
+
+    id: str
+    #: The job type, e.g. `backup:manual`.
+    name: str
+    data: JobData
+    state: JobState
+    progress: float = Field(ge=0, le=100)
+    attempts: int = Field(ge=0)
+    max_attempts: int
+    timestamp: int
+    processed_on: int | None = None
+    finished_on: int | None = None
+    result: dict[str, Any] | None = None
+    #: The work pool: backup, scan or update.
+    queue: str | None = None
+    failed_reason: str | None = None
+
+
+class JobList(Schema):
+    jobs: list[Job]
+    #: Jobs on this page.
+    count: int
+    #: All jobs that match the filter.
+    total: int
+    limit: int
+    offset: int
+
+
+class Enqueued(Schema):
+    """The answer to a backup, scan or update request, sent before the job runs."""
+
+    job_id: str
+    server_id: str
+    status: Literal["pending"] = "pending"
+    message: str
+
+
+class BackupEnqueued(Enqueued):
+    backup_id: str
+
+
+class ScanEnqueued(Enqueued):
+    scan_id: str
+
+
+class UpdateEnqueued(Enqueued):
+    update_id: str
+
+
+class JobRef(Schema):
+    job_id: str
+
+
+class Cancelled(Schema):
+    job_id: str
+    state: JobState
+
+
+class CleanResult(Schema):
+    """How many jobs a clean deleted, by queue."""
+
+    deleted: int
+    by_queue: dict[str, int]
+
+
+class QueuePaused(Schema):
+    queue: str
+    paused: bool
+
+
+# -- metrics --------------------------------------------------------------------------------
+
+
+class QueueCounts(Schema):
+    """Jobs of one queue by state; `total` is all of them."""
+
+    waiting: int = 0
+    active: int = 0
+    completed: int = 0
+    failed: int = 0
+    delayed: int = 0
+    paused: int = 0
+    cancelled: int = 0
+    total: int = 0
+
+
+class HealthStatus(StrEnum):
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    UNHEALTHY = "unhealthy"
+
+
+class Health(Schema):
+    status: HealthStatus
+    message: str
+
+
+#: `{backup: QueueCounts, scan: ..., update: ..., health: Health}`, from the queue table.
+QueueMetrics: type[Schema] = create_model(  # type: ignore[call-overload]
+    "QueueMetrics",
+    __base__=Schema,
+    health=(Health, ...),
+    **{queue.name: (QueueCounts, ...) for queue in QUEUES},
+)
+
+#: `{backup: QueueCounts, scan: ..., update: ...}`.
+QueueStats: type[Schema] = create_model(  # type: ignore[call-overload]
+    "QueueStats",
+    __base__=Schema,
+    **{queue.name: (QueueCounts, ...) for queue in QUEUES},
+)
+
+
+class PrefectStatus(Schema):
+    reachable: bool
+    api_url: str
+    version: str | None = None
+    message: str
+
+
+class ServiceHealth(Schema):
+    status: Literal["ok", "unavailable"]
+    prefect: PrefectStatus
+
+
+class WorkerCount(Schema):
+    queue: str
+    online: int
+    paused: bool
+
+
+class SystemMetrics(Schema):
+    status: HealthStatus
+    uptime_seconds: float
+    prefect: PrefectStatus
+    workers: list[WorkerCount]
+    queues: dict[str, QueueCounts]
+    health: Health
+
+
+class JobEvent(Schema):
+    """One Server-Sent Event: the job's state and progress when either changed."""
+
+    job_id: str
+    state: JobState
+    progress: float
+    message: str | None = None
+    final: bool

@@ -1,0 +1,276 @@
+"""The job endpoints of the API shim against the real stack: a completed, a failed after
+retries, an active and a delayed job, with every documented field checked."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from prefect.states import Scheduled
+
+from deployments.catalogue import SCAN, job_type_tag, user_tag
+from deployments.local_target import LocalTarget, free_port
+from deployments.stack import Stack
+from flows.params import JobType
+from tests.integration.conftest import InventoryFile
+from tests.support.api import Api, error, ok, sse_events
+from tests.support.trees import make_tree
+
+JOB_FIELDS = {
+    "id", "name", "data", "state", "progress", "attempts", "maxAttempts", "timestamp",
+    "processedOn", "finishedOn", "result", "queue", "failedReason",
+}  # fmt: skip
+
+
+def api_of(stack: Stack, user_id: str, role: str = "user") -> Iterator[Api]:
+    assert stack.shim_url, "the stack did not start the API shim"
+    assert stack.jwt_secret
+    with Api(stack.shim_url, stack.jwt_secret, user_id, role) as api:
+        yield api
+
+
+@pytest.fixture(scope="module")
+def alice(stack: Stack) -> Iterator[Api]:
+    yield from api_of(stack, f"alice-{uuid.uuid4().hex[:6]}")
+
+
+@pytest.fixture(scope="module")
+def bob(stack: Stack) -> Iterator[Api]:
+    yield from api_of(stack, f"bob-{uuid.uuid4().hex[:6]}")
+
+
+@pytest.fixture(scope="module")
+def admin(stack: Stack) -> Iterator[Api]:
+    yield from api_of(stack, "root", "admin")
+
+
+@pytest.fixture(scope="module")
+def failing_scan(alice: Api, target: LocalTarget, inventory: InventoryFile) -> dict[str, Any]:
+    """A quick scan of a server whose SSH port refuses connections: retried after 5, 10 and
+    20 s, then failed (~40 s). Enqueued by the first test so it fails while others run."""
+    port = free_port()
+    server_id = inventory.add({**target.server_entry(str(uuid.uuid4()), "refusing"), "port": port})
+    response = alice.post(f"/api/servers/{server_id}/scan", json={"scan_type": "quick"})
+    data: dict[str, Any] = ok(response, 202)
+    return {**data, "enqueuedServerId": str(server_id), "refusedPort": port}
+
+
+def test_scan_request_answers_at_once_with_its_ids(failing_scan: dict[str, Any], alice: Api):
+    assert set(failing_scan) >= {"jobId", "scanId", "serverId", "status", "message"}
+    assert failing_scan["status"] == "pending"
+    assert failing_scan["serverId"] == failing_scan["enqueuedServerId"]
+    uuid.UUID(failing_scan["scanId"])
+    job = alice.job(failing_scan["jobId"])
+    assert job["name"] == "scan:quick"
+    assert job["queue"] == "scan"
+    assert job["data"]["scanId"] == failing_scan["scanId"]
+    assert job["data"]["userId"] == alice.user_id
+
+
+def test_completed_backup_shows_every_field(
+    alice: Api, target: LocalTarget, inventory: InventoryFile, tmp_path
+):
+    source = make_tree(tmp_path / "source", big_bytes=10_000)
+    server_id = inventory.add_server(target, backup={"paths": [str(source)]})
+    before = int(time.time() * 1000)
+    body = {"backup_type": "full", "compression": True, "encryption": False, "priority": "high"}
+    enqueued = ok(alice.post(f"/api/servers/{server_id}/backup", json=body), 202)
+    assert enqueued["status"] == "pending" and enqueued["serverId"] == str(server_id)
+
+    job = alice.wait_for_state(enqueued["jobId"], "completed", "failed")
+
+    assert set(job) == JOB_FIELDS
+    assert job["state"] == "completed", job["failedReason"]
+    assert job["id"] == enqueued["jobId"]
+    assert job["name"] == "backup:manual"
+    assert job["queue"] == "backup"
+    assert job["data"] == {
+        "serverId": str(server_id),
+        "backupId": enqueued["backupId"],
+        "scanId": None,
+        "updateId": None,
+        "userId": alice.user_id,
+        "options": {"backup_type": "full", "compression": True, "encryption": False},
+    }
+    assert job["progress"] == 100
+    assert job["attempts"] == 1
+    assert job["maxAttempts"] == 4
+    assert before - 1000 <= job["timestamp"] <= job["processedOn"] <= job["finishedOn"]
+    assert job["finishedOn"] <= int(time.time() * 1000)
+    assert job["result"]["backupId"] == enqueued["backupId"]
+    assert job["result"]["status"] == "completed"
+    assert isinstance(job["result"]["duration"], int | float)
+    assert job["failedReason"] is None
+
+    with alice.http.stream("GET", f"/api/jobs/{job['id']}/events") as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        events = list(sse_events(stream))
+    assert [name for name, _ in events] == ["job", "end"]
+    assert events[0][1] == {
+        "jobId": job["id"], "state": "completed", "progress": 100, "message": None, "final": True
+    }  # fmt: skip
+
+
+def test_idempotency_key_returns_the_same_job_per_user(
+    alice: Api, bob: Api, target: LocalTarget, inventory: InventoryFile
+):
+    server_id = inventory.add_server(target)
+    path = f"/api/servers/{server_id}/scan"
+    headers = {"Idempotency-Key": f"k-{uuid.uuid4()}"}
+    first = ok(alice.post(path, json={"scan_type": "quick"}, headers=headers), 202)
+    again = ok(alice.post(path, json={"scan_type": "quick"}, headers=headers), 202)
+    others = ok(bob.post(path, json={"scan_type": "quick"}, headers=headers), 202)
+    unkeyed = ok(alice.post(path, json={"scan_type": "quick"}), 202)
+
+    assert (again["jobId"], again["scanId"]) == (first["jobId"], first["scanId"])
+    assert others["jobId"] != first["jobId"]
+    assert unkeyed["jobId"] != first["jobId"]
+    for api, job_id in ((alice, first["jobId"]), (bob, others["jobId"]), (alice, unkeyed["jobId"])):
+        assert api.wait_for_state(job_id, "completed", "failed")["state"] == "completed"
+
+
+def test_unknown_server_is_404_and_bad_bodies_name_the_field(alice: Api):
+    missing = uuid.uuid4()
+    message = error(alice.post(f"/api/servers/{missing}/backup", json={}), 404)
+    assert str(missing) in message
+    message = error(alice.post(f"/api/servers/{missing}/scan", json={"scan_type": "slow"}), 422)
+    assert "scan_type" in message
+    message = error(alice.post(f"/api/servers/{missing}/backup", json={"compression": 7}), 422)
+    assert "compression" in message
+    assert "server_id" in error(alice.post("/api/servers/not-a-uuid/update"), 422)
+
+
+def test_active_job_streams_events_refuses_removal_and_cancels(
+    alice: Api, target: LocalTarget, inventory: InventoryFile
+):
+    server_id = inventory.add_server(target, update={"command": "sleep 30"})
+    enqueued = ok(alice.post(f"/api/servers/{server_id}/update"), 202)
+    job_id = enqueued["jobId"]
+    uuid.UUID(enqueued["updateId"])
+
+    job = alice.wait_for(job_id, lambda j: j["state"] == "active" and j["progress"] >= 40)
+    assert job["name"] == "update:server" and job["queue"] == "update"
+    assert job["processedOn"] is not None and job["finishedOn"] is None
+    assert job["attempts"] == 1 and job["result"] is None and job["failedReason"] is None
+    assert "cancel" in error(alice.delete(f"/api/jobs/{job_id}"), 409)
+    assert "failed" in error(alice.post(f"/api/jobs/{job_id}/retry"), 409)
+
+    with alice.http.stream("GET", f"/api/jobs/{job_id}/events") as stream:
+        events = sse_events(stream)
+        name, first = next(events)
+        assert (name, first["state"], first["final"]) == ("job", "active", False)
+        cancelled = ok(alice.post(f"/api/jobs/{job_id}/cancel"))
+        assert cancelled == {"jobId": job_id, "state": "active"}
+        rest = list(events)
+    assert rest[-1][0] == "end"
+    assert rest[-1][1]["state"] == "cancelled"
+    assert alice.job(job_id)["state"] == "cancelled"
+    assert "ended" in error(alice.post(f"/api/jobs/{job_id}/cancel"), 409)
+
+
+def test_delayed_job_shows_as_delayed_then_paused_with_its_pool(
+    stack: Stack, alice: Api, admin: Api
+):
+    job_id = create_delayed_scan(stack, alice.user_id)
+    job = alice.job(job_id)
+    assert job["state"] == "delayed"
+    assert job["processedOn"] is None and job["finishedOn"] is None and job["attempts"] == 0
+    assert job["progress"] == 0 and job["result"] is None
+    listed = ok(alice.get("/api/jobs", params={"state": "delayed", "queue": "scan"}))
+    assert job_id in [j["id"] for j in listed["jobs"]]
+    assert ok(alice.get("/api/jobs/stats/all"))["scan"]["delayed"] >= 1
+
+    paused = ok(admin.post("/api/queues/pause", json={"queue": "scan"}))
+    try:
+        assert paused == [{"queue": "scan", "paused": True}]
+        assert alice.job(job_id)["state"] == "paused"
+        listed = ok(alice.get("/api/jobs", params={"state": "paused"}))
+        assert [j["id"] for j in listed["jobs"]] == [job_id]
+        counts = ok(alice.get("/api/jobs/stats/all"))["scan"]
+        assert counts["paused"] == 1 and counts["delayed"] == 0
+    finally:
+        ok(admin.post("/api/queues/resume", json={"queue": "scan"}))
+    assert alice.job(job_id)["state"] == "delayed"
+
+    ok(alice.delete(f"/api/jobs/{job_id}"))
+    error(alice.get(f"/api/jobs/{job_id}"), 404)
+
+
+def test_list_pages_and_counts_only_the_callers_jobs(alice: Api, bob: Api, admin: Api):
+    everything = ok(alice.get("/api/jobs", params={"limit": 200}))
+    assert everything["count"] == len(everything["jobs"]) == everything["total"] >= 4
+    assert {j["data"]["userId"] for j in everything["jobs"]} == {alice.user_id}
+    first = ok(alice.get("/api/jobs", params={"limit": 1}))
+    second = ok(alice.get("/api/jobs", params={"limit": 1, "offset": 1}))
+    assert first["count"] == second["count"] == 1 and first["total"] == everything["total"]
+    assert first["jobs"][0]["id"] != second["jobs"][0]["id"]
+    completed = ok(alice.get("/api/jobs", params={"state": "completed", "queue": "backup"}))
+    assert completed["total"] >= 1
+    assert {(j["state"], j["queue"]) for j in completed["jobs"]} == {("completed", "backup")}
+
+    stats = ok(alice.get("/api/jobs/stats/all"))
+    assert set(stats) == {"backup", "scan", "update"}
+    assert sum(s["total"] for s in stats.values()) == everything["total"]
+    for counts in stats.values():
+        states = {k: v for k, v in counts.items() if k != "total"}
+        assert set(states) == {
+            "waiting", "active", "completed", "failed", "delayed", "paused", "cancelled"
+        }  # fmt: skip
+        assert sum(states.values()) == counts["total"]
+    all_stats = ok(admin.get("/api/jobs/stats/all"))
+    assert all_stats["backup"]["total"] >= stats["backup"]["total"] + 0
+    assert ok(admin.get("/api/jobs", params={"limit": 1}))["total"] > everything["total"]
+    assert ok(bob.get("/api/jobs/stats/all"))["backup"]["total"] == 0
+
+    assert "backup, scan, update" in error(alice.get("/api/jobs", params={"queue": "x"}), 400)
+    message = error(alice.get("/api/jobs", params={"state": "stuck"}), 400)
+    assert "waiting" in message and "delayed" in message
+    assert "limit" in error(alice.get("/api/jobs", params={"limit": 201}), 422)
+
+
+def test_failed_job_after_retries_shows_its_reason_and_can_be_retried(
+    failing_scan: dict[str, Any], alice: Api
+):
+    job_id = failing_scan["jobId"]
+    job = alice.wait_for_state(job_id, "completed", "failed", timeout=150)
+
+    assert set(job) == JOB_FIELDS
+    assert job["state"] == "failed"
+    assert job["attempts"] == 4 and job["maxAttempts"] == 4
+    assert "SSHConnectError" in job["failedReason"]
+    assert f"port {failing_scan['refusedPort']}" in job["failedReason"]
+    assert job["result"] is None
+    assert job["timestamp"] <= job["processedOn"] <= job["finishedOn"]
+    assert job["finishedOn"] - job["processedOn"] >= 35_000  # waited 5 + 10 + 20 s between tries
+    failed = ok(alice.get("/api/jobs", params={"state": "failed", "queue": "scan"}))
+    assert job_id in [j["id"] for j in failed["jobs"]]
+
+    assert ok(alice.post(f"/api/jobs/{job_id}/retry")) == {"jobId": job_id}
+    again = alice.wait_for(job_id, lambda j: j["attempts"] >= 5, timeout=60)
+    assert again["id"] == job_id
+    assert again["state"] in {"waiting", "active", "failed"}
+    if again["state"] != "failed":
+        ok(alice.post(f"/api/jobs/{job_id}/cancel"))
+    alice.wait_for_state(job_id, "failed", "cancelled", timeout=60)
+
+
+def create_delayed_scan(stack: Stack, user_id: str) -> str:
+    """A scan due in an hour, created through the Prefect client as the scheduler would."""
+    with stack.sync_client() as client:
+        deployment = client.read_deployment_by_name(SCAN.full_name)
+        run = client.create_flow_run_from_deployment(
+            deployment.id,
+            parameters={
+                "server_id": str(uuid.uuid4()),
+                "scan_id": str(uuid.uuid4()),
+                "user_id": user_id,
+                "job_type": JobType.SCAN_FULL.value,
+            },
+            state=Scheduled(scheduled_time=datetime.now(UTC) + timedelta(hours=1)),
+            tags=[job_type_tag(JobType.SCAN_FULL), user_tag(user_id)],
+        )
+    return str(run.id)
