@@ -1,0 +1,83 @@
+"""Breaking the SSH side on purpose: no half archive is ever visible or marked good."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from deployments.local_target import LocalTarget
+from tasks.repository import BackupRepository, BackupStatus
+from tests.support.proxy import FaultyProxy
+from tests.support.trees import restored, tree_digest
+
+SOURCE_BYTES = 24_000_000
+#: Slow enough that the transfer is still running when sshd is killed.
+RATE = 3_000_000
+
+
+@pytest.fixture
+def victim(tmp_path: Path):
+    """An sshd of this test's own, behind a throttling proxy, so it can be killed mid-stream."""
+    target = LocalTarget(home=tmp_path / "victim").start()
+    proxy = FaultyProxy(target.port, bytes_per_second=RATE).start()
+    pub = " ".join(target.host_key.with_suffix(".pub").read_text().split()[:2])
+    (tmp_path / "known_hosts").write_text(f"[127.0.0.1]:{proxy.port} {pub}\n")
+    yield target, proxy
+    proxy.close()
+    target.kill()
+
+
+def _wait_for_partial(server_dir: Path, backup_id: uuid.UUID, at_least: int) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for partial in server_dir.glob(f".{backup_id}.*.partial"):
+            if partial.stat().st_size >= at_least:
+                return
+        time.sleep(0.1)
+    pytest.fail(f"no partial archive of {at_least} bytes appeared in {server_dir}")
+
+
+@pytest.mark.parametrize("sshd_comes_back", [False, True], ids=["stays-dead", "restarted"])
+def test_sshd_killed_mid_transfer_leaves_no_archive_marked_good(
+    stack, inventory, run_job, wait_for_final_state, tmp_path, victim, sshd_comes_back
+):
+    target, proxy = victim
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "big.bin").write_bytes(os.urandom(SOURCE_BYTES))
+    server_id = inventory.add_server(
+        target,
+        port=proxy.port,
+        known_hosts_file=str(tmp_path / "known_hosts"),
+        backup={"paths": [str(source)]},
+    )
+    backup_id = uuid.uuid4()
+    repo = BackupRepository(stack.backup_root)
+
+    run_id = run_job("backup/backup", {"server_id": str(server_id), "backup_id": str(backup_id)})
+    _wait_for_partial(repo.server_dir(server_id), backup_id, at_least=RATE)
+    target.kill()
+    if sshd_comes_back:
+        target.start()
+    run = wait_for_final_state(run_id, timeout=180)
+
+    manifest = repo.read(server_id, backup_id)
+    assert manifest is not None
+    leftovers = sorted(p.name for p in repo.server_dir(server_id).iterdir())
+    if sshd_comes_back:
+        # The transfer was retried from the start and completed: a whole, verified archive.
+        assert run.state.is_completed(), run.state.message
+        assert manifest.status is BackupStatus.COMPLETED
+        assert leftovers == [f"{backup_id}.json", f"{backup_id}.tar"]
+        destination = tmp_path / "restore"
+        repo.restore(manifest, destination)
+        assert tree_digest(restored(destination, source)) == tree_digest(source)
+    else:
+        assert run.state.is_failed()
+        assert "connect" in (run.state.message or "")
+        assert manifest.status is BackupStatus.FAILED
+        assert leftovers == [f"{backup_id}.json"]  # no archive, no temp file
