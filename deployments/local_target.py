@@ -123,7 +123,7 @@ class LocalTarget:
         """kill -9 the listener and every session it serves, as a crash would."""
         if self.process is None:
             return
-        for pid in [*_descendants(self.process.pid), self.process.pid]:
+        for pid in [*descendants(self.process.pid), self.process.pid]:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -155,7 +155,7 @@ class LocalTarget:
         }
 
 
-def _descendants(root: int) -> list[int]:
+def descendants(root: int) -> list[int]:
     """Pids below `root`, deepest first; sshd's session children setsid(), so no group kill."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():

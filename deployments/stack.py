@@ -26,7 +26,7 @@ from prefect.client.orchestration import PrefectClient, SyncPrefectClient
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.bootstrap import PROJECT_DIR, ensure_pool
-from deployments.local_target import _descendants
+from deployments.local_target import descendants
 from deployments.queues import QUEUES, Queue, get_queue
 
 #: Inherited variables that would point the stack at another Prefect (a Cloud profile, say).
@@ -79,7 +79,7 @@ class Child:
         if self.popen.poll() is None:
             # Flow runs first, while the worker still lives to report them: a run killed after
             # its worker stays Running forever and holds a pool slot.
-            _terminate_groups([p for p in _descendants(self.popen.pid) if _leads_group(p)], timeout)
+            _terminate_groups([p for p in descendants(self.popen.pid) if _leads_group(p)], timeout)
             _signal_group(self.popen.pid, signal.SIGTERM)
             try:
                 self.popen.wait(timeout)
@@ -456,4 +456,4 @@ def _group_alive(pgid: int) -> bool:
         state = Path(f"/proc/{pgid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return True
-    return state != "Z" or _descendants(pgid) != []
+    return state != "Z" or descendants(pgid) != []

@@ -1,0 +1,66 @@
+"""`make demo` as a newcomer runs it: the stack comes up, a scan and a backup complete, and
+Ctrl-C stops every process it started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from deployments.local_target import descendants, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _wait_for_line(path: Path, needle: str, process: subprocess.Popen[bytes], timeout: float):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = path.read_text(errors="replace") if path.exists() else ""
+        if needle in text:
+            return text
+        assert process.poll() is None, f"exited with {process.returncode}:\n{text[-3000:]}"
+        time.sleep(0.5)
+    raise AssertionError(f"{needle!r} not printed within {timeout} s:\n{text[-3000:]}")
+
+
+def test_demo_runs_a_scan_and_a_backup_and_ctrl_c_stops_everything(tmp_path):
+    output = tmp_path / "out.txt"
+    env = {**os.environ, "COLUMNS": "200", "DO_NOT_TRACK": "1"}
+    with output.open("wb") as sink:
+        process = subprocess.Popen(
+            [
+                sys.executable, "-m", "deployments.up", "--demo",
+                "--data-dir", str(tmp_path / "var"),
+                "--port", str(free_port()),
+                "--api-port", str(free_port()),
+            ],
+            cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        text = _wait_for_line(output, "demo jobs done", process, timeout=240)
+        assert "Prefect UI" in text
+        assert "dev token" in text
+        assert "failed" not in text.lower()
+        backups = list((tmp_path / "var").rglob("*.tar*"))
+        assert backups, "the demo backup wrote no archive"
+        children = descendants(process.pid)
+        assert children, "the stack started no processes"
+
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+        alive = [pid for pid in children if _running(pid)]
+        assert not alive, f"still running after Ctrl-C: {alive}"
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
