@@ -16,6 +16,9 @@ log = logging.getLogger("api_shim")
 class InsecureSettings(RuntimeError):
     """MM_JWT_SECRET is not set; set it (or MM_API_DEV=1 for a throwaway one in development)."""
 
+    def __init__(self) -> None:
+        super().__init__((self.__doc__ or "").strip())
+
 
 class ApiSettings(BaseSettings):
     """How the shim authenticates callers and where it finds the inventory."""

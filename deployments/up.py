@@ -113,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
             + (f"  Jobs API     {stack.shim_url}\n" if stack.shim_url else "")
             + (f"  dev token    {dev_token(stack)}\n" if stack.shim_url else "")
             + f"  inventory    {inventory}\n"
-            "Ctrl-C stops everything."
+            "Ctrl-C stops everything.",
+            # A wrapped token could not be pasted back whole.
+            soft_wrap=True,
         )
         if args.demo:
             asyncio.run(run_demo(stack))
