@@ -32,7 +32,7 @@ from api_shim.gateway.jobs import PAGE, JobReader, state_of
 from api_shim.gateway.selection import Slice, slices_for
 from api_shim.metrics import PREFECT_SECONDS
 from api_shim.schemas import Job, JobList, PrefectStatus, QueueCounts
-from deployments.catalogue import user_tag
+from deployments.catalogue import DEPLOYMENTS, user_tag
 from deployments.enqueue import create_job_run
 from deployments.queues import QUEUES, Priority
 from deployments.states import JobState
@@ -49,6 +49,9 @@ __all__ = [
 
 T = TypeVar("T")
 
+#: Seconds the pool -> deployment ids map is kept.
+DEPLOYMENT_CACHE_SECONDS = 60.0
+
 #: The pools the API speaks of, in the queue table's order.
 POOLS: tuple[str, ...] = tuple(queue.name for queue in QUEUES)
 
@@ -60,6 +63,8 @@ class Gateway:
         self.client = client
         self.api_url = api_url
         self.timeout = timeout
+        self._deployments: dict[str, list[UUID]] = {}
+        self._deployments_read = -DEPLOYMENT_CACHE_SECONDS - 1.0
 
     @classmethod
     @asynccontextmanager
@@ -255,24 +260,48 @@ class Gateway:
     # -- helpers ----------------------------------------------------------------------------
 
     async def _count(self, part: Slice, owner: str | None) -> int:
+        deployments = await self.deployments_of(part.pools)
         return await self.call(
             "count_flow_runs",
             self.client.count_flow_runs(
-                flow_run_filter=part.flow_run_filter(owner),
-                work_pool_filter=part.work_pool_filter(),
+                flow_run_filter=part.flow_run_filter(owner, deployments=deployments)
             ),
         )
 
+    async def deployments_of(self, pools: tuple[str, ...]) -> list[UUID]:
+        """The ids of the deployments whose runs go to `pools`, cached for a minute (the
+        bootstrap keeps ids when it redeploys; the minute bounds a rebuilt database)."""
+        if time.monotonic() - self._deployments_read > DEPLOYMENT_CACHE_SECONDS:
+            try:
+                found = await asyncio.gather(
+                    *(
+                        self.call(
+                            "read_deployment", self.client.read_deployment_by_name(d.full_name)
+                        )
+                        for d in DEPLOYMENTS
+                    )
+                )
+            except JobNotFound:
+                raise DeploymentMissing() from None
+            self._deployments = {
+                pool: [
+                    f.id for d, f in zip(DEPLOYMENTS, found, strict=True) if d.queue.name == pool
+                ]
+                for pool in POOLS
+            }
+            self._deployments_read = time.monotonic()
+        return [i for pool in pools for i in self._deployments.get(pool, [])]
+
     async def _read(self, part: Slice, owner: str | None, offset: int, limit: int) -> list[FlowRun]:
         """Up to `limit` runs of a slice from `offset`, in pages Prefect accepts."""
+        deployments = await self.deployments_of(part.pools)
         runs: list[FlowRun] = []
         while len(runs) < limit:
             wanted = min(PAGE, limit - len(runs))
             page = await self.call(
                 "read_flow_runs",
                 self.client.read_flow_runs(
-                    flow_run_filter=part.flow_run_filter(owner),
-                    work_pool_filter=part.work_pool_filter(),
+                    flow_run_filter=part.flow_run_filter(owner, deployments=deployments),
                     sort=FlowRunSort.EXPECTED_START_TIME_DESC,
                     limit=wanted,
                     offset=offset + len(runs),

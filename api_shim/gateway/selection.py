@@ -14,6 +14,7 @@ from uuid import UUID
 
 from prefect.client.schemas.filters import (
     FlowRunFilter,
+    FlowRunFilterDeploymentId,
     FlowRunFilterId,
     FlowRunFilterNextScheduledStartTime,
     FlowRunFilterState,
@@ -38,11 +39,24 @@ class Slice:
     due_after: datetime | None = None
 
     def flow_run_filter(
-        self, owner: str | None, ids: Iterable[UUID] | None = None
+        self,
+        owner: str | None,
+        ids: Iterable[UUID] | None = None,
+        deployments: Iterable[UUID] | None = None,
     ) -> FlowRunFilter:
-        """Prefect's filter for this slice, limited to `owner`'s runs unless None (an admin)."""
+        """Prefect's filter for this slice, limited to `owner`'s runs unless None (an admin).
+
+        With the ids of the pools' `deployments`, the filter stands for the pools by itself: an
+        indexed column of the run instead of a join through work queues to pools, which makes
+        counts over 100,000 runs several times faster (BENCHMARKS.md).
+        """
         return FlowRunFilter(
             id=FlowRunFilterId(any_=list(ids)) if ids is not None else None,
+            deployment_id=(
+                FlowRunFilterDeploymentId(any_=list(deployments))
+                if deployments is not None
+                else None
+            ),
             tags=FlowRunFilterTags(all_=[user_tag(owner)]) if owner is not None else None,
             state=(
                 FlowRunFilterState(type=FlowRunFilterStateType(any_=list(self.types)))
