@@ -1,9 +1,10 @@
 """The one idempotent step that makes a Prefect server ready for our jobs.
 
 Against the API in PREFECT_API_URL it creates or updates the work pools and their priority work
-queues from the queue table, applies prefect.yaml with `prefect deploy --all`, and makes the
-backup deployment's schedules match the inventory. Running it again changes nothing; what an
-operator sets at run time (a paused pool, a deactivated schedule) survives it.
+queues from the queue table, applies prefect.yaml with `prefect deploy --all`, creates the
+automations that crash stalled runs and re-run crashed ones (`deployments.automations`), and
+makes the backup deployment's schedules match the inventory. Running it again changes nothing;
+what an operator sets at run time (a paused pool, a deactivated schedule) survives it.
 
     python -m deployments.bootstrap [--project-dir DIR] [--inventory FILE]
 """
@@ -32,6 +33,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.settings import get_current_settings
 from prefect.workers.process import ProcessWorker
 
+from deployments.automations import ensure_automations, get_supervision_settings
 from deployments.catalogue import BACKUP
 from deployments.queues import QUEUES, Priority, Queue
 from flows.params import JobType
@@ -56,13 +58,15 @@ def schedule_slug(server_id: object) -> str:
 
 
 async def bootstrap(project_dir: Path, inventory: Inventory | None) -> None:
-    """Pools, queues, deployments and backup schedules; `inventory=None` leaves schedules alone."""
+    """Pools, queues, deployments, automations, schedules; `inventory=None` skips schedules."""
     async with get_client() as client:
         for queue in QUEUES:
             await ensure_pool(client, queue)
     await deploy(project_dir)
-    if inventory is not None:
-        async with get_client() as client:
+    async with get_client() as client:
+        for change in await ensure_automations(client, get_supervision_settings()):
+            logger.info("%s", change)
+        if inventory is not None:
             await sync_backup_schedules(client, inventory)
 
 

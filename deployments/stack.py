@@ -25,6 +25,7 @@ import httpx
 from prefect.client.orchestration import PrefectClient, SyncPrefectClient
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from deployments.automations import MIN_HEARTBEAT_SECONDS
 from deployments.bootstrap import PROJECT_DIR, ensure_pool
 from deployments.local_target import descendants
 from deployments.queues import QUEUES, Queue, get_queue
@@ -189,6 +190,10 @@ class Stack:
         if self.api_port is not None:
             env["MM_API_PORT"] = str(self.api_port)
         env.update(self.extra_env)
+        # Heartbeats feed the automation that crashes stalled runs (deployments.automations).
+        env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = env.get(
+            "MM_HEARTBEAT_SECONDS", str(MIN_HEARTBEAT_SECONDS)
+        )
         return env
 
     # -- clients ----------------------------------------------------------------------------

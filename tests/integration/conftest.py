@@ -13,6 +13,7 @@ nothing here skips.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -26,6 +27,7 @@ import yaml
 from prefect.client.schemas.objects import FlowRun
 
 from deployments.local_target import LocalTarget, free_port
+from deployments.queues import QUEUES_BY_NAME
 from deployments.stack import Stack
 from tasks.atomic import write_atomic
 
@@ -34,6 +36,10 @@ from tasks.atomic import write_atomic
 SCHEDULED_SERVER_ID = UUID("5c4e4d6a-0000-4000-8000-00000000000a")
 SCHEDULED_CRON = "0 3 1 1 *"
 SCHEDULED_TIMEZONE = "Europe/Berlin"
+
+#: Lock duration of every queue in the session's stack, seconds: the shortest that heartbeats
+#: every 30 s (Prefect's minimum) allow, see `deployments.automations`.
+LOCK = 45
 
 
 class InventoryFile:
@@ -136,6 +142,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, inventory: InventoryFile) ->
         results_root=data_dir / "results",
         api_port=free_port(),
         ui=False,
+        # Stalled runs are crashed after this many seconds instead of minutes (test_crashes.py).
+        extra_env={"MM_LOCK_DURATIONS": json.dumps(dict.fromkeys(QUEUES_BY_NAME, LOCK))},
     )
     running.start()
     try:

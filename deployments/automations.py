@@ -1,0 +1,219 @@
+"""Stalled and crashed jobs: two Prefect automations per pool, created by the bootstrap.
+
+Stock Prefect has no zombie detection on a self-hosted server: when a worker dies together with
+its flow-run process, the run stays Running forever and keeps its pool slot (FACTS.md). Flow
+runs emit `prefect.flow-run.heartbeat` every `PREFECT_FLOWS_HEARTBEAT_FREQUENCY` seconds (set by
+the stack). Per pool:
+
+- **stalled** (proactive): a run of the pool's deployments that sent a heartbeat and then
+  nothing for the queue's lock duration is set Crashed; a Crashed run holds no pool slot.
+- **re-run** (reactive): a run of the pool that ends Crashed, by the worker (its process died)
+  or by the stalled automation, is set Scheduled again, same id, while its run count is below
+  the attempts; the last crash stays Crashed with its reason (the job state `failed`).
+
+Prefect's flow `retries` apply to Failed only, never to Crashed (`RetryFailedFlows`), and an
+`on_crashed` hook cannot run in a process killed with SIGKILL, hence the second automation.
+Both are visible and editable in the Prefect UI (Automations); the bootstrap brings back their
+definition, not their enabled switch.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from functools import lru_cache
+from uuid import UUID
+
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.objects import StateType
+from prefect.events.actions import ChangeFlowRunState
+from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from deployments.catalogue import DEPLOYMENTS
+from deployments.queues import QUEUES, Queue
+
+#: Prefect's floor for flow-run heartbeats (`prefect.flow_engine.MINIMUM_HEARTBEAT_INTERVAL`).
+MIN_HEARTBEAT_SECONDS = 30
+#: How much longer than one heartbeat interval a lock duration must be, for late events.
+HEARTBEAT_SLACK_SECONDS = 15
+
+#: Events that show a run is alive or no longer running, so its silence is no stall.
+_ALIVE_OR_DONE = {
+    f"prefect.flow-run.{name}"
+    for name in (
+        "heartbeat",
+        "Completed",
+        "Failed",
+        "Crashed",
+        "Cancelled",
+        "Cancelling",
+        "TimedOut",
+        "Scheduled",
+        "AwaitingRetry",
+        "Paused",
+        "Suspended",
+    )
+}
+
+
+class SupervisionSettings(BaseSettings):
+    """How runs are watched: heartbeats, lock durations, attempts after crashes."""
+
+    model_config = SettingsConfigDict(env_prefix="MM_", extra="ignore")
+
+    heartbeat_seconds: int = Field(
+        MIN_HEARTBEAT_SECONDS,
+        ge=MIN_HEARTBEAT_SECONDS,
+        description="PREFECT_FLOWS_HEARTBEAT_FREQUENCY of workers and flow runs.",
+    )
+    lock_durations: dict[str, float] = Field(
+        default_factory=dict,
+        description='Seconds per queue replacing the queue table\'s, e.g. {"backup": 50}.',
+    )
+    crash_attempts: int = Field(
+        3, ge=1, description="Runs of one job in all, counting the first, when it keeps crashing."
+    )
+
+    @model_validator(mode="after")
+    def _locks_outlast_heartbeats(self) -> SupervisionSettings:
+        floor = self.heartbeat_seconds + HEARTBEAT_SLACK_SECONDS
+        for queue in QUEUES:
+            seconds = self.lock_duration(queue).total_seconds()
+            if seconds < floor:
+                raise ValueError(
+                    f"lock duration of {queue.name} ({seconds:.0f} s) must be at least"
+                    f" {floor} s: one heartbeat interval plus {HEARTBEAT_SLACK_SECONDS} s"
+                )
+        unknown = set(self.lock_durations) - {q.name for q in QUEUES}
+        if unknown:
+            raise ValueError(f"lock durations for unknown queues: {', '.join(sorted(unknown))}")
+        return self
+
+    def lock_duration(self, queue: Queue) -> timedelta:
+        seconds = self.lock_durations.get(queue.name)
+        return queue.lock_duration if seconds is None else timedelta(seconds=seconds)
+
+
+@lru_cache
+def get_supervision_settings() -> SupervisionSettings:
+    return SupervisionSettings()
+
+
+def stalled_name(queue: Queue) -> str:
+    return f"medicine-man: crash stalled {queue.name} runs"
+
+
+def rerun_name(queue: Queue) -> str:
+    return f"medicine-man: re-run crashed {queue.name} runs"
+
+
+def stalled_automation(
+    queue: Queue, deployment_ids: list[UUID], settings: SupervisionSettings
+) -> AutomationCore:
+    """Crash a run of `deployment_ids` silent for the queue's lock duration after a heartbeat."""
+    seconds = int(settings.lock_duration(queue).total_seconds())
+    return AutomationCore(
+        name=stalled_name(queue),
+        description=(
+            f"A {queue.name} run without a heartbeat for {seconds} s (the queue's lock duration)"
+            " has lost its worker or process: mark it Crashed, which frees its pool slot."
+        ),
+        enabled=True,
+        trigger=EventTrigger(
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related={
+                "prefect.resource.role": "deployment",
+                "prefect.resource.id": [f"prefect.deployment.{i}" for i in deployment_ids],
+            },
+            after={"prefect.flow-run.heartbeat"},
+            expect=_ALIVE_OR_DONE,
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=seconds),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=(
+                    f"Stalled: no heartbeat for {seconds} s (lock duration of the {queue.name}"
+                    " queue); its worker or flow-run process died"
+                ),
+            )
+        ],
+    )
+
+
+def rerun_automation(queue: Queue, settings: SupervisionSettings) -> AutomationCore:
+    """Schedule a crashed run of the pool again while its run count is below the attempts."""
+    attempts = settings.crash_attempts
+    return AutomationCore(
+        name=rerun_name(queue),
+        description=(
+            f"A {queue.name} run that crashed is run again, same job id, up to {attempts}"
+            " runs in all; after that it stays Crashed with the reason (job state failed)."
+        ),
+        enabled=True,
+        trigger=EventTrigger(
+            match={
+                "prefect.resource.id": "prefect.flow-run.*",
+                # Crashed before it ever ran (run count 0) counts as an attempt as well.
+                "prefect.run-count": [str(n) for n in range(attempts)],
+            },
+            match_related={
+                "prefect.resource.role": "work-pool",
+                "prefect.resource.name": queue.name,
+            },
+            expect={"prefect.flow-run.Crashed"},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.SCHEDULED,
+                name="AwaitingRetry",
+                message=f"Crashed; run again (at most {attempts} runs in all)",
+            )
+        ],
+    )
+
+
+def wanted_automations(
+    deployment_ids: dict[str, list[UUID]], settings: SupervisionSettings
+) -> list[AutomationCore]:
+    """Both automations of every pool; `deployment_ids` by pool name."""
+    wanted = []
+    for queue in QUEUES:
+        ids = deployment_ids.get(queue.name, [])
+        if ids:
+            wanted.append(stalled_automation(queue, ids, settings))
+        wanted.append(rerun_automation(queue, settings))
+    return wanted
+
+
+async def ensure_automations(client: PrefectClient, settings: SupervisionSettings) -> list[str]:
+    """Create or update the automations by name (duplicates go); returns what it changed."""
+    changes: list[str] = []
+    ids: dict[str, list[UUID]] = {}
+    for deployment in DEPLOYMENTS:
+        found = await client.read_deployment_by_name(deployment.full_name)
+        ids.setdefault(deployment.queue.name, []).append(found.id)
+    for want in wanted_automations(ids, settings):
+        existing = await client.read_automations_by_name(want.name)
+        if not existing:
+            changes.append(f"created automation {want.name!r}")
+            await client.create_automation(want)
+            continue
+        first, *extra = existing
+        for duplicate in extra:
+            await client.delete_automation(duplicate.id)
+            changes.append(f"deleted a duplicate of automation {want.name!r}")
+        # An operator's off switch in the UI stays off.
+        want = want.model_copy(update={"enabled": first.enabled})
+        if AutomationCore.model_validate(first.model_dump(exclude={"id"})) != want:
+            changes.append(f"updated automation {want.name!r}")
+            await client.update_automation(first.id, want)
+    return changes

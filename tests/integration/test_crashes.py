@@ -1,0 +1,157 @@
+"""Crashed and stalled jobs: noticed within the lock duration, run again, completed once.
+
+The session's stack has heartbeats every 30 s and a lock duration of `LOCK` s per queue, so the
+bootstrap's automations (`deployments.automations`) crash a silent run after `LOCK` s and
+schedule a crashed run again, same id.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+from prefect.client.schemas.objects import FlowRun, State, StateType
+
+from deployments.local_target import LocalTarget, descendants
+from deployments.stack import Stack
+from tasks.repository import BackupRepository, BackupStatus
+from tests.integration.conftest import LOCK
+from tests.support.proxy import FaultyProxy
+from tests.support.runs import max_overlap, running_interval
+from tests.support.trees import restored, tree_digest
+
+SOURCE_BYTES = 12_000_000
+#: Slow enough that a backup is still transferring when its process is killed (~4 s a backup).
+RATE = 3_000_000
+#: The proactive trigger is evaluated every few seconds, and events arrive in batches.
+EVALUATION_SLACK = 15
+
+
+@pytest.fixture
+def slow_server(stack, inventory, tmp_path: Path):
+    """A server behind a throttling proxy, with a 12 MB source: (server_id, source)."""
+    target = LocalTarget(home=tmp_path / "slow").start()
+    proxy = FaultyProxy(target.port, bytes_per_second=RATE).start()
+    pub = " ".join(target.host_key.with_suffix(".pub").read_text().split()[:2])
+    (tmp_path / "known_hosts").write_text(f"[127.0.0.1]:{proxy.port} {pub}\n")
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "big.bin").write_bytes(os.urandom(SOURCE_BYTES))
+    server_id = inventory.add_server(
+        target,
+        port=proxy.port,
+        known_hosts_file=str(tmp_path / "known_hosts"),
+        backup={"paths": [str(source)]},
+    )
+    yield server_id, source
+    proxy.close()
+    target.kill()
+
+
+def flow_run_pid(stack: Stack, pool: str, run_id: UUID, timeout: float = 60) -> int:
+    """The pid of the process that runs `run_id`, from the pool worker's process tree."""
+    worker = stack.workers[pool]
+    assert worker.pid is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in descendants(worker.pid):
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"PREFECT__FLOW_RUN_ID={run_id}".encode() in environ:
+                return pid
+        time.sleep(0.2)
+    pytest.fail(f"no process of flow run {run_id} below the {pool} worker")
+
+
+def wait_for_partial(repo: BackupRepository, server_id: UUID, backup_id: UUID) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for partial in repo.server_dir(server_id).glob(f".{backup_id}.*.partial"):
+            if partial.stat().st_size >= RATE:
+                return
+        time.sleep(0.1)
+    pytest.fail(f"backup {backup_id} never started transferring")
+
+
+def wait_until_completed(stack: Stack, run_id: UUID, timeout: float) -> tuple[FlowRun, list[State]]:
+    """Poll until the run is Completed (a Crashed run is not done yet: it runs again)."""
+    deadline = time.monotonic() + timeout
+    with stack.sync_client() as client:
+        while True:
+            run = client.read_flow_run(run_id)
+            if (run.state is not None and run.state.is_completed()) or time.monotonic() > deadline:
+                states = sorted(client.read_flow_run_states(run_id), key=lambda s: s.timestamp)
+                break
+            time.sleep(0.5)
+    history = [(s.name, s.timestamp.isoformat(), (s.message or "")[:80]) for s in states]
+    assert run.state is not None and run.state.is_completed(), history
+    return run, states
+
+
+@pytest.mark.parametrize("worker_dies", [False, True], ids=["run-killed", "worker-and-run-killed"])
+def test_killed_backup_is_crashed_rerun_and_completed_once(
+    stack, run_job, wait_for_final_state, slow_server, tmp_path, worker_dies
+):
+    """kill -9 a backup's flow-run process (and, the second time, its worker too) mid-transfer.
+
+    Breaks: the run's process; with `worker_dies` also the worker, so nobody reports the run and
+    only the missing heartbeats tell (the stalled-run automation, within the lock duration).
+    Must survive: the run is marked Crashed within the lock duration, is run again with the same
+    id by the re-run automation, completes once, leaves one archive and one manifest that
+    verify and restore; its pool slot is free again (the pool then runs 2 backups at once).
+    """
+    server_id, source = slow_server
+    repo = BackupRepository(stack.backup_root)
+    backup_id = uuid.uuid4()
+    run_id = run_job("backup/backup", {"server_id": str(server_id), "backup_id": str(backup_id)})
+    wait_for_partial(repo, server_id, backup_id)
+    pid = flow_run_pid(stack, "backup", run_id)
+    if worker_dies:
+        stack.kill_worker("backup")
+    killed_at = datetime.now(UTC)
+    os.kill(pid, signal.SIGKILL)
+    if worker_dies:
+        stack.start_worker("backup")
+
+    run, states = wait_until_completed(stack, run_id, timeout=LOCK + EVALUATION_SLACK + 90)
+    crashes = [s for s in states if s.type is StateType.CRASHED]
+    history = "\n".join(f"{s.timestamp:%T.%f} {s.name}: {s.message}" for s in states)
+    # The worker reports a killed process twice (its runner, then itself after the crash
+    # hooks); the second report may land on the already re-scheduled run, which is harmless:
+    # attempts count runs (`run_count`), not reports.
+    assert crashes, history
+    latency = (crashes[0].timestamp - killed_at).total_seconds()
+    limit = LOCK + EVALUATION_SLACK if worker_dies else 10
+    assert latency <= limit, f"crash noticed after {latency:.1f} s, limit {limit} s"
+    if worker_dies:
+        assert "no heartbeat" in (crashes[0].message or ""), crashes[0].message
+    assert run.run_count == 2, history  # killed once, completed once
+    print(f"crash of the run noticed after {latency:.1f} s (worker_dies={worker_dies})")
+
+    manifest = repo.read(server_id, backup_id)
+    assert manifest is not None and manifest.status is BackupStatus.COMPLETED
+    assert sorted(p.name for p in repo.server_dir(server_id).iterdir()) == [
+        f"{backup_id}.json",
+        f"{backup_id}.tar",
+    ]
+    repo.verify(manifest)
+    repo.restore(manifest, tmp_path / "restore")
+    assert tree_digest(restored(tmp_path / "restore", source)) == tree_digest(source)
+
+    if not worker_dies:
+        return  # the worker that saw its process die freed the slot itself
+    # The stalled run holds no slot: the limit-2 pool runs two backups at once again.
+    pair = [run_job("backup/backup", {"server_id": str(server_id)}) for _ in range(2)]
+    finished = [wait_for_final_state(r, timeout=90) for r in pair]
+    assert all(r.state is not None and r.state.is_completed() for r in finished)
+    with stack.sync_client() as client:
+        spans = [running_interval(client.read_flow_run_states(r)) for r in pair]
+    assert max_overlap(spans) == 2, spans

@@ -1,0 +1,43 @@
+"""The crash automations: one pair per pool, lock durations that heartbeats can meet."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from pydantic import ValidationError
+
+from deployments.automations import SupervisionSettings, wanted_automations
+from deployments.queues import QUEUES, QUEUES_BY_NAME
+
+
+def test_the_queue_table_gives_the_lock_durations_unless_overridden() -> None:
+    settings = SupervisionSettings(lock_durations={"scan": 45})
+    assert settings.lock_duration(QUEUES_BY_NAME["scan"]) == timedelta(seconds=45)
+    assert settings.lock_duration(QUEUES_BY_NAME["backup"]) == timedelta(minutes=5)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"lock_durations": {"backup": 40}},
+        {"lock_durations": {"nope": 60}},
+        {"heartbeat_seconds": 5},
+    ],
+    ids=["shorter-than-heartbeat-plus-slack", "unknown-queue", "heartbeat-below-prefect-floor"],
+)
+def test_settings_that_cannot_work_are_refused(fields: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        SupervisionSettings(**fields)  # type: ignore[arg-type]
+
+
+def test_every_pool_gets_a_stalled_and_a_rerun_automation() -> None:
+    ids = {queue.name: [uuid.uuid4()] for queue in QUEUES}
+    automations = wanted_automations(ids, SupervisionSettings(crash_attempts=2))
+    names = [a.name for a in automations]
+    assert len(names) == len(set(names)) == 2 * len(QUEUES)
+    rerun = next(a for a in automations if a.name.endswith("re-run crashed backup runs"))
+    assert rerun.trigger.match.get("prefect.run-count") == ["0", "1"]  # type: ignore[union-attr]
+    stalled = next(a for a in automations if a.name.endswith("crash stalled backup runs"))
+    assert stalled.trigger.within == timedelta(minutes=5)  # type: ignore[union-attr]
