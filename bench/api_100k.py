@@ -108,8 +108,10 @@ async def deployment_targets(stack: Stack) -> list[dict[str, str]]:
     return found
 
 
-def seed(db: Path, targets: list[dict[str, str]], count: int, index: bool = False) -> None:
-    """Insert `count` runs with their current states, spread over the last six days."""
+def seed(
+    db: Path, targets: list[dict[str, str]], count: int, index: bool = False, days: float = 6
+) -> None:
+    """Insert `count` runs with their current states, spread over the last `days` days."""
     rng = random.Random(7)
     now = datetime.now(UTC).replace(tzinfo=None)
     types = [m[:2] for m in MIX]
@@ -118,7 +120,7 @@ def seed(db: Path, targets: list[dict[str, str]], count: int, index: bool = Fals
     for i in range(count):
         target = targets[i % len(targets)]
         state_type, state_name = rng.choices(types, weights)[0]
-        created = now - timedelta(seconds=rng.uniform(60, 6 * 86400))
+        created = now - timedelta(seconds=rng.uniform(60, days * 86400))
         expected = created
         next_scheduled = None
         start = end = None
