@@ -21,6 +21,7 @@ from prefect.settings import PREFECT_API_URL
 from starlette.exceptions import HTTPException
 
 from api_shim.auth import AuthError, Forbidden, Role, mint_token
+from api_shim.body_guard import BodyGuard
 from api_shim.gateway import Gateway, GatewayError, JobConflict, JobNotFound
 from api_shim.metrics import REQUEST_SECONDS
 from api_shim.routes import health, jobs, metrics, queues, servers
@@ -57,9 +58,12 @@ app = FastAPI(
     description="Backups, scans and updates of servers as jobs; the original BullMQ API over "
     "Prefect flow runs. Authenticate with `Authorization: Bearer <jwt>` (HS256).",
     lifespan=lifespan,
+    # No 307 to the path with(out) a slash: an id like `..%2F` gets a 404 in the envelope.
+    redirect_slashes=False,
 )
 for module in (health, servers, jobs, queues, metrics):
     app.include_router(module.router)
+app.add_middleware(BodyGuard, limit=lambda: get_settings().max_body_bytes)
 
 
 def _error(status: int, message: str, details: list[ErrorDetail] | None = None) -> JSONResponse:
@@ -104,20 +108,31 @@ async def _invalid_query(request: Request, exc: InvalidQuery) -> JSONResponse:
 
 @app.exception_handler(RequestValidationError)
 async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-    details = [
-        ErrorDetail(
-            # ("body", "compression") -> "compression"; ("query", "limit") -> "limit".
-            field=".".join(str(p) for p in error["loc"][1:]) or str(error["loc"][0]),
-            message=str(error["msg"]).removeprefix("Value error, "),
-        )
-        for error in exc.errors()
-    ]
+    details = [_detail(error) for error in exc.errors()]
     summary = "; ".join(f"{d.field}: {d.message}" for d in details)
     return _error(422, f"invalid request: {summary}", details)
 
 
+def _detail(error: Any) -> ErrorDetail:
+    if error["type"] == "json_invalid":
+        # loc is ("body", <character offset>).
+        reason = error.get("ctx", {}).get("error", "not JSON")
+        at = error["loc"][-1]
+        return ErrorDetail(field="body", message=f"malformed JSON: {reason} at character {at}")
+    return ErrorDetail(
+        # ("body", "compression") -> "compression"; ("query", "limit") -> "limit".
+        field=".".join(str(p) for p in error["loc"][1:]) or str(error["loc"][0]),
+        message=str(error["msg"]).removeprefix("Value error, "),
+    )
+
+
 @app.exception_handler(HTTPException)
 async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+    if exc.status_code == 405:
+        return _error(405, f"method {request.method} not allowed on {request.url.path}")
+    if exc.status_code == 404 and request.scope.get("route") is None:
+        # No route matched, e.g. an id with a slash (`..%2F..`) in it.
+        return _error(404, f"no endpoint {request.method} {request.url.path}")
     return _error(exc.status_code, str(exc.detail))
 
 

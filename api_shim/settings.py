@@ -34,6 +34,8 @@ class ApiSettings(BaseSettings):
     prefect_timeout: float = Field(10.0, gt=0)
     #: Seconds between two looks at a job in a Server-Sent Events stream.
     events_poll: float = Field(0.5, gt=0)
+    #: Bytes a request body may have; a larger one is refused with 413 before it is parsed.
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
 
     #: True when the secret was generated here (dev mode): tokens die with the process.
     generated_secret: bool = Field(False, exclude=True)
