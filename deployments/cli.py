@@ -20,8 +20,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from deployments.cli_jobs import CliError, Enqueued, Snapshot, enqueue, watch
+from deployments.cli_jobs import CliError, Enqueued, Snapshot, enqueue, prefect_client, watch
 from deployments.cli_render import JobProgress, backups_table, servers_table, show
+from deployments.pausing import pools_of, set_paused
 from deployments.queues import Priority
 from deployments.states import JobState
 from flows.params import BackupOptions, JobType
@@ -198,6 +199,36 @@ def watch_command(
 ) -> None:
     """Follow a job until it ends; exit 0 if it completed, 1 otherwise."""
     _watch(_uuid("job", job_id))
+
+
+QueueArgument = Annotated[
+    str | None,
+    typer.Argument(
+        help="Queue (backup, scan or update); all of them when left out.", show_default=False
+    ),
+]
+
+
+async def _set_paused(queue: str | None, paused: bool) -> list[str]:
+    pools_of(queue)  # an unknown queue is refused before anything connects
+    async with prefect_client() as client:
+        return await set_paused(client, queue, paused)
+
+
+@app.command()
+@reported
+def pause(queue: QueueArgument = None) -> None:
+    """Hold new jobs of a queue (or all): they wait as `paused`; running jobs go on."""
+    pools = asyncio.run(_set_paused(queue, True))
+    out.print(f"paused {', '.join(pools)}", markup=False)
+
+
+@app.command()
+@reported
+def resume(queue: QueueArgument = None) -> None:
+    """Let the held jobs of a queue (or all) start again, highest priority first."""
+    pools = asyncio.run(_set_paused(queue, False))
+    out.print(f"resumed {', '.join(pools)}", markup=False)
 
 
 @app.command()

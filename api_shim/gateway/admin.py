@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
-
-from prefect.client.schemas.actions import WorkPoolUpdate
 
 from api_shim.gateway import POOLS, Gateway
 from api_shim.schemas import CleanResult, QueuePaused
+from deployments.pausing import set_paused as set_pools_paused
 from tasks.job_records import JobRetention, clean_job_records
 
 
 async def set_paused(gateway: Gateway, queue: str | None, paused: bool) -> list[QueuePaused]:
     """Pause (or resume) one pool or all; held runs stay Scheduled and show as `paused`."""
-    pools = (queue,) if queue else POOLS
-    await asyncio.gather(
-        *(
-            gateway.call(
-                "update_work_pool",
-                gateway.client.update_work_pool(pool, WorkPoolUpdate(is_paused=paused)),
-            )
-            for pool in pools
-        )
-    )
+    pools = await gateway.call("update_work_pool", set_pools_paused(gateway.client, queue, paused))
     return [QueuePaused(queue=pool, paused=paused) for pool in pools]
 
 
