@@ -69,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=4200, help="Prefect API and UI")
     parser.add_argument("--api-port", type=int, default=int(os.environ.get("MM_API_PORT", 3000)))
     parser.add_argument(
+        "--stop-grace",
+        type=float,
+        default=float(os.environ.get("MM_STOP_GRACE", 15)),
+        help="seconds running jobs get to finish on Ctrl-C before they are handed back",
+    )
+    parser.add_argument(
         "--inventory", type=Path, default=None, help="default: MM_INVENTORY or ./inventory.yaml"
     )
     args = parser.parse_args(argv)
@@ -103,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             inventory=inventory,
             api_port=args.api_port,
             project_dir=args.project_dir,
+            stop_grace=args.stop_grace,
         )
         console.print(f"starting the stack under {data_dir} (logs in {stack.logs_dir}) ...")
         stack.start()
