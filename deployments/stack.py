@@ -26,12 +26,11 @@ from prefect.client.orchestration import PrefectClient, SyncPrefectClient
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.automations import MIN_HEARTBEAT_SECONDS
+from deployments.backends import BackendSettings, get_backend_settings
 from deployments.bootstrap import PROJECT_DIR, ensure_pool
 from deployments.local_target import descendants
 from deployments.queues import QUEUES, Queue, get_queue
 
-#: Seconds the Prefect server side gets after the workers, at least, to take their last reports.
-SERVER_GRACE = 5.0
 #: Inherited variables that would point the stack at another Prefect (a Cloud profile, say).
 _FOREIGN = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH")
 
@@ -91,19 +90,6 @@ class Child:
                 self.popen.wait()
         self.popen = None
 
-    def flow_run_groups(self) -> list[int]:
-        """Process groups among its descendants: a worker's flow runs, each in its own session."""
-        if not self.alive():
-            return []
-        assert self.popen is not None
-        return [p for p in descendants(self.popen.pid) if _leads_group(p)]
-
-    def reap(self) -> None:
-        """Collect its exit status once its group has ended (or been killed)."""
-        if self.popen is not None:
-            self.popen.wait()
-            self.popen = None
-
     def kill(self) -> None:
         """kill -9 its group and nothing else, as a crash of this process would."""
         if self.popen is None:
@@ -127,6 +113,13 @@ class Stack:
         extra_env: more variables for every child, e.g. PREFECT_* tuning in a test.
         jwt_secret: the shim's MM_JWT_SECRET; default: MM_JWT_SECRET from the environment, or
             a fresh random one (tokens are then minted with `api_shim.auth.mint_token`).
+        backend: embedded (SQLite) or scaled (PostgreSQL + Redis); default: from MM_DATABASE_URL
+            and MM_REDIS_URL (`deployments.backends`).
+        server_ports: scaled mode only: run one Prefect API process (`--no-services`) per port,
+            plus the background services in a process of their own; `port` is then the one
+            address clients use, served by something in front of them (a load balancer).
+        hosts: worker hosts; each runs one worker per pool with its own HOME and PREFECT_HOME,
+            as if on a machine of its own. All of them share `backup_root`.
     """
 
     data_dir: Path
@@ -139,9 +132,14 @@ class Stack:
     ui: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
     jwt_secret: str | None = None
-    #: Seconds `stop()` lets jobs run after SIGTERM before it kills them (hands them back).
-    stop_grace: float = 15.0
+    backend: BackendSettings | None = None
+    server_ports: list[int] = field(default_factory=list)
+    hosts: int = 1
     server: Child | None = None
+    #: Every Prefect API process (`server` is the first); one unless `server_ports` says more.
+    servers: list[Child] = field(default_factory=list)
+    #: Prefect's background services, when they run apart from the API processes.
+    services: Child | None = None
     workers: dict[str, Child] = field(default_factory=dict)
     shim: Child | None = None
     #: Seconds each startup phase took, by phase name.
@@ -154,6 +152,12 @@ class Stack:
             self.inventory = self.inventory.resolve()
         if self.jwt_secret is None:
             self.jwt_secret = os.environ.get("MM_JWT_SECRET") or secrets.token_urlsafe(32)
+        if self.backend is None:
+            self.backend = get_backend_settings()
+        if self.server_ports and not self.backend.scaled:
+            raise StackError("several Prefect API processes need scaled mode (PostgreSQL + Redis)")
+        if self.hosts < 1:
+            raise StackError(f"hosts must be at least 1, not {self.hosts}")
 
     # -- where things are -------------------------------------------------------------------
 
@@ -206,11 +210,27 @@ class Stack:
             env["MM_INVENTORY"] = str(self.inventory)
         if self.api_port is not None:
             env["MM_API_PORT"] = str(self.api_port)
+        assert self.backend is not None
+        env.update(self.backend.prefect_env())
         env.update(self.extra_env)
         # Heartbeats feed the automation that crashes stalled runs (deployments.automations).
         env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = env.get(
             "MM_HEARTBEAT_SECONDS", str(MIN_HEARTBEAT_SECONDS)
         )
+        return env
+
+    def host_dir(self, host: int) -> Path:
+        """What would be the worker host's own disk: its HOME and PREFECT_HOME."""
+        return self.data_dir / "hosts" / f"host-{host + 1}"
+
+    def host_environment(self, host: int) -> dict[str, str]:
+        """The environment of a worker (and its flow runs) on worker host `host`."""
+        env = self.environment()
+        if self.hosts > 1:
+            home = self.host_dir(host)
+            (home / "home").mkdir(parents=True, exist_ok=True)
+            env["HOME"] = str(home / "home")
+            env["PREFECT_HOME"] = str(home / "prefect")
         return env
 
     # -- clients ----------------------------------------------------------------------------
@@ -249,14 +269,16 @@ class Stack:
         # Pools first, in-process (a fraction of a second), so the workers can start while the
         # full bootstrap, which spends seconds in `prefect deploy`, runs beside them.
         asyncio.run(self._ensure_pools())
-        for queue in QUEUES:
-            self.start_worker(queue.name, wait=False)
+        for host in range(self.hosts):
+            for queue in QUEUES:
+                self.start_worker(queue.name, wait=False, host=host)
         if self.api_port is not None and (self.project_dir / "api_shim" / "app.py").exists():
             self.start_shim()
         self.bootstrap()
         self.timings["bootstrap"] = time.monotonic() - mark
-        for name in self.workers:
-            self.wait_for_worker(name, timeout)
+        for host in range(self.hosts):
+            for queue in QUEUES:
+                self.wait_for_worker(queue.name, timeout, host=host)
         self.timings["workers"] = time.monotonic() - mark
         self.timings["total"] = time.monotonic() - begin
 
@@ -266,18 +288,43 @@ class Stack:
                 await ensure_pool(client, queue)
 
     def start_server(self, timeout: float = 90.0) -> None:
-        _check_port_free(self.port, "Prefect server")
-        self.server = self._child(
-            "server",
-            ["--host", "127.0.0.1", "--port", str(self.port)],
+        """The Prefect server; with `server_ports`, its API processes and its services."""
+        if not self.server_ports:
+            _check_port_free(self.port, "Prefect server")
+            self.server = self._child(
+                "server",
+                ["--host", "127.0.0.1", "--port", str(self.port)],
+                module="deployments.prefect_server",
+            )
+            self.servers = [self.server]
+            self._wait(
+                self.server,
+                lambda: _http_ok(f"{self.api_url}/health"),
+                timeout,
+                f"Prefect server did not answer {self.api_url}/health",
+            )
+            return
+        for index in range(len(self.server_ports)):
+            # One after the other: the first one migrates a new database.
+            self.start_api_server(index, timeout)
+        self.services = self._child("services", ["server", "services", "start"])
+
+    def start_api_server(self, index: int, timeout: float = 90.0) -> Child:
+        """(Re)start the API process on `server_ports[index]`, without background services."""
+        port = self.server_ports[index]
+        _check_port_free(port, f"Prefect API process {index + 1}")
+        child = self._child(
+            f"server-{index + 1}",
+            ["--host", "127.0.0.1", "--port", str(port), "--no-services"],
             module="deployments.prefect_server",
         )
-        self._wait(
-            self.server,
-            lambda: _http_ok(f"{self.api_url}/health"),
-            timeout,
-            f"Prefect server did not answer {self.api_url}/health",
-        )
+        while len(self.servers) <= index:
+            self.servers.append(child)
+        self.servers[index] = child
+        self.server = self.servers[0]
+        url = f"http://127.0.0.1:{port}/api/health"
+        self._wait(child, lambda: _http_ok(url), timeout, f"Prefect API did not answer {url}")
+        return child
 
     def bootstrap(self) -> None:
         """Run `python -m deployments.bootstrap` against this stack; idempotent."""
@@ -305,17 +352,26 @@ class Stack:
             tail = result.stderr[-4000:]
             raise StackError(f"bootstrap failed (exit {result.returncode}):\n{tail}")
 
-    def worker_name(self, pool: str) -> str:
-        return f"{pool}@{socket.gethostname()}"
+    def worker_name(self, pool: str, host: int = 0) -> str:
+        suffix = f"-{host + 1}" if host else ""
+        return f"{pool}@{socket.gethostname()}{suffix}"
 
-    def start_worker(self, pool: str, *, wait: bool = True, timeout: float = 60.0) -> Child:
-        """Start (or restart) the worker of `pool`, limited like the pool itself."""
+    @staticmethod
+    def worker_key(pool: str, host: int = 0) -> str:
+        """The key of a worker in `workers`: the pool's name on the first host."""
+        return f"{pool}@{host + 1}" if host else pool
+
+    def start_worker(
+        self, pool: str, *, wait: bool = True, timeout: float = 60.0, host: int = 0
+    ) -> Child:
+        """Start (or restart) the worker of `pool` on `host`, limited like the pool itself."""
         queue: Queue = get_queue(pool)
-        old = self.workers.get(pool)
+        key = self.worker_key(pool, host)
+        old = self.workers.get(key)
         if old is not None and old.alive():
-            raise StackError(f"the {pool} worker is already running")
+            raise StackError(f"the {key} worker is already running")
         worker = self._child(
-            f"worker-{pool}",
+            f"worker-{key}",
             [
                 "worker",
                 "start",
@@ -324,38 +380,40 @@ class Stack:
                 "--type",
                 "process",
                 "--name",
-                self.worker_name(pool),
+                self.worker_name(pool, host),
                 # A second guard: the pool's own limit can overshoot (FACTS.md).
                 "--limit",
                 str(queue.concurrency),
                 # Pools are the bootstrap's; a worker must not create an empty-template one.
                 "--no-create-pool-if-not-found",
             ],
+            env=self.host_environment(host),
         )
-        self.workers[pool] = worker
+        self.workers[key] = worker
         if wait:
-            self.wait_for_worker(pool, timeout)
+            self.wait_for_worker(pool, timeout, host=host)
         return worker
 
-    def wait_for_worker(self, pool: str, timeout: float = 60.0) -> None:
+    def wait_for_worker(self, pool: str, timeout: float = 60.0, *, host: int = 0) -> None:
         """Until the pool's worker has registered with the server (after its first poll)."""
-        name = self.worker_name(pool)
+        name = self.worker_name(pool, host)
 
         def registered() -> bool:
             with self.sync_client() as client:
                 return any(w.name == name for w in client.read_workers_for_work_pool(pool))
 
-        self._wait(self.workers[pool], registered, timeout, f"worker {name} did not register")
+        worker = self.workers[self.worker_key(pool, host)]
+        self._wait(worker, registered, timeout, f"worker {name} did not register")
 
-    def stop_worker(self, pool: str, timeout: float = 15.0) -> None:
+    def stop_worker(self, pool: str, timeout: float = 15.0, *, host: int = 0) -> None:
         """Stop the worker of `pool` and its flow runs, as a clean shutdown does."""
-        worker = self.workers.get(pool)
+        worker = self.workers.get(self.worker_key(pool, host))
         if worker is not None:
             worker.stop(timeout)
 
-    def kill_worker(self, pool: str) -> None:
+    def kill_worker(self, pool: str, *, host: int = 0) -> None:
         """kill -9 the worker of `pool` only; its flow-run processes live on, as in a crash."""
-        worker = self.workers.get(pool)
+        worker = self.workers.get(self.worker_key(pool, host))
         if worker is not None:
             worker.kill()
 
@@ -384,27 +442,18 @@ class Stack:
         port = self.api_port
         self._wait(self.shim, lambda: _port_open(port), timeout, f"API shim not on port {port}")
 
-    def stop(self, grace: float | None = None) -> None:
-        """Stop everything within about one grace period (`stop_grace` unless given); safe to
-        repeat.
-
-        SIGTERM goes to all flow runs and the shim at once, then to all workers, then to the
-        server side; each wave waits together for what it signalled and SIGKILLs the rest. All
-        waves share one deadline (the server side gets at least `SERVER_GRACE` more seconds,
-        so the runs' final states reach it). A flow run still running at the deadline is
-        handed back: it is killed, ends Crashed (by its worker, or by the stalled-run
-        automation after the queue's lock duration), and the re-run automation of
-        `deployments.automations` schedules it again while attempts remain.
-        """
-        deadline = time.monotonic() + (self.stop_grace if grace is None else grace)
-        workers = [w for w in self.workers.values() if w.alive()]
-        # Flow runs first, while their workers still live to report them.
-        runs = [g for w in workers for g in w.flow_run_groups()]
-        front = [self.shim] if self.shim is not None else []
-        _end_together(runs, front, deadline)
-        _end_together([], workers, deadline)
-        back = [self.server] if self.server is not None else []
-        _end_together([], back, max(deadline, time.monotonic() + SERVER_GRACE))
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop the shim, the workers (with their flow runs) and the server; safe to repeat."""
+        if self.shim is not None:
+            self.shim.stop(timeout)
+        for worker in self.workers.values():
+            worker.stop(timeout)
+        if self.services is not None:
+            self.services.stop(timeout)
+        for server in self.servers:
+            server.stop(timeout)
+        if self.server is not None:
+            self.server.stop(timeout)
 
     def __enter__(self) -> Stack:
         return self.start()
@@ -419,9 +468,15 @@ class Stack:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _child(self, name: str, args: list[str], module: str = "prefect") -> Child:
+    def _child(
+        self,
+        name: str,
+        args: list[str],
+        module: str = "prefect",
+        env: dict[str, str] | None = None,
+    ) -> Child:
         child = Child(name, [sys.executable, "-m", module, *args], self.logs_dir / f"{name}.log")
-        child.start(self.environment(), self.project_dir)
+        child.start(self.environment() if env is None else env, self.project_dir)
         return child
 
     @staticmethod
@@ -448,6 +503,8 @@ def _port_open(port: int) -> bool:
 
 def _check_port_free(port: int, what: str) -> None:
     with socket.socket() as sock:
+        # As servers bind: connections of a killed one, in TIME_WAIT, must not count as in use.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -463,16 +520,6 @@ def _leads_group(pid: int) -> bool:
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-
-
-def _end_together(pgids: list[int], children: list[Child], deadline: float) -> None:
-    """SIGTERM the groups `pgids` and the children's groups, wait for all of them until
-    `deadline`, SIGKILL the groups still there, reap the children."""
-    children = [c for c in children if c.alive()]
-    groups = [*pgids, *(c.pid for c in children if c.pid is not None)]
-    _terminate_groups(groups, max(0.0, deadline - time.monotonic()))
-    for child in children:
-        child.reap()
 
 
 def _terminate_groups(pgids: list[int], timeout: float) -> None:
