@@ -17,11 +17,17 @@ up: install
 demo: install
 	$(UV) run python -m deployments.up --demo
 
+# The integration tests that matter for scaled mode (PostgreSQL + Redis, two API processes, two
+# worker hosts): the flows end to end (through the API and test_scaled.py), the pool limits with
+# two workers per pool, the API contract. Fewer than all of them, to keep CI under 20 minutes.
+SCALED_TESTS := $(addprefix tests/integration/,test_scaled.py test_pools.py test_api_jobs.py)
+
 test: install
 	@test -x /usr/sbin/sshd || { \
 		$(SUDO) apt-get update && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends openssh-server; }
 	$(UV) run pytest
+	$(UV) run pytest --stack-mode=scaled $(SCALED_TESTS)
 
 lint:
 	$(UV) run ruff check .

@@ -15,6 +15,16 @@ def _scrub() -> None:
         del os.environ[key]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--stack-mode",
+        choices=("embedded", "scaled"),
+        default="embedded",
+        help="integration stack on SQLite (embedded) or on PostgreSQL + Redis with two API"
+        " processes and two worker hosts (scaled); tests marked `scaled` need the latter",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Before collection: Prefect reads its settings from the environment when it is imported,
     # and test modules import it, so the session fixture alone would come too late for that.

@@ -7,6 +7,6 @@ would share one.
 
 from __future__ import annotations
 
-from tests.integration.conftest import inventory, stack, target
+from tests.integration.conftest import failover, inventory, stack, target
 
-__all__ = ["inventory", "stack", "target"]
+__all__ = ["failover", "inventory", "stack", "target"]

@@ -26,10 +26,13 @@ import pytest
 import yaml
 from prefect.client.schemas.objects import FlowRun
 
+from deployments.backends import BackendSettings
 from deployments.local_target import LocalTarget, free_port
 from deployments.queues import QUEUES_BY_NAME
 from deployments.stack import Stack
 from tasks.atomic import write_atomic
+from tests.support.failover import Failover
+from tests.support.scaled import scaled_backend
 
 #: A server that is in the inventory when the stack starts, with a backup schedule far enough
 #: ahead (1 January, 03:00) that the scheduler's runs never reach a worker during a session.
@@ -87,8 +90,16 @@ class InventoryFile:
         write_atomic(self.path, text.encode())
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark tests by the services they use, so `-m 'not sshd'` and the like select correctly."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark tests by the services they use, so `-m 'not sshd'` and the like select correctly.
+
+    Tests marked `scaled` run only with `--stack-mode=scaled` (`make test` runs both modes).
+    """
+    if config.getoption("--stack-mode") != "scaled":
+        deselected = [item for item in items if item.get_closest_marker("scaled")]
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+            items[:] = [item for item in items if not item.get_closest_marker("scaled")]
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
         if {"stack", "run_job", "wait_for_final_state"} & set(fixtures):
@@ -127,30 +138,69 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTarget]:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory, inventory: InventoryFile) -> Iterator[Stack]:
-    """Server, bootstrap and one worker per pool, on a free port with its own SQLite database.
+def failover(request: pytest.FixtureRequest) -> Iterator[Failover | None]:
+    """In scaled mode, the one address in front of the two Prefect API processes."""
+    if request.config.getoption("--stack-mode") != "scaled":
+        yield None
+        return
+    front = Failover([free_port(), free_port()]).start()
+    try:
+        yield front
+    finally:
+        front.close()
+
+
+@pytest.fixture(scope="session")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory,
+    inventory: InventoryFile,
+    failover: Failover | None,
+) -> Iterator[Stack]:
+    """Server, bootstrap and workers, on free ports; the mode comes from `--stack-mode`.
+
+    embedded: one server on its own SQLite database, one worker per pool.
+    scaled: a fresh PostgreSQL database and Redis DB 11, two API processes behind a TCP
+    failover on `stack.port`, the services in a third process, and two worker hosts (two
+    workers per pool, each host with its own HOME), sharing one backup repository.
 
     While it lives, Prefect helpers that use the global client (`run_deployment`, `get_client`)
     talk to it; `stack.client()` and `stack.sync_client()` always do.
     """
     data_dir = tmp_path_factory.mktemp("stack")
-    running = Stack(
-        data_dir,
-        port=free_port(),
-        inventory=inventory.path,
-        backup_root=data_dir / "backups",
-        results_root=data_dir / "results",
-        api_port=free_port(),
-        ui=False,
+    common: dict[str, Any] = {
+        "inventory": inventory.path,
+        "backup_root": data_dir / "backups",
+        "results_root": data_dir / "results",
+        "api_port": free_port(),
+        "ui": False,
         # Stalled runs are crashed after this many seconds instead of minutes (test_crashes.py).
-        extra_env={"MM_LOCK_DURATIONS": json.dumps(dict.fromkeys(QUEUES_BY_NAME, LOCK))},
-    )
-    running.start()
-    try:
-        with running.prefect_settings():
-            yield running
-    finally:
-        running.stop()
+        "extra_env": {"MM_LOCK_DURATIONS": json.dumps(dict.fromkeys(QUEUES_BY_NAME, LOCK))},
+    }
+    if failover is None:
+        embedded = BackendSettings(database_url=None, redis_url=None)
+        running = Stack(data_dir, port=free_port(), backend=embedded, **common)
+        running.start()
+        try:
+            with running.prefect_settings():
+                yield running
+        finally:
+            running.stop()
+        return
+    with scaled_backend() as backend:
+        running = Stack(
+            data_dir,
+            port=failover.port,
+            backend=backend,
+            server_ports=failover.upstream_ports,
+            hosts=2,
+            **common,
+        )
+        try:
+            running.start(timeout=180)
+            with running.prefect_settings():
+                yield running
+        finally:
+            running.stop()
 
 
 @pytest.fixture

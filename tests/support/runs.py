@@ -23,10 +23,23 @@ def task_runs_of(client: SyncPrefectClient, flow_run_id: UUID) -> list[TaskRun]:
     )
 
 
-def task_run_named(client: SyncPrefectClient, flow_run_id: UUID, name: str) -> TaskRun:
-    """The one task run of `flow_run_id` whose task is called `name`."""
-    matches = [t for t in task_runs_of(client, flow_run_id) if t.name.rsplit("-", 1)[0] == name]
-    assert len(matches) == 1, [t.name for t in task_runs_of(client, flow_run_id)]
+def task_run_named(
+    client: SyncPrefectClient, flow_run_id: UUID, name: str, timeout: float = 30.0
+) -> TaskRun:
+    """The one task run of `flow_run_id` whose task is called `name`, once its state is final.
+
+    Task-run states reach the database through events: a moment after the flow run's final
+    state in embedded mode, and later still in scaled mode (Redis, then the services process).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = task_runs_of(client, flow_run_id)
+        matches = [t for t in runs if t.name.rsplit("-", 1)[0] == name]
+        settled = len(matches) == 1 and matches[0].state is not None and matches[0].state.is_final()
+        if settled or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    assert len(matches) == 1, [t.name for t in runs]
     return matches[0]
 
 

@@ -73,3 +73,11 @@ def test_no_schedules_in_the_yaml(config: dict[str, Any]) -> None:
 def test_project_dir_is_the_repository_root() -> None:
     assert (PROJECT_DIR / "pyproject.toml").is_file()
     assert Path(__file__).resolve().is_relative_to(PROJECT_DIR)
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d.name)
+def test_deployment_concurrency_limit_is_the_pools(
+    config: dict[str, Any], deployment: Deployment
+) -> None:
+    """A second guard that holds across workers: the deployment's limit is the queue table's."""
+    assert by_name(config)[deployment.name]["concurrency_limit"] == deployment.queue.concurrency
