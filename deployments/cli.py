@@ -8,6 +8,7 @@ repository and inventory directly. Every expected error is one line on stderr an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import getpass
 import os
@@ -26,9 +27,9 @@ from deployments.pausing import pools_of, set_paused
 from deployments.queues import Priority
 from deployments.states import JobState
 from flows.params import BackupOptions, JobType
-from tasks.errors import JobError
+from tasks.errors import InvalidOptions, JobError
 from tasks.inventory import load_inventory
-from tasks.repository import BackupRepository, Compression
+from tasks.repository import BackupRepository, Compression, Manifest
 from tasks.settings import get_settings
 
 app = typer.Typer(
@@ -238,11 +239,13 @@ def backups(
 ) -> None:
     """List the backups of a server in the repository."""
     wanted = _uuid("server", server_id)
-    repository = _repository()
-    manifests = repository.list(wanted)
+    manifests = sorted(
+        (m for repository in _repositories() for m in repository.list(wanted)),
+        key=lambda m: m.started_at,
+    )
     if not manifests:
         err.print(
-            f"no backups of server {wanted} in {repository.root}",
+            f"no backups of server {wanted} in " + ", ".join(str(r.root) for r in _repositories()),
             markup=False,
             soft_wrap=True,
         )
@@ -256,8 +259,7 @@ def verify(
     backup_id: Annotated[str, typer.Argument(help="Backup id.")],
 ) -> None:
     """Check a backup's archive against its manifest (size, sha256, readable by tar)."""
-    repository = _repository()
-    manifest = repository.find(backup_id)
+    repository, manifest = _find(backup_id)
     result = repository.verify(manifest)
     out.print(
         f"backup {result.backup_id} OK: {result.file_count} files, {result.size} bytes, "
@@ -276,8 +278,7 @@ def restore(
     ] = False,
 ) -> None:
     """Verify a backup, then unpack it into DEST (which must be empty unless --overwrite)."""
-    repository = _repository()
-    manifest = repository.find(backup_id)
+    repository, manifest = _find(backup_id)
     target = repository.restore(manifest, dest, overwrite=overwrite)
     out.print(f"backup {manifest.backup_id} restored into {target}", markup=False)
 
@@ -289,8 +290,25 @@ def servers() -> None:
     show(out, servers_table(load_inventory(get_settings().inventory)))
 
 
-def _repository() -> BackupRepository:
-    return BackupRepository(get_settings().backup_root)
+def _repositories() -> list[BackupRepository]:
+    """MM_BACKUP_ROOT, then MM_BACKUP_ROOTS: per-host repositories, mounted where this runs."""
+    return [BackupRepository(root) for root in get_settings().search_roots()]
+
+
+def _find(backup_id: str) -> tuple[BackupRepository, Manifest]:
+    """The repository that holds the backup, and its manifest."""
+    first, *others = _repositories()
+    try:
+        return first, first.find(backup_id)
+    except InvalidOptions:
+        # A malformed id, or not here: look in the others, if any.
+        if not others:
+            raise
+    for repository in others:
+        with contextlib.suppress(InvalidOptions):
+            return repository, repository.find(backup_id)
+    searched = ", ".join(str(r.root) for r in (first, *others))
+    raise InvalidOptions(f"no backup {backup_id} in {searched}")
 
 
 def main() -> None:

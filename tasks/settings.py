@@ -16,11 +16,21 @@ class WorkSettings(BaseSettings):
 
     inventory: Path = Field(Path("inventory.yaml"), description="Server inventory (YAML).")
     backup_root: Path = Field(Path("var/backups"), description="The backup repository.")
+    backup_roots: str = Field(
+        "",
+        description="More backup repositories to search for a backup (one per worker host when"
+        " each keeps its own), separated by ':'; `backup_root` is searched first.",
+    )
     results_root: Path = Field(Path("var/results"), description="Scan results and update logs.")
     ssh_connect_timeout: float = Field(10.0, gt=0, description="Seconds to connect and log in.")
     ssh_idle_timeout: float = Field(
         120.0, gt=0, description="Seconds without a byte from the server before it counts as hung."
     )
+
+    def search_roots(self) -> list[Path]:
+        """`backup_root`, then each of `backup_roots`, without repeats."""
+        roots = [self.backup_root, *(Path(p) for p in self.backup_roots.split(":") if p)]
+        return list(dict.fromkeys(roots))
 
 
 @lru_cache

@@ -291,3 +291,28 @@ def test_backups_of_an_unknown_server_says_so(tmp_path: Path) -> None:
     result = runner.invoke(cli.app, ["backups", str(uuid4())])
     assert result.exit_code == 0
     assert "no backups of server" in result.stderr
+
+
+def test_verify_and_restore_search_every_host_repository(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per-host repositories: a backup written on worker host 2 is found through MM_BACKUP_ROOTS."""
+    manifest = _backup(tmp_path)
+    (tmp_path / "backups").rename(tmp_path / "host-2")
+    missing = runner.invoke(cli.app, ["verify", str(manifest.backup_id)])
+    assert missing.exit_code == 1
+    assert f"no backup {manifest.backup_id} in {tmp_path / 'backups'}" in missing.stderr
+
+    monkeypatch.setenv("MM_BACKUP_ROOTS", f"{tmp_path / 'host-1'}:{tmp_path / 'host-2'}")
+    get_settings.cache_clear()
+
+    verified = runner.invoke(cli.app, ["verify", str(manifest.backup_id)])
+    assert verified.exit_code == 0, verified.output
+    listed = runner.invoke(cli.app, ["backups", SERVER])
+    assert str(manifest.backup_id) in listed.stdout
+    restored = runner.invoke(cli.app, ["restore", str(manifest.backup_id), str(tmp_path / "r")])
+    assert restored.exit_code == 0, restored.output
+    assert (tmp_path / "r" / "d" / "a.txt").read_text() == "alpha"
+    unknown = runner.invoke(cli.app, ["verify", str(uuid4())])
+    assert unknown.exit_code == 1
+    assert str(tmp_path / "host-2") in unknown.stderr
