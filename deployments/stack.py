@@ -31,6 +31,8 @@ from deployments.bootstrap import PROJECT_DIR, ensure_pool
 from deployments.local_target import descendants
 from deployments.queues import QUEUES, Queue, get_queue
 
+#: Seconds the Prefect server side gets after the workers, at least, to take their last reports.
+SERVER_GRACE = 5.0
 #: Inherited variables that would point the stack at another Prefect (a Cloud profile, say).
 _FOREIGN = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH")
 
@@ -90,6 +92,19 @@ class Child:
                 self.popen.wait()
         self.popen = None
 
+    def flow_run_groups(self) -> list[int]:
+        """Process groups among its descendants: a worker's flow runs, each in its own session."""
+        if not self.alive():
+            return []
+        assert self.popen is not None
+        return [p for p in descendants(self.popen.pid) if _leads_group(p)]
+
+    def reap(self) -> None:
+        """Collect its exit status once its group has ended (or been killed)."""
+        if self.popen is not None:
+            self.popen.wait()
+            self.popen = None
+
     def kill(self) -> None:
         """kill -9 its group and nothing else, as a crash of this process would."""
         if self.popen is None:
@@ -132,6 +147,8 @@ class Stack:
     ui: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
     jwt_secret: str | None = None
+    #: Seconds `stop()` lets jobs run after SIGTERM before it kills them (hands them back).
+    stop_grace: float = 15.0
     backend: BackendSettings | None = None
     server_ports: list[int] = field(default_factory=list)
     hosts: int = 1
@@ -442,18 +459,29 @@ class Stack:
         port = self.api_port
         self._wait(self.shim, lambda: _port_open(port), timeout, f"API shim not on port {port}")
 
-    def stop(self, timeout: float = 15.0) -> None:
-        """Stop the shim, the workers (with their flow runs) and the server; safe to repeat."""
-        if self.shim is not None:
-            self.shim.stop(timeout)
-        for worker in self.workers.values():
-            worker.stop(timeout)
-        if self.services is not None:
-            self.services.stop(timeout)
-        for server in self.servers:
-            server.stop(timeout)
-        if self.server is not None:
-            self.server.stop(timeout)
+    def stop(self, grace: float | None = None) -> None:
+        """Stop everything within about one grace period (`stop_grace` unless given); safe to
+        repeat.
+
+        SIGTERM goes to all flow runs and the shim at once, then to all workers, then to the
+        server side; each wave waits together for what it signalled and SIGKILLs the rest. All
+        waves share one deadline (the server side gets at least `SERVER_GRACE` more seconds,
+        so the runs' final states reach it). A flow run still running at the deadline is
+        handed back: it is killed, ends Crashed (by its worker, or by the stalled-run
+        automation after the queue's lock duration), and the re-run automation of
+        `deployments.automations` schedules it again while attempts remain.
+        """
+        deadline = time.monotonic() + (self.stop_grace if grace is None else grace)
+        workers = [w for w in self.workers.values() if w.alive()]
+        # Flow runs first, while their workers still live to report them.
+        runs = [g for w in workers for g in w.flow_run_groups()]
+        front = [self.shim] if self.shim is not None else []
+        _end_together(runs, front, deadline)
+        _end_together([], workers, deadline)
+        back = [c for c in (self.services, *self.servers) if c is not None]
+        if self.server is not None and all(c is not self.server for c in back):
+            back.append(self.server)
+        _end_together([], back, max(deadline, time.monotonic() + SERVER_GRACE))
 
     def __enter__(self) -> Stack:
         return self.start()
@@ -520,6 +548,16 @@ def _leads_group(pid: int) -> bool:
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def _end_together(pgids: list[int], children: list[Child], deadline: float) -> None:
+    """SIGTERM the groups `pgids` and the children's groups, wait for all of them until
+    `deadline`, SIGKILL the groups still there, reap the children."""
+    children = [c for c in children if c.alive()]
+    groups = [*pgids, *(c.pid for c in children if c.pid is not None)]
+    _terminate_groups(groups, max(0.0, deadline - time.monotonic()))
+    for child in children:
+        child.reap()
 
 
 def _terminate_groups(pgids: list[int], timeout: float) -> None:
