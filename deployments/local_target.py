@@ -58,6 +58,11 @@ class LocalTarget:
     def username(self) -> str:
         return getpass.getuser()
 
+    def known_hosts_line(self, port: int | None = None) -> str:
+        """This server's host key as known_hosts lists it for 127.0.0.1:`port` (default: ours)."""
+        host_pub = " ".join(self.host_key.with_suffix(".pub").read_text().split()[:2])
+        return f"[127.0.0.1]:{port or self.port} {host_pub}\n"
+
     def prepare(self) -> None:
         """Keys, authorized_keys, known_hosts and sshd_config; idempotent."""
         self.home.mkdir(parents=True, exist_ok=True)
@@ -67,8 +72,7 @@ class LocalTarget:
         if not self.host_key.exists():
             keygen(self.host_key)
         shutil.copyfile(self.user_key.with_suffix(".pub"), self.home / "authorized_keys")
-        host_pub = " ".join(self.host_key.with_suffix(".pub").read_text().split()[:2])
-        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {host_pub}\n")
+        self.known_hosts.write_text(self.known_hosts_line())
         (self.home / "sshd_config").write_text(
             "\n".join(
                 [

@@ -38,8 +38,7 @@ def slow_server(stack, inventory, tmp_path: Path):
     """A server behind a throttling proxy, with a 12 MB source: (server_id, source)."""
     target = LocalTarget(home=tmp_path / "slow").start()
     proxy = FaultyProxy(target.port, bytes_per_second=RATE).start()
-    pub = " ".join(target.host_key.with_suffix(".pub").read_text().split()[:2])
-    (tmp_path / "known_hosts").write_text(f"[127.0.0.1]:{proxy.port} {pub}\n")
+    (tmp_path / "known_hosts").write_text(target.known_hosts_line(proxy.port))
     source = tmp_path / "source"
     source.mkdir()
     (source / "big.bin").write_bytes(os.urandom(SOURCE_BYTES))
@@ -151,7 +150,9 @@ def test_killed_backup_is_crashed_rerun_and_completed_once(
     # The stalled run holds no slot: the limit-2 pool runs two backups at once again.
     pair = [run_job("backup/backup", {"server_id": str(server_id)}) for _ in range(2)]
     finished = [wait_for_final_state(r, timeout=90) for r in pair]
-    assert all(r.state is not None and r.state.is_completed() for r in finished)
+    assert all(r.state is not None and r.state.is_completed() for r in finished), [
+        (r.id, r.state and r.state.name, r.state and r.state.message) for r in finished
+    ]
     with stack.sync_client() as client:
         spans = [running_interval(client.read_flow_run_states(r)) for r in pair]
     assert max_overlap(spans) == 2, spans

@@ -24,8 +24,7 @@ def victim(tmp_path: Path):
     """An sshd of this test's own, behind a throttling proxy, so it can be killed mid-stream."""
     target = LocalTarget(home=tmp_path / "victim").start()
     proxy = FaultyProxy(target.port, bytes_per_second=RATE).start()
-    pub = " ".join(target.host_key.with_suffix(".pub").read_text().split()[:2])
-    (tmp_path / "known_hosts").write_text(f"[127.0.0.1]:{proxy.port} {pub}\n")
+    (tmp_path / "known_hosts").write_text(target.known_hosts_line(proxy.port))
     yield target, proxy
     proxy.close()
     target.kill()

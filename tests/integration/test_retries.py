@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 from prefect.client.schemas.objects import StateType
 
@@ -86,6 +85,5 @@ def test_unknown_host_key_and_refused_key_fail_without_retries(
 
 def _trust(target, port: int) -> None:
     """Make the target's host key known under the proxy's address too."""
-    pub = " ".join(Path(target.host_key).with_suffix(".pub").read_text().split()[:2])
     with open(target.known_hosts, "a") as known_hosts:
-        known_hosts.write(f"[127.0.0.1]:{port} {pub}\n")
+        known_hosts.write(target.known_hosts_line(port))
