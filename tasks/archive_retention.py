@@ -1,0 +1,154 @@
+"""Which backup archives of a server to keep: last N, daily, weekly, monthly.
+
+Pure selection: manifests in, a plan out; nothing here reads or deletes a file (the maintenance
+flow's `tasks.maintenance` does). The rules are restic's `forget --keep-last --keep-daily
+--keep-weekly --keep-monthly`, applied to the server's completed backups from newest to oldest:
+
+- `last`: the newest `last` backups;
+- `daily`: the newest backup of each of the last `daily` days that have a backup (a week
+  without backups uses up no days);
+- `weekly`: the same per ISO week (Monday to Sunday); `monthly`: per calendar month.
+
+A backup kept by several rules counts for each of them. Days, weeks and months are those of the
+server's time zone (its backup schedule's `timezone`), by the backup's start time.
+
+Two safety rules come on top of any policy:
+- only `completed` backups are candidates: `running` ones (in progress, or interrupted and due to
+  be run again) and `failed` ones are never selected for deletion;
+- the newest completed backup is always kept, so a server never loses its only good backup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tasks.repository import BackupStatus, Manifest
+
+
+def _week(t: datetime) -> str:
+    year, week, _ = t.isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+#: The rules that keep one backup per period: name, and the period of a local time as a label
+#: (`2026-11-29`, `2026-W48`, `2026-11`).
+PERIODS: tuple[tuple[str, Callable[[datetime], str]], ...] = (
+    ("daily", lambda t: t.date().isoformat()),
+    ("weekly", _week),
+    ("monthly", lambda t: f"{t.year}-{t.month:02d}"),
+)
+
+#: Why the newest completed backup stays when no rule kept it (a policy of all zeros).
+NEWEST = "newest (always kept)"
+
+
+@dataclass(frozen=True)
+class KeepPolicy:
+    """How many completed backups of a server to keep, by rule; 0 turns a rule off."""
+
+    last: int = 7
+    daily: int = 7
+    weekly: int = 4
+    monthly: int = 6
+
+    def __post_init__(self) -> None:
+        for name in ("last", "daily", "weekly", "monthly"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"keep {name} must be 0 or more, not {getattr(self, name)}")
+
+    def describe(self) -> str:
+        return f"last {self.last}, daily {self.daily}, weekly {self.weekly}, monthly {self.monthly}"
+
+
+class ArchiveRetentionSettings(BaseSettings):
+    """The default policy of every server: MM_KEEP_LAST, MM_KEEP_DAILY, and so on."""
+
+    model_config = SettingsConfigDict(env_prefix="MM_", extra="ignore")
+
+    keep_last: int = Field(7, ge=0, description="Newest completed backups kept per server.")
+    keep_daily: int = Field(7, ge=0, description="Days with a backup kept (the newest of each).")
+    keep_weekly: int = Field(4, ge=0, description="ISO weeks with a backup kept.")
+    keep_monthly: int = Field(6, ge=0, description="Months with a backup kept.")
+
+    def policy(self) -> KeepPolicy:
+        return KeepPolicy(
+            last=self.keep_last,
+            daily=self.keep_daily,
+            weekly=self.keep_weekly,
+            monthly=self.keep_monthly,
+        )
+
+
+@lru_cache
+def get_archive_retention_settings() -> ArchiveRetentionSettings:
+    return ArchiveRetentionSettings()
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A backup that stays, and the rules that keep it."""
+
+    manifest: Manifest
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do with one server's backups."""
+
+    #: Completed backups that stay, newest first.
+    keep: tuple[Kept, ...] = ()
+    #: Completed backups to delete (archive and manifest), newest first.
+    forget: tuple[Manifest, ...] = ()
+    #: Backups that are not completed (running, failed): never deleted here.
+    untouched: tuple[Manifest, ...] = ()
+
+
+def started(manifest: Manifest) -> datetime:
+    """The backup's start time, aware (a naive time in a hand-made manifest counts as UTC)."""
+    at = manifest.started_at
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def plan_retention(manifests: Iterable[Manifest], policy: KeepPolicy, tz: tzinfo = UTC) -> Plan:
+    """Split one server's backups into those to keep and those to forget under `policy`.
+
+    Args:
+        manifests: the server's backups, in any order.
+        tz: the time zone whose days, weeks and months the period rules count.
+    """
+    everything = list(manifests)
+    completed = sorted(
+        (m for m in everything if m.status is BackupStatus.COMPLETED),
+        key=lambda m: (started(m), str(m.backup_id)),
+        reverse=True,
+    )
+    left = {"daily": policy.daily, "weekly": policy.weekly, "monthly": policy.monthly}
+    last_period: dict[str, str] = {}
+    keep: list[Kept] = []
+    forget: list[Manifest] = []
+    for index, manifest in enumerate(completed):
+        local = started(manifest).astimezone(tz)
+        reasons: list[str] = []
+        if index < policy.last:
+            reasons.append(f"last {index + 1}")
+        for rule, period_of in PERIODS:
+            period = period_of(local)
+            if left[rule] > 0 and period != last_period.get(rule):
+                last_period[rule] = period
+                left[rule] -= 1
+                reasons.append(f"{rule} {period}")
+        if index == 0 and not reasons:
+            reasons.append(NEWEST)
+        if reasons:
+            keep.append(Kept(manifest, tuple(reasons)))
+        else:
+            forget.append(manifest)
+    untouched = tuple(m for m in everything if m.status is not BackupStatus.COMPLETED)
+    return Plan(keep=tuple(keep), forget=tuple(forget), untouched=untouched)
