@@ -30,7 +30,7 @@ from prefect.events.schemas.automations import AutomationCore, EventTrigger, Pos
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from deployments.catalogue import DEPLOYMENTS
+from deployments.catalogue import ALL_DEPLOYMENTS
 from deployments.queues import QUEUES, Queue
 
 #: Prefect's floor for flow-run heartbeats (`prefect.flow_engine.MINIMUM_HEARTBEAT_INTERVAL`).
@@ -198,7 +198,8 @@ async def ensure_automations(client: PrefectClient, settings: SupervisionSetting
     """Create or update the automations by name (duplicates go); returns what it changed."""
     changes: list[str] = []
     ids: dict[str, list[UUID]] = {}
-    for deployment in DEPLOYMENTS:
+    # Maintenance too: a stalled run of it would hold its one slot, and no maintenance run again.
+    for deployment in ALL_DEPLOYMENTS:
         found = await client.read_deployment_by_name(deployment.full_name)
         ids.setdefault(deployment.queue.name, []).append(found.id)
     for want in wanted_automations(ids, settings):

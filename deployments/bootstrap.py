@@ -32,9 +32,11 @@ from prefect.client.schemas.schedules import CronSchedule
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import get_current_settings
 from prefect.workers.process import ProcessWorker
+from pydantic import ValidationError
 
 from deployments.automations import ensure_automations, get_supervision_settings
 from deployments.catalogue import BACKUP
+from deployments.maintenance import get_maintenance_settings, sync_maintenance_schedule
 from deployments.queues import QUEUES, Priority, Queue
 from flows.params import JobType
 from tasks.errors import InventoryError
@@ -58,7 +60,8 @@ def schedule_slug(server_id: object) -> str:
 
 
 async def bootstrap(project_dir: Path, inventory: Inventory | None) -> None:
-    """Pools, queues, deployments, automations, schedules; `inventory=None` skips schedules."""
+    """Pools, queues, deployments, automations, schedules; `inventory=None` skips the backup
+    schedules."""
     async with get_client() as client:
         for queue in QUEUES:
             await ensure_pool(client, queue)
@@ -66,6 +69,9 @@ async def bootstrap(project_dir: Path, inventory: Inventory | None) -> None:
     async with get_client() as client:
         for change in await ensure_automations(client, get_supervision_settings()):
             logger.info("%s", change)
+        schedule_change = await sync_maintenance_schedule(client, get_maintenance_settings())
+        if schedule_change is not None:
+            logger.info("%s", schedule_change)
         if inventory is not None:
             await sync_backup_schedules(client, inventory)
 
@@ -216,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     logger.addHandler(handler)
     logger.propagate = False
     logger.setLevel(logging.INFO)
+    try:
+        get_maintenance_settings()
+    except ValidationError as exc:
+        logger.error("MM_MAINTENANCE_*: %s", exc)
+        return 2
     path: Path = args.inventory or get_settings().inventory
     inventory: Inventory | None = None
     if path.exists():

@@ -16,18 +16,45 @@ class Deployment:
     name: str
     entrypoint: str
     queue: Queue
+    #: Work queue its runs go to unless asked otherwise; None: the pool's default priority.
+    work_queue: Priority | None = None
+    #: Most runs of it at once (its `concurrency_limit`); None: the pool's concurrency.
+    limit: int | None = None
 
     @property
     def full_name(self) -> str:
         """The `flow/deployment` name that `run_deployment` and the CLI take."""
         return f"{self.flow_name}/{self.name}"
 
+    @property
+    def priority(self) -> Priority:
+        return self.work_queue or self.queue.default_priority
+
+    @property
+    def concurrency_limit(self) -> int:
+        return self.queue.concurrency if self.limit is None else self.limit
+
 
 BACKUP = Deployment("backup", "backup", "flows/backup.py:backup", QUEUES_BY_NAME["backup"])
 SCAN = Deployment("scan", "scan", "flows/scan.py:scan", QUEUES_BY_NAME["scan"])
 UPDATE = Deployment("update", "update", "flows/update.py:update", QUEUES_BY_NAME["update"])
 
+#: The deployments of the job types: what the API lists and counts as jobs.
 DEPLOYMENTS: tuple[Deployment, ...] = (BACKUP, SCAN, UPDATE)
+
+#: Retention of job records and backup archives (flows/maintenance.py): LOW priority in the scan
+#: pool, whose five slots leave room for it; one run at a time. Not a job type of the API.
+MAINTENANCE = Deployment(
+    "maintenance",
+    "maintenance",
+    "flows/maintenance.py:maintenance",
+    QUEUES_BY_NAME["scan"],
+    work_queue=Priority.LOW,
+    limit=1,
+)
+
+#: Every deployment prefect.yaml declares.
+ALL_DEPLOYMENTS: tuple[Deployment, ...] = (*DEPLOYMENTS, MAINTENANCE)
 
 
 @dataclass(frozen=True)

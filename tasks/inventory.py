@@ -63,6 +63,17 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class KeepSpec(_Model):
+    """How many of the server's backup archives to keep; a rule left out is MM_KEEP_<RULE>."""
+
+    #: The newest backups.
+    last: int | None = Field(None, ge=0)
+    #: The newest backup of each of this many days that have one; likewise weeks and months.
+    daily: int | None = Field(None, ge=0)
+    weekly: int | None = Field(None, ge=0)
+    monthly: int | None = Field(None, ge=0)
+
+
 class BackupSpec(_Model):
     """What to back up on a server, when, and what to run around it."""
 
@@ -74,6 +85,8 @@ class BackupSpec(_Model):
     pre: str | None = None
     #: Shell command run after the transfer, also when the backup failed.
     post: str | None = None
+    #: Retention of the server's archives (the maintenance flow); default: the MM_KEEP_* settings.
+    keep: KeepSpec | None = None
 
 
 class UpdateSpec(_Model):

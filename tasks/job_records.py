@@ -9,7 +9,8 @@ One implementation, used by the maintenance flow, `medicine-man clean` and `POST
 
 Anything else stays: runs not yet final, cancelled runs, runs of no pool. Prefect's database
 vacuum (`PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED`) has no "keep the last N" rule, hence this.
-Deletes go through `POST /flow_runs/bulk_delete`, 50 runs a call (its limit).
+Deletes go through `POST /flow_runs/bulk_delete`, 50 runs a call (its limit). A dry run counts
+what would go instead, deleting nothing.
 """
 
 from __future__ import annotations
@@ -71,12 +72,17 @@ class JobRetention:
 
 
 async def clean_job_records(
-    client: PrefectClient, policy: JobRetention, pools: list[str] | None = None
+    client: PrefectClient,
+    policy: JobRetention,
+    pools: list[str] | None = None,
+    *,
+    dry_run: bool = False,
 ) -> dict[str, int]:
     """Delete what `policy` does not keep; returns the number deleted per pool.
 
     Args:
         pools: the pools to clean; default: every work pool of the server.
+        dry_run: count what would be deleted, and delete nothing.
     """
     if pools is None:
         pools = [pool.name for pool in await client.read_work_pools()]
@@ -84,6 +90,9 @@ async def clean_job_records(
     deleted: dict[str, int] = {}
     for pool in pools:
         of_pool = WorkPoolFilter(name=WorkPoolFilterName(any_=[pool]))
+        if dry_run:
+            deleted[pool] = await _count_doomed(client, of_pool, policy, now)
+            continue
         total = await _delete_all(
             client, of_pool, _ended_before([StateType.COMPLETED], now - policy.completed_age)
         )
@@ -95,6 +104,26 @@ async def clean_job_records(
         total += await _delete_all(client, of_pool, completed, offset=policy.completed_count)
         deleted[pool] = total
     return deleted
+
+
+async def _count_doomed(
+    client: PrefectClient, of_pool: WorkPoolFilter, policy: JobRetention, now: datetime
+) -> int:
+    """What `clean_job_records` would delete in the pool: the same three rules, counted."""
+
+    async def count(runs: FlowRunFilter) -> int:
+        return await client.count_flow_runs(flow_run_filter=runs, work_pool_filter=of_pool)
+
+    old_completed = await count(_ended_before([StateType.COMPLETED], now - policy.completed_age))
+    old_failed = await count(_ended_before(_FAILED, now - policy.failed_age))
+    completed = await count(
+        FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED]))
+        )
+    )
+    # The count rule applies to the completed runs the age rule leaves.
+    beyond = max(0, completed - old_completed - policy.completed_count)
+    return old_completed + old_failed + beyond
 
 
 def _ended_before(types: list[StateType], cutoff: datetime) -> FlowRunFilter:

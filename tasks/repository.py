@@ -2,7 +2,8 @@
 
 Layout: `<root>/<serverId>/<backupId>.tar[.gz|.zst]` beside `<backupId>.json`. Ids are UUIDs,
 so no id can name a path outside the root. Archives are written through `atomic_file`; the
-manifest says `completed` only after the archive is renamed into place and verified.
+manifest says `completed` only after the archive is renamed into place and verified. A backup is
+deleted (`forget`) by first renaming its manifest to a hidden `.<backupId>.forget` tombstone.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic.alias_generators import to_camel
 
-from tasks.atomic import HashingWriter, atomic_file, write_atomic
+from tasks.atomic import HashingWriter, atomic_file, fsync_dir, write_atomic
 from tasks.errors import ArchiveInvalid, InvalidOptions
 
 Compression = Literal["none", "gzip", "zstd"]
@@ -75,6 +76,15 @@ class Manifest(BaseModel):
         return self
 
 
+class Survey(BaseModel):
+    """What a server's directory holds, as far as we understand it."""
+
+    #: Manifests that parse, belong to the server and sit under their own id's name; oldest first.
+    manifests: list[Manifest]
+    #: `.json` files that are not such manifests: left alone, reported.
+    unreadable: list[Path]
+
+
 class Verification(BaseModel):
     """The result of checking an archive against its manifest."""
 
@@ -125,6 +135,73 @@ class BackupRepository:
         for path in self.root.glob(f"*/{wanted}.json"):
             return Manifest.model_validate_json(path.read_bytes())
         raise InvalidOptions(f"no backup {wanted} in {self.root}")
+
+    def server_ids(self) -> list[UUID]:
+        """Servers with a directory here; directories not named by a UUID are not ours."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for path in self.root.iterdir():
+            try:
+                server_id = UUID(path.name)
+            except ValueError:
+                continue
+            if path.is_dir() and str(server_id) == path.name:
+                found.append(server_id)
+        return sorted(found, key=str)
+
+    def survey(self, server_id: UUID) -> Survey:
+        """Every manifest of a server that we understand, and the `.json` files we do not."""
+        manifests: list[Manifest] = []
+        unreadable: list[Path] = []
+        for path in sorted(self.server_dir(server_id).glob("*.json")):
+            try:
+                manifest = Manifest.model_validate_json(path.read_bytes())
+            except (OSError, ValueError):
+                unreadable.append(path)
+                continue
+            if manifest.server_id != server_id or path.name != f"{manifest.backup_id}.json":
+                unreadable.append(path)  # copied or renamed by hand: not ours to delete
+                continue
+            manifests.append(manifest)
+        # A naive time (a hand-made manifest) counts as UTC rather than failing the sort.
+        manifests.sort(key=lambda m: m.started_at.replace(tzinfo=m.started_at.tzinfo or UTC))
+        return Survey(manifests=manifests, unreadable=unreadable)
+
+    def tombstone_path(self, manifest: Manifest) -> Path:
+        return self.server_dir(manifest.server_id) / f".{manifest.backup_id}.forget"
+
+    def forget(self, manifest: Manifest) -> None:
+        """Delete a backup: its archive and its manifest, together even across a crash.
+
+        The manifest is renamed to a hidden tombstone first, so in one atomic step the backup
+        leaves `list`, `find` and `survey`; then the archive goes, then the tombstone. A crash
+        in between leaves a tombstone that `finish_forgets` completes.
+        """
+        tombstone = self.tombstone_path(manifest)
+        self.manifest_path(manifest.server_id, manifest.backup_id).replace(tombstone)
+        fsync_dir(tombstone.parent)
+        self._bury(manifest, tombstone)
+
+    def finish_forgets(self, server_id: UUID) -> list[Manifest]:
+        """Complete deletions a crash interrupted; returns the backups that went."""
+        finished = []
+        for tombstone in sorted(self.server_dir(server_id).glob(".*.forget")):
+            try:
+                manifest = Manifest.model_validate_json(tombstone.read_bytes())
+            except (OSError, ValueError):
+                continue  # not one of ours
+            if manifest.server_id != server_id or tombstone != self.tombstone_path(manifest):
+                continue
+            self._bury(manifest, tombstone)
+            finished.append(manifest)
+        return finished
+
+    def _bury(self, manifest: Manifest, tombstone: Path) -> None:
+        self.archive_path(manifest).unlink(missing_ok=True)
+        fsync_dir(tombstone.parent)
+        tombstone.unlink(missing_ok=True)
+        fsync_dir(tombstone.parent)
 
     def list(self, server_id: UUID) -> list[Manifest]:
         """Backups of a server, oldest first."""

@@ -10,7 +10,8 @@ import yaml
 from prefect.flows import load_flow_from_entrypoint
 
 from deployments.bootstrap import PROJECT_DIR
-from deployments.catalogue import DEPLOYMENTS, Deployment
+from deployments.catalogue import ALL_DEPLOYMENTS, MAINTENANCE, Deployment
+from deployments.queues import Priority
 
 PREFECT_YAML = PROJECT_DIR / "prefect.yaml"
 
@@ -28,22 +29,22 @@ def by_name(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def test_it_has_exactly_the_catalogue_deployments(config: dict[str, Any]) -> None:
     names = [d["name"] for d in config["deployments"]]
-    assert sorted(names) == sorted(d.name for d in DEPLOYMENTS)
+    assert sorted(names) == sorted(d.name for d in ALL_DEPLOYMENTS)
     assert len(names) == len(set(names))
 
 
-@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d.name)
+@pytest.mark.parametrize("deployment", ALL_DEPLOYMENTS, ids=lambda d: d.name)
 def test_deployment_agrees_with_the_catalogue(
     config: dict[str, Any], deployment: Deployment
 ) -> None:
     entry = by_name(config)[deployment.name]
     assert entry["entrypoint"] == deployment.entrypoint
     assert entry["work_pool"]["name"] == deployment.queue.name
-    assert entry["work_pool"]["work_queue_name"] == deployment.queue.default_priority.queue_name
+    assert entry["work_pool"]["work_queue_name"] == deployment.priority.queue_name
     assert "medicine-man" in entry["tags"]
 
 
-@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d.name)
+@pytest.mark.parametrize("deployment", ALL_DEPLOYMENTS, ids=lambda d: d.name)
 def test_entrypoint_loads_the_named_flow(
     deployment: Deployment, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -64,8 +65,8 @@ def test_code_is_pulled_from_the_project_directory_not_built(config: dict[str, A
 
 
 def test_no_schedules_in_the_yaml(config: dict[str, Any]) -> None:
-    # The bootstrap owns the backup schedules (from the inventory); a `schedules:` key here
-    # would make `prefect deploy` replace them.
+    # The bootstrap owns the schedules (backups from the inventory, maintenance from
+    # MM_MAINTENANCE_CRON); a `schedules:` key here would make `prefect deploy` replace them.
     for entry in config["deployments"]:
         assert "schedules" not in entry and "schedule" not in entry
 
@@ -75,9 +76,18 @@ def test_project_dir_is_the_repository_root() -> None:
     assert Path(__file__).resolve().is_relative_to(PROJECT_DIR)
 
 
-@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d.name)
-def test_deployment_concurrency_limit_is_the_pools(
+@pytest.mark.parametrize("deployment", ALL_DEPLOYMENTS, ids=lambda d: d.name)
+def test_deployment_concurrency_limit_is_the_catalogues(
     config: dict[str, Any], deployment: Deployment
 ) -> None:
-    """A second guard that holds across workers: the deployment's limit is the queue table's."""
-    assert by_name(config)[deployment.name]["concurrency_limit"] == deployment.queue.concurrency
+    """A second guard that holds across workers: a job deployment's limit is its pool's."""
+    assert by_name(config)[deployment.name]["concurrency_limit"] == deployment.concurrency_limit
+    if deployment is not MAINTENANCE:
+        assert deployment.concurrency_limit == deployment.queue.concurrency
+
+
+def test_maintenance_runs_alone_on_the_low_queue_of_the_scan_pool(config: dict[str, Any]) -> None:
+    entry = by_name(config)["maintenance"]
+    assert entry["work_pool"] == {"name": "scan", "work_queue_name": "low", "job_variables": {}}
+    assert entry["concurrency_limit"] == 1
+    assert MAINTENANCE.priority is Priority.LOW

@@ -1,0 +1,152 @@
+"""Tasks of the maintenance flow: job-record retention, then backup-archive retention.
+
+Job records are cleaned by `tasks.job_records` (the code `POST /api/jobs/clean` runs too).
+Archives are pruned per server of this host's repository (MM_BACKUP_ROOT) by the policy of
+`tasks.archive_retention`: the server's `backup.keep` in the inventory over the MM_KEEP_* defaults,
+days counted in its `backup.timezone`. A server that left the inventory keeps its archives under
+the defaults (in UTC), so its newest backup always stays. Only completed backups are ever
+deleted, archive and manifest together (`BackupRepository.forget`); running and failed backups,
+partial files and anything not understood are left where they are.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Any
+from uuid import UUID
+from zoneinfo import ZoneInfo
+
+from prefect import get_client, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.utilities.asyncutils import run_coro_as_sync
+
+from tasks.archive_retention import (
+    KeepPolicy,
+    get_archive_retention_settings,
+    plan_retention,
+)
+from tasks.inventory import Inventory, Server, load_inventory
+from tasks.job_records import clean_job_records, get_retention_settings
+from tasks.repository import BackupRepository
+from tasks.settings import get_settings
+
+
+@dataclass
+class ServerPrune:
+    """What archive retention did (or, in a dry run, would do) to one server's backups."""
+
+    server_id: UUID
+    policy: KeepPolicy
+    kept: int = 0
+    removed: list[UUID] = field(default_factory=list)
+    bytes_freed: int = 0
+    #: Running and failed backups, left alone.
+    untouched: int = 0
+
+
+def policy_for(server: Server | None, defaults: KeepPolicy) -> KeepPolicy:
+    """The server's own `backup.keep` rules over the defaults."""
+    if server is None or server.backup is None or server.backup.keep is None:
+        return defaults
+    own = server.backup.keep.model_dump(exclude_none=True)
+    return replace(defaults, **own)
+
+
+def prune_repository(
+    repository: BackupRepository,
+    inventory: Inventory,
+    defaults: KeepPolicy,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    *,
+    dry_run: bool = False,
+) -> list[ServerPrune]:
+    """Apply archive retention to every server with backups in `repository`."""
+    servers = {server.id: server for server in inventory.servers}
+    done: list[ServerPrune] = []
+    verb = "would remove" if dry_run else "removed"
+    for server_id in repository.server_ids():
+        server = servers.get(server_id)
+        policy = policy_for(server, defaults)
+        zone = ZoneInfo(server.backup.timezone) if server and server.backup else ZoneInfo("UTC")
+        name = server.name if server is not None else "not in the inventory"
+        if not dry_run:
+            for finished in repository.finish_forgets(server_id):
+                logger.info("server %s: finished removing backup %s", server_id, finished.backup_id)
+        survey = repository.survey(server_id)
+        for path in survey.unreadable:
+            logger.warning("server %s: %s is not a manifest of ours; left alone", server_id, path)
+        chosen = plan_retention(survey.manifests, policy, zone)
+        result = ServerPrune(
+            server_id=server_id,
+            policy=policy,
+            kept=len(chosen.keep),
+            untouched=len(chosen.untouched),
+        )
+        for manifest in chosen.forget:
+            if not dry_run:
+                repository.forget(manifest)
+            result.removed.append(manifest.backup_id)
+            result.bytes_freed += manifest.size or 0
+            logger.info(
+                "server %s (%s): %s backup %s of %s (%s, %s bytes)",
+                server_id,
+                name,
+                verb,
+                manifest.backup_id,
+                manifest.started_at.isoformat(),
+                manifest.archive,
+                manifest.size,
+            )
+        logger.info(
+            "server %s (%s): keep %s: %d kept, %d %s, %d running or failed left alone",
+            server_id,
+            name,
+            policy.describe(),
+            result.kept,
+            len(result.removed),
+            verb,
+            result.untouched,
+        )
+        done.append(result)
+    return done
+
+
+@task(name="clean old job records", cache_policy=NO_CACHE)
+def clean_old_job_records(dry_run: bool = False) -> dict[str, int]:
+    """Delete the job records (flow runs) past MM_COMPLETED_JOBS_DAYS and friends, every pool."""
+    policy = get_retention_settings().policy()
+
+    async def clean() -> dict[str, int]:
+        async with get_client() as client:
+            return await clean_job_records(client, policy, dry_run=dry_run)
+
+    deleted: dict[str, int] = run_coro_as_sync(clean())
+    get_run_logger().info(
+        "job records %s: %s (completed: %s days and newest %d per queue; failed: %s days)",
+        "that would be deleted" if dry_run else "deleted",
+        ", ".join(f"{pool} {count}" for pool, count in deleted.items()) or "none",
+        policy.completed_age.total_seconds() / 86400,
+        policy.completed_count,
+        policy.failed_age.total_seconds() / 86400,
+    )
+    return deleted
+
+
+@task(name="prune backup archives", cache_policy=NO_CACHE)
+def prune_backup_archives(dry_run: bool = False) -> list[ServerPrune]:
+    """Keep each server's last / daily / weekly / monthly backups; remove the other ones."""
+    settings = get_settings()
+    repository = BackupRepository(settings.backup_root)
+    if not repository.server_ids():
+        get_run_logger().info("no backups in %s", repository.root)
+        return []
+    # A broken or missing inventory fails the task: its per-server rules may keep more.
+    inventory = load_inventory(settings.inventory)
+    return prune_repository(
+        repository,
+        inventory,
+        get_archive_retention_settings().policy(),
+        get_run_logger(),
+        dry_run=dry_run,
+    )
