@@ -21,8 +21,17 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from deployments.cli_jobs import CliError, Enqueued, Snapshot, enqueue, prefect_client, watch
-from deployments.cli_render import JobProgress, backups_table, servers_table, show
+from deployments.cli_jobs import (
+    CliError,
+    Enqueued,
+    Snapshot,
+    enqueue,
+    enqueue_maintenance,
+    job_result,
+    prefect_client,
+    watch,
+)
+from deployments.cli_render import JobProgress, backups_table, clean_summary, servers_table, show
 from deployments.pausing import pools_of, set_paused
 from deployments.queues import Priority
 from deployments.states import JobState
@@ -230,6 +239,34 @@ def resume(queue: QueueArgument = None) -> None:
     """Let the held jobs of a queue (or all) start again, highest priority first."""
     pools = asyncio.run(_set_paused(queue, False))
     out.print(f"resumed {', '.join(pools)}", markup=False)
+
+
+@app.command()
+@reported
+def clean(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only count what would be deleted.")
+    ] = False,
+    wait: WaitOption = False,
+) -> None:
+    """Apply the retention policies now: old job records and old backup archives.
+
+    Enqueues a run of the maintenance flow (LOW priority, scan pool), the one the daily schedule
+    starts; with --wait, follows it and prints what it deleted.
+    """
+    job = asyncio.run(enqueue_maintenance({"dry_run": dry_run, "user_id": _operator()}))
+    out.print(str(job.job_id), markup=False)
+    err.print(
+        f"maintenance{' (dry run)' if dry_run else ''} queued on {job.queue}: jobId {job.job_id}",
+        markup=False,
+        soft_wrap=True,
+    )
+    if not wait:
+        return
+    _watch(job.job_id)
+    result = asyncio.run(job_result(job.job_id))
+    if result is not None:
+        out.print(clean_summary(result), markup=False, soft_wrap=True)
 
 
 @app.command()

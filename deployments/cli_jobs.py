@@ -21,11 +21,13 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 
-from deployments.catalogue import CATALOGUE
+from deployments.catalogue import CATALOGUE, MAINTENANCE
 from deployments.enqueue import create_job_run
+from deployments.maintenance import create_maintenance_run
 from deployments.queues import Priority
 from deployments.states import JobState, job_state
 from flows.params import JobType
+from tasks.outcome import read_result
 from tasks.progress import read_progress
 
 #: Seconds between two looks at a watched job.
@@ -114,6 +116,29 @@ async def enqueue(
                 f"deployment {name} is not registered; run the bootstrap (`make up`) first"
             ) from None
     return Enqueued(job_id=run.id, deployment=name, queue=f"{job.queue.name}/{queue_name}")
+
+
+async def enqueue_maintenance(parameters: dict[str, Any]) -> Enqueued:
+    """Create a run of the maintenance deployment in its work queue (`scan/low`)."""
+    name = MAINTENANCE.full_name
+    async with prefect_client() as client:
+        try:
+            run = await create_maintenance_run(client, parameters)
+        except ObjectNotFound:
+            raise DeploymentMissing(
+                f"deployment {name} is not registered; run the bootstrap (`make up`) first"
+            ) from None
+    return Enqueued(
+        job_id=run.id,
+        deployment=name,
+        queue=f"{MAINTENANCE.queue.name}/{MAINTENANCE.priority.queue_name}",
+    )
+
+
+async def job_result(job_id: UUID) -> dict[str, Any] | None:
+    """The result a job published when it ended (`tasks.outcome`), or None."""
+    async with prefect_client() as client:
+        return await read_result(client, job_id)
 
 
 async def snapshot(client: PrefectClient, job_id: UUID) -> Snapshot:

@@ -1,10 +1,12 @@
-"""How the CLI shows things: rich tables of servers and backups, and a job's live progress bar."""
+"""How the CLI shows things: rich tables of servers and backups, a job's live progress bar, and
+what a clean did."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
 from types import TracebackType
+from typing import Any
 
 from rich.console import Console
 from rich.measure import Measurement
@@ -144,3 +146,17 @@ class JobProgress:
             description=snap.step or "",
             state=snap.state.value,
         )
+
+
+def clean_summary(result: dict[str, Any]) -> str:
+    """One line from the maintenance flow's result."""
+    verb = "would delete" if result.get("dryRun") else "deleted"
+    queues = result.get("jobRecordsByQueue") or {}
+    by_queue = ", ".join(f"{queue} {count}" for queue, count in queues.items())
+    return (
+        f"{verb} {result.get('jobRecordsDeleted', 0)} job records"
+        + (f" ({by_queue})" if by_queue else "")
+        + f"; {verb} {result.get('archivesRemoved', 0)} backup archives"
+        + f" ({human_size(result.get('bytesFreed', 0))});"
+        + f" kept {result.get('archivesKept', 0)} archives of {result.get('servers', 0)} servers"
+    )

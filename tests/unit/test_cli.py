@@ -316,3 +316,59 @@ def test_verify_and_restore_search_every_host_repository(
     unknown = runner.invoke(cli.app, ["verify", str(uuid4())])
     assert unknown.exit_code == 1
     assert str(tmp_path / "host-2") in unknown.stderr
+
+
+def test_clean_enqueues_the_maintenance_flow(monkeypatch: pytest.MonkeyPatch) -> None:
+    job_id = UUID("11111111-2222-4333-8444-555555555555")
+    asked: list[dict[str, Any]] = []
+
+    async def enqueue_maintenance(parameters: dict[str, Any]) -> Enqueued:
+        asked.append(parameters)
+        return Enqueued(job_id=job_id, deployment="maintenance/maintenance", queue="scan/low")
+
+    monkeypatch.setattr(cli, "enqueue_maintenance", enqueue_maintenance)
+    result = runner.invoke(cli.app, ["clean", "--dry-run"])
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{job_id}\n"
+    assert result.stderr == f"maintenance (dry run) queued on scan/low: jobId {job_id}\n"
+    [parameters] = asked
+    assert parameters.pop("user_id").startswith("cli:")
+    assert parameters == {"dry_run": True}
+
+
+def test_clean_wait_prints_what_went(monkeypatch: pytest.MonkeyPatch) -> None:
+    job_id = uuid4()
+
+    async def enqueue_maintenance(parameters: dict[str, Any]) -> Enqueued:
+        return Enqueued(job_id=job_id, deployment="maintenance/maintenance", queue="scan/low")
+
+    async def watch(job_id: UUID, on_update: Any) -> Snapshot:
+        done = Snapshot(JobState.COMPLETED, "Completed", None, 100.0, "done", True)
+        on_update(done)
+        return done
+
+    async def job_result(wanted: UUID) -> dict[str, Any]:
+        assert wanted == job_id
+        return {
+            "dryRun": False,
+            "jobRecordsDeleted": 5,
+            "jobRecordsByQueue": {"backup": 2, "scan": 3, "update": 0},
+            "archivesRemoved": 4,
+            "archivesKept": 9,
+            "bytesFreed": 3 * 1024 * 1024,
+            "servers": 2,
+        }
+
+    monkeypatch.setattr(cli, "enqueue_maintenance", enqueue_maintenance)
+    monkeypatch.setattr(cli, "watch", watch)
+    monkeypatch.setattr(cli, "job_result", job_result)
+    result = runner.invoke(cli.app, ["clean", "--wait"])
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        str(job_id),
+        f"job {job_id} completed",
+        "deleted 5 job records (backup 2, scan 3, update 0); deleted 4 backup archives"
+        " (3.0 MiB); kept 9 archives of 2 servers",
+    ]
