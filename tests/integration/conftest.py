@@ -40,6 +40,10 @@ SCHEDULED_SERVER_ID = UUID("5c4e4d6a-0000-4000-8000-00000000000a")
 SCHEDULED_CRON = "0 3 1 1 *"
 SCHEDULED_TIMEZONE = "Europe/Berlin"
 
+#: The maintenance schedule of the session's stack (MM_MAINTENANCE_CRON): 1 January, 04:00, so
+#: no scheduled maintenance run prunes other tests' archives or runs in a pool they measure.
+MAINTENANCE_CRON = "0 4 1 1 *"
+
 #: Lock duration of every queue in the session's stack, seconds: the shortest that heartbeats
 #: every 30 s (Prefect's minimum) allow, see `deployments.automations`.
 LOCK = 45
@@ -174,7 +178,10 @@ def stack(
         "api_port": free_port(),
         "ui": False,
         # Stalled runs are crashed after this many seconds instead of minutes (test_crashes.py).
-        "extra_env": {"MM_LOCK_DURATIONS": json.dumps(dict.fromkeys(QUEUES_BY_NAME, LOCK))},
+        "extra_env": {
+            "MM_LOCK_DURATIONS": json.dumps(dict.fromkeys(QUEUES_BY_NAME, LOCK)),
+            "MM_MAINTENANCE_CRON": MAINTENANCE_CRON,
+        },
     }
     if failover is None:
         embedded = BackendSettings(database_url=None, redis_url=None)

@@ -71,7 +71,8 @@ def test_clean_keeps_exactly_the_documented_runs(lone_server: Stack) -> None:
 
     Breaks: nothing; checks the rule. Must survive: exactly the runs the documented rule keeps
     (recent completed up to the newest 200 per pool, recent failed/crashed, every run not yet
-    final or cancelled); everything else is gone, in bulk calls of at most 50.
+    final or cancelled); everything else is gone, in bulk calls of at most 50. A dry run before
+    deletes nothing and counts exactly what the real one then deletes, per pool.
     """
     db = lone_server.prefect_home / "prefect.db"
     targets = asyncio.run(deployment_targets(lone_server))
@@ -80,12 +81,16 @@ def test_clean_keeps_exactly_the_documented_runs(lone_server: Stack) -> None:
     want = expected_survivors(db, policy)
     assert 0 < len(want) < RUNS
 
-    async def clean() -> dict[str, int]:
+    async def clean(dry_run: bool) -> dict[str, int]:
         async with lone_server.client() as client:
-            return await clean_job_records(client, policy)
+            return await clean_job_records(client, policy, dry_run=dry_run)
 
-    deleted = asyncio.run(clean())
+    counted = asyncio.run(clean(dry_run=True))
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM flow_run").fetchone() == (RUNS,)
+    deleted = asyncio.run(clean(dry_run=False))
     with sqlite3.connect(db) as conn:
         left = {row[0] for row in conn.execute("SELECT id FROM flow_run")}
+    assert counted == deleted
     assert sum(deleted.values()) == RUNS - len(want)
     assert left == want, (len(left), len(want))

@@ -10,7 +10,7 @@ import pytest
 from prefect.client.orchestration import SyncPrefectClient
 
 from deployments.bootstrap import schedule_slug
-from deployments.catalogue import BACKUP, DEPLOYMENTS, Deployment
+from deployments.catalogue import ALL_DEPLOYMENTS, BACKUP, Deployment
 from deployments.queues import QUEUES, Priority, Queue
 from deployments.stack import Stack
 from tests.integration.conftest import (
@@ -29,7 +29,7 @@ def snapshot(client: SyncPrefectClient) -> dict[str, Any]:
         state[f"pool:{queue.name}"] = (pool.id, pool.concurrency_limit, pool.base_job_template)
         for wq in client.read_work_queues(work_pool_name=queue.name):
             state[f"queue:{queue.name}/{wq.name}"] = (wq.id, wq.priority, wq.is_paused)
-    for deployment in DEPLOYMENTS:
+    for deployment in ALL_DEPLOYMENTS:
         d = client.read_deployment_by_name(deployment.full_name)
         state[f"deployment:{deployment.full_name}"] = (
             d.id,
@@ -72,12 +72,12 @@ def test_pool_limits_are_the_designs(stack: Stack) -> None:
     assert limits == {"backup": 2, "scan": 5, "update": 1}
 
 
-@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d.name)
+@pytest.mark.parametrize("deployment", ALL_DEPLOYMENTS, ids=lambda d: d.name)
 def test_deployment_is_as_prefect_yaml_says(stack: Stack, deployment: Deployment) -> None:
     with stack.sync_client() as client:
         d = client.read_deployment_by_name(deployment.full_name)
     assert d.work_pool_name == deployment.queue.name
-    assert d.work_queue_name == deployment.queue.default_priority.queue_name
+    assert d.work_queue_name == deployment.priority.queue_name
     assert d.entrypoint == deployment.entrypoint
     assert "medicine-man" in d.tags
     assert d.pull_steps == [
