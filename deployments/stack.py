@@ -24,16 +24,22 @@ from types import TracebackType
 import httpx
 from prefect.client.orchestration import PrefectClient, SyncPrefectClient
 from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.workers.process import ProcessWorker
 
 from deployments.automations import MIN_HEARTBEAT_SECONDS
 from deployments.backends import BackendSettings, get_backend_settings
 from deployments.bootstrap import PROJECT_DIR, ensure_pool
+from deployments.forkserver import ForkServerWorker
 from deployments.local_target import descendants
 from deployments.queues import QUEUES, Queue, get_queue
 
 #: Seconds the Prefect server side gets after the workers, at least, to take their last reports.
 SERVER_GRACE = 5.0
 #: Inherited variables that would point the stack at another Prefect (a Cloud profile, say).
+#: Worker types the stack can start: ours, and Prefect's stock one as the fallback.
+FORKSERVER = ForkServerWorker.type
+WORKER_TYPES = (FORKSERVER, ProcessWorker.type)
+
 _FOREIGN = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH")
 
 
@@ -135,6 +141,9 @@ class Stack:
             address clients use, served by something in front of them (a load balancer).
         hosts: worker hosts; each runs one worker per pool with its own HOME and PREFECT_HOME,
             as if on a machine of its own. All of them share `backup_root`.
+        worker_type: `forkserver` (runs forked from a pre-imported process,
+            deployments/forkserver.py) or Prefect's stock `process`; default: MM_WORKER_TYPE,
+            else `forkserver`.
     """
 
     data_dir: Path
@@ -152,6 +161,7 @@ class Stack:
     backend: BackendSettings | None = None
     server_ports: list[int] = field(default_factory=list)
     hosts: int = 1
+    worker_type: str = field(default_factory=lambda: os.environ.get("MM_WORKER_TYPE", FORKSERVER))
     server: Child | None = None
     #: Every Prefect API process (`server` is the first); one unless `server_ports` says more.
     servers: list[Child] = field(default_factory=list)
@@ -175,6 +185,9 @@ class Stack:
             raise StackError("several Prefect API processes need scaled mode (PostgreSQL + Redis)")
         if self.hosts < 1:
             raise StackError(f"hosts must be at least 1, not {self.hosts}")
+        if self.worker_type not in WORKER_TYPES:
+            allowed = ", ".join(WORKER_TYPES)
+            raise StackError(f"unknown worker type {self.worker_type!r}; use one of {allowed}")
 
     # -- where things are -------------------------------------------------------------------
 
@@ -379,9 +392,18 @@ class Stack:
         return f"{pool}@{host + 1}" if host else pool
 
     def start_worker(
-        self, pool: str, *, wait: bool = True, timeout: float = 60.0, host: int = 0
+        self,
+        pool: str,
+        *,
+        wait: bool = True,
+        timeout: float = 60.0,
+        host: int = 0,
+        worker_type: str | None = None,
     ) -> Child:
-        """Start (or restart) the worker of `pool` on `host`, limited like the pool itself."""
+        """Start (or restart) the worker of `pool` on `host`, limited like the pool itself.
+
+        `worker_type` overrides the stack's for this worker (e.g. the stock fallback).
+        """
         queue: Queue = get_queue(pool)
         key = self.worker_key(pool, host)
         old = self.workers.get(key)
@@ -395,7 +417,7 @@ class Stack:
                 "--pool",
                 pool,
                 "--type",
-                "process",
+                worker_type or self.worker_type,
                 "--name",
                 self.worker_name(pool, host),
                 # A second guard: the pool's own limit can overshoot (FACTS.md).

@@ -54,18 +54,20 @@ def slow_server(stack, inventory, tmp_path: Path):
 
 
 def flow_run_pid(stack: Stack, pool: str, run_id: UUID, timeout: float = 60) -> int:
-    """The pid of the process that runs `run_id`, from the pool worker's process tree."""
+    """The pid of the process that runs `run_id`: the worker records it on the flow run.
+
+    Checked against the pool worker's process tree, so a wrong pid cannot pass unnoticed.
+    """
     worker = stack.workers[pool]
     assert worker.pid is not None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for pid in descendants(worker.pid):
-            try:
-                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if f"PREFECT__FLOW_RUN_ID={run_id}".encode() in environ:
-                return pid
+        with stack.sync_client() as client:
+            recorded = client.read_flow_run(run_id).infrastructure_pid
+        if recorded:
+            pid = int(recorded.rsplit(":", 1)[-1])
+            assert pid in descendants(worker.pid), f"{pid} is not below the {pool} worker"
+            return pid
         time.sleep(0.2)
     pytest.fail(f"no process of flow run {run_id} below the {pool} worker")
 

@@ -1,0 +1,202 @@
+"""A Prefect worker that starts each flow run from a pre-warmed fork server.
+
+The stock process worker starts `python -m prefect.engine` for every run: 3-5 s of importing
+Prefect, paramiko and our flows on 2 cores (FACTS.md), most of a scan's life. This worker keeps
+the isolation (every run is a process of its own, killed, timed and reported like the stock
+ones) and removes the import: the standard library's `multiprocessing` fork server imports those
+modules once, single-threaded, and forks a copy for each run, as Celery's prefork and RQ's fork
+do. The child runs Prefect's own engine entry point (`prefect.engine` as `__main__`), so loading
+the deployment, pull steps, signals, cancellation and crash reporting are Prefect's.
+
+It serves the same `process` pools as the stock worker, which stays a drop-in fallback
+(`MM_WORKER_TYPE=process`). Start it with `prefect worker start --type forkserver --pool scan`
+(the `prefect.collections` entry point in pyproject.toml registers the type).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import multiprocessing
+import multiprocessing.forkserver
+import os
+import runpy
+import sys
+import tempfile
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+from prefect.client.schemas.objects import WorkPool
+from prefect.flows import load_flow_from_flow_run
+from prefect.runner._flow_run_executor import FlowRunExecutionResult, FlowRunExecutorContext
+from prefect.runner._process_manager import ProcessHandle
+from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, ProcessWorkerResult
+
+if TYPE_CHECKING:
+    from multiprocessing.context import SpawnProcess
+
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.runner._control_channel import ControlChannel
+
+#: Imported once by the fork server, so that no run pays for them. Importing them starts no
+#: thread (checked in tests/integration/test_forkserver.py), which is what makes forking safe.
+PRELOAD = (
+    "prefect.engine",
+    "prefect.flow_engine",
+    "prefect.flows",
+    "prefect.deployments.steps",
+    "paramiko",
+    "flows.backup",
+    "flows.scan",
+    "flows.update",
+    "deployments.forkserver",
+)
+
+_CONTEXT = multiprocessing.get_context("forkserver")
+# Only our modules: the default preload re-imports the parent's `__main__` (Prefect's CLI).
+_CONTEXT.set_forkserver_preload(list(PRELOAD))
+
+
+def warm_up() -> None:
+    """Start the fork server now (a second or two), rather than on the first run."""
+    multiprocessing.forkserver.ensure_running()
+
+
+def run_engine(flow_run_id: str, env: Mapping[str, str], cwd: str) -> None:
+    """The forked child: Prefect's engine for one flow run, in the run's environment.
+
+    `multiprocessing` ends its children with `os._exit`, which skips `atexit`; Prefect drains
+    its log and event queues there, so they are run here before leaving.
+    """
+    from prefect.context import refresh_global_settings_context
+
+    os.setsid()  # Its own group, as the stock worker's runs: signals to the worker miss it.
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    # Settings were read when the fork server imported Prefect; read the run's environment.
+    refresh_global_settings_context()
+    sys.argv = ["prefect.engine", flow_run_id]
+    # The fork server imported it already, which is the point; runpy warns about exactly that.
+    warnings.filterwarnings("ignore", "'prefect.engine' found in sys.modules", RuntimeWarning)
+    try:
+        runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)
+    finally:
+        atexit._run_exitfuncs()
+
+
+class ForkServerStarter:
+    """Starts a flow run as a child of the fork server (Prefect's `ProcessStarter` protocol)."""
+
+    def __init__(
+        self, *, cwd: Path, env: Mapping[str, str | None], control_channel: ControlChannel | None
+    ) -> None:
+        self._cwd = cwd
+        self._env = env
+        self._control_channel = control_channel
+
+    async def start(
+        self,
+        flow_run: FlowRun,
+        task_status: anyio.abc.TaskStatus[ProcessHandle] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        env = {key: value for key, value in self._env.items() if value is not None}
+        env["PREFECT__FLOW_RUN_ID"] = str(flow_run.id)
+        # The worker reports a crash itself; the child must not run crash hooks twice.
+        env["PREFECT__ENABLE_CANCELLATION_AND_CRASHED_HOOKS"] = "false"
+        registered = False
+        if self._control_channel is not None:
+            # Lets a cancel reach the run as an intent before its SIGTERM, as in the stock path.
+            with contextlib.suppress(RuntimeError):
+                port, token = self._control_channel.register(flow_run.id)
+                env["PREFECT__CONTROL_PORT"] = str(port)
+                env["PREFECT__CONTROL_TOKEN"] = token
+                registered = True
+        process = _CONTEXT.Process(
+            target=run_engine,
+            args=(str(flow_run.id), env, str(self._cwd)),
+            name=f"flow-run-{flow_run.id}",
+        )
+        try:
+            # A round trip to the fork server (milliseconds); off the event loop all the same.
+            await anyio.to_thread.run_sync(process.start)
+        except BaseException:
+            if registered and self._control_channel is not None:
+                self._control_channel.unregister(flow_run.id)
+            raise
+        # ProcessHandle reads only `pid` and `exitcode`, which every multiprocessing process has.
+        task_status.started(ProcessHandle(cast("SpawnProcess", process)))
+        await anyio.to_thread.run_sync(process.join, abandon_on_cancel=True)
+
+
+class ForkServerWorker(ProcessWorker):
+    """The process worker, with runs forked from a warm fork server."""
+
+    type = "forkserver"
+    _description = "Runs flows as processes forked from a pre-imported fork server."
+    _display_name = "Process (fork server)"
+
+    async def setup(self) -> None:
+        await super().setup()
+        await anyio.to_thread.run_sync(warm_up)
+
+    async def run(
+        self,
+        flow_run: FlowRun,
+        configuration: ProcessJobConfiguration,
+        task_status: anyio.abc.TaskStatus[int] | None = None,
+    ) -> ProcessWorkerResult:
+        if configuration._command_configured:
+            # A custom command is a program of its own, not Prefect's engine: start it as usual.
+            return await super().run(flow_run, configuration, task_status)
+        if task_status is None:
+            task_status = anyio.TASK_STATUS_IGNORED
+        working_dir_ctx: contextlib.AbstractContextManager[Any] = (
+            tempfile.TemporaryDirectory(suffix="prefect")
+            if not configuration.working_dir
+            else contextlib.nullcontext(configuration.working_dir)
+        )
+        execution: FlowRunExecutionResult | None = None
+        with working_dir_ctx as working_dir, warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            async with FlowRunExecutorContext() as ctx:
+                starter = ForkServerStarter(
+                    cwd=Path(working_dir).resolve(),
+                    env=configuration.env,
+                    control_channel=ctx.control_channel,
+                )
+                executor = ctx.create_executor(
+                    flow_run,
+                    starter,
+                    resolve_flow=load_flow_from_flow_run,
+                    propose_submitting=False,
+                )
+
+                async def execute(
+                    *, task_status: anyio.abc.TaskStatus[ProcessHandle] = anyio.TASK_STATUS_IGNORED
+                ) -> None:
+                    nonlocal execution
+                    execution = await executor.submit(task_status=task_status)
+
+                async with anyio.create_task_group() as task_group:
+                    handle = await task_group.start(execute)
+                    if handle.pid is None:
+                        raise RuntimeError("Flow run process has no PID")
+                    task_status.started(handle.pid)
+        if execution is None or execution.status_code is None:
+            raise RuntimeError("Failed to start flow run process.")
+        return ProcessWorkerResult(
+            status_code=execution.status_code, identifier=str(execution.handle.pid)
+        )
+
+    def _record_work_pool_snapshot(self, work_pool: WorkPool) -> None:
+        # Serving `process` pools is the point (the stock worker stays a drop-in fallback), so
+        # Prefect's "worker type mismatch" warning would be a false alarm.
+        if work_pool.type == ProcessWorker.type:
+            work_pool = work_pool.model_copy(update={"type": self.type})
+        super()._record_work_pool_snapshot(work_pool)

@@ -1,0 +1,87 @@
+"""The fork-server worker (deployments/forkserver.py): isolated runs, and the stock fallback.
+
+Limits, retries, crashes and cancellation of forked runs are tested by the other integration
+tests, which run on the fork-server worker (the stack's default).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from uuid import UUID
+
+from deployments.forkserver import PRELOAD
+from deployments.local_target import descendants
+from deployments.stack import Stack
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # It ended meanwhile.
+        return b""
+
+
+def test_the_preloaded_modules_start_no_thread() -> None:
+    """Forking is safe only from a single-threaded process: importing PRELOAD must start none."""
+    code = (
+        "import importlib, threading\n"
+        f"for name in {list(PRELOAD)!r}: importlib.import_module(name)\n"
+        "print(sorted(t.name for t in threading.enumerate()))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert result.stdout.strip() == "['MainThread']", result.stdout + result.stderr
+
+
+def test_each_run_is_a_process_of_its_own_forked_below_the_worker(
+    stack: Stack, target, inventory, run_job, wait_for_final_state
+) -> None:
+    server_id = inventory.add_server(target)
+    run_ids = [
+        run_job("scan/scan", {"server_id": str(server_id), "job_type": "scan:quick"})
+        for _ in range(3)
+    ]
+    runs = [wait_for_final_state(run_id) for run_id in run_ids]
+    assert all(run.state is not None and run.state.is_completed() for run in runs), [
+        run.state for run in runs
+    ]
+    pids = {int(str(run.infrastructure_pid).rsplit(":", 1)[-1]) for run in runs}
+    worker = stack.workers["scan"]
+    assert any(
+        b"multiprocessing.forkserver" in _cmdline(pid) for pid in descendants(worker.pid or 0)
+    ), "no fork server below the worker"
+    assert len(pids) == 3, pids
+    assert worker.pid not in pids
+    # Each run's process ends soon after its final state (Prefect drains its logs first).
+    deadline = time.monotonic() + 15
+    while pids & set(descendants(worker.pid or 0)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not pids & set(descendants(worker.pid or 0))
+
+
+def test_the_stock_process_worker_still_serves_the_pool(
+    stack: Stack, target, inventory, run_job, wait_for_final_state
+) -> None:
+    server_id = inventory.add_server(target)
+    stack.stop_worker("scan")
+    log_path = stack.workers["scan"].log_path
+    offset = log_path.stat().st_size
+    try:
+        stack.start_worker("scan", worker_type="process")
+        run_id: UUID = run_job("scan/scan", {"server_id": str(server_id), "job_type": "scan:quick"})
+        run = wait_for_final_state(run_id)
+        assert run.state is not None and run.state.is_completed(), run.state
+        # This worker's own lines only: the log file is appended to across restarts.
+        log = log_path.read_bytes()[offset:].decode(errors="replace")
+        assert f"submitting flow run '{run_id}'" in log, log
+        worker_pid = stack.workers["scan"].pid or 0
+        assert not any(
+            b"multiprocessing.forkserver" in _cmdline(pid) for pid in descendants(worker_pid)
+        ), "the stock worker started a fork server"
+    finally:
+        stack.stop_worker("scan")
+        stack.start_worker("scan")
