@@ -54,14 +54,15 @@ def test_entrypoint_loads_the_named_flow(
     assert flow.name == deployment.flow_name
 
 
-def test_code_is_pulled_from_the_project_directory_not_built(config: dict[str, Any]) -> None:
+def test_runs_start_in_the_project_directory_with_nothing_to_build_or_pull(
+    config: dict[str, Any],
+) -> None:
     assert not config.get("build")
     assert not config.get("push")
-    assert config["pull"] == [
-        {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $MM_PROJECT_DIR }}"}}
-    ]
+    assert config["pull"] == []  # Explicitly empty, or `prefect deploy` adds a default step.
     for entry in config["deployments"]:
         assert "pull" not in entry and "build" not in entry
+        assert entry["work_pool"]["job_variables"] == {"working_dir": "{{ $MM_PROJECT_DIR }}"}
 
 
 def test_no_schedules_in_the_yaml(config: dict[str, Any]) -> None:
@@ -88,6 +89,6 @@ def test_deployment_concurrency_limit_is_the_catalogues(
 
 def test_maintenance_runs_alone_on_the_low_queue_of_the_scan_pool(config: dict[str, Any]) -> None:
     entry = by_name(config)["maintenance"]
-    assert entry["work_pool"] == {"name": "scan", "work_queue_name": "low", "job_variables": {}}
+    assert (entry["work_pool"]["name"], entry["work_pool"]["work_queue_name"]) == ("scan", "low")
     assert entry["concurrency_limit"] == 1
     assert MAINTENANCE.priority is Priority.LOW
