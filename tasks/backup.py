@@ -16,7 +16,7 @@ from tasks.progress import Progress
 from tasks.repository import BackupRepository, BackupStatus, Compression, Manifest, utcnow
 from tasks.retry import RETRY_POLICY
 from tasks.settings import get_settings
-from tasks.ssh import connect
+from tasks.ssh import connect, download
 
 # Paths arrive as positional parameters ("$@"), never spliced into the script text.
 _PLAN_SCRIPT = r"""
@@ -174,13 +174,15 @@ def transfer_archive(
     """Stream tar from the server into the repository; size and sha256 computed on the way."""
     repo = repository()
     progress.milestone(40, "transfer started")
-    with connect(server) as ssh, repo.open_archive(manifest) as archive:
-
-        def write(chunk: bytes) -> None:
-            archive.write(chunk)
-            progress.between(40, 90, archive.size, plan.estimated_bytes, "transferring")
-
-        result = ssh.stream(tar_command(manifest.paths, manifest.compression), write, check=False)
+    with repo.open_archive(manifest) as archive:
+        result = download(
+            server,
+            tar_command(manifest.paths, manifest.compression),
+            archive,
+            on_progress=lambda size: progress.between(
+                40, 90, size, plan.estimated_bytes, "transferring"
+            ),
+        )
         if result.exit_status not in TAR_OK:
             # Raised inside `open_archive`: the partial file is removed.
             raise RemoteCommandFailed(

@@ -17,7 +17,8 @@
         └── SSHDisconnected       the channel dropped in the middle of the work
 
 Each class's docstring is its message when raised without arguments. `tasks.ssh` translates
-paramiko and socket exceptions into this tree in one place.
+paramiko and socket exceptions into this tree in one place; `tasks.openssh` does the same for
+the system ssh client's failures (its exit status 255 and message).
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +26,11 @@ class WorkSettings(BaseSettings):
     ssh_connect_timeout: float = Field(10.0, gt=0, description="Seconds to connect and log in.")
     ssh_idle_timeout: float = Field(
         120.0, gt=0, description="Seconds without a byte from the server before it counts as hung."
+    )
+    ssh_client: Literal["auto", "paramiko"] = Field(
+        "auto",
+        description="How archives are downloaded: `auto` uses the system OpenSSH client when it"
+        " can keep paramiko's checks (tasks/openssh.py), else paramiko; `paramiko` always.",
     )
 
     def search_roots(self) -> list[Path]:
