@@ -8,6 +8,10 @@ modules once, single-threaded, and forks a copy for each run, as Celery's prefor
 do. The child runs Prefect's own engine entry point (`prefect.engine` as `__main__`), so loading
 the deployment, pull steps, signals, cancellation and crash reporting are Prefect's.
 
+It also picks runs up when they happen rather than at its next poll: it follows Prefect's event
+stream for its pool and polls at once when a run of the pool is scheduled or ends (a slot is
+free). Polling on an interval stays as the safety net, so it can be slow (cheap when idle).
+
 It serves the same `process` pools as the stock worker, which stays a drop-in fallback
 (`MM_WORKER_TYPE=process`). Start it with `prefect worker start --type forkserver --pool scan`
 (the `prefect.collections` entry point in pyproject.toml registers the type).
@@ -25,6 +29,7 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -32,6 +37,13 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 from prefect.client.schemas.objects import WorkPool
+from prefect.events.clients import get_events_subscriber
+from prefect.events.filters import (
+    EventFilter,
+    EventNameFilter,
+    EventOccurredFilter,
+    EventRelatedFilter,
+)
 from prefect.flows import load_flow_from_flow_run
 from prefect.runner._flow_run_executor import FlowRunExecutionResult, FlowRunExecutorContext
 from prefect.runner._process_manager import ProcessHandle
@@ -60,6 +72,14 @@ PRELOAD = (
 _CONTEXT = multiprocessing.get_context("forkserver")
 # Only our modules: the default preload re-imports the parent's `__main__` (Prefect's CLI).
 _CONTEXT.set_forkserver_preload(list(PRELOAD))
+
+
+#: Flow-run events of the pool after which there may be a run to start: a new or rescheduled
+#: run, or a run that ended and freed a slot.
+WAKE_ON = frozenset({"Scheduled", "Completed", "Failed", "Crashed", "Cancelled", "TimedOut"})
+
+#: Seconds before following the event stream again after it broke (polling goes on meanwhile).
+RESUBSCRIBE_DELAY = 5.0
 
 
 def warm_up() -> None:
@@ -144,6 +164,46 @@ class ForkServerWorker(ProcessWorker):
     async def setup(self) -> None:
         await super().setup()
         await anyio.to_thread.run_sync(warm_up)
+        self._wake = anyio.Event()
+        self._event_loops = await self._exit_stack.enter_async_context(anyio.create_task_group())
+        self._event_loops.start_soon(self._follow_events)
+        self._event_loops.start_soon(self._poll_when_woken)
+
+    async def teardown(self, *exc_info: Any) -> None:
+        self._event_loops.cancel_scope.cancel()
+        await super().teardown(*exc_info)
+
+    async def _follow_events(self) -> None:
+        """Wake the poller on each flow-run event of the pool that may mean a run to start."""
+        while True:
+            try:
+                await self._subscribe()
+            except Exception as error:  # The stream is a shortcut; polling still runs.
+                self._logger.debug("Event stream broke (%s); following it again soon", error)
+            await anyio.sleep(RESUBSCRIBE_DELAY)
+
+    async def _subscribe(self) -> None:
+        while self._work_pool is None:  # Known after the first sync with the server.
+            await anyio.sleep(0.5)
+        events = EventFilter(
+            occurred=EventOccurredFilter(since=datetime.now(UTC)),
+            event=EventNameFilter(prefix=["prefect.flow-run."]),
+            related=EventRelatedFilter(id=[f"prefect.work-pool.{self._work_pool.id}"]),
+        )
+        async with get_events_subscriber(filter=events) as subscriber:
+            async for event in subscriber:
+                if event.event.rsplit(".", 1)[-1] in WAKE_ON:
+                    self._wake.set()
+
+    async def _poll_when_woken(self) -> None:
+        """One poll per wake-up; events during a poll coalesce into one more."""
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            try:
+                await self.get_and_submit_flow_runs()
+            except Exception:
+                self._logger.exception("Polling for flow runs after an event failed")
 
     async def run(
         self,
@@ -188,6 +248,8 @@ class ForkServerWorker(ProcessWorker):
                     if handle.pid is None:
                         raise RuntimeError("Flow run process has no PID")
                     task_status.started(handle.pid)
+        # Its slot of this worker's `--limit` is free only now, after the process has ended.
+        self._wake.set()
         if execution is None or execution.status_code is None:
             raise RuntimeError("Failed to start flow run process.")
         return ProcessWorkerResult(

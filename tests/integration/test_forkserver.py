@@ -85,3 +85,23 @@ def test_the_stock_process_worker_still_serves_the_pool(
     finally:
         stack.stop_worker("scan")
         stack.start_worker("scan")
+
+
+def test_a_new_run_is_picked_up_on_its_event_not_at_the_next_poll(
+    stack: Stack, target, inventory, run_job, wait_for_final_state
+) -> None:
+    """With polls two minutes apart, only the pool's event stream can start the run sooner."""
+    server_id = inventory.add_server(target)
+    stack.stop_worker("scan")
+    stack.extra_env["PREFECT_WORKER_QUERY_SECONDS"] = "120"
+    try:
+        stack.start_worker("scan")
+        # The worker's first poll is at its start: let it pass, so the next is 2 minutes away.
+        time.sleep(3)
+        run_id = run_job("scan/scan", {"server_id": str(server_id), "job_type": "scan:quick"})
+        run = wait_for_final_state(run_id, timeout=60)  # Half the poll interval.
+        assert run.state is not None and run.state.is_completed(), run.state
+    finally:
+        del stack.extra_env["PREFECT_WORKER_QUERY_SECONDS"]
+        stack.stop_worker("scan")
+        stack.start_worker("scan")

@@ -21,9 +21,9 @@ from tests.integration.conftest import InventoryFile
 from tests.support.api import Api, ok
 
 runner = CliRunner()
-#: Seconds the held jobs must stay held after the pool could have run them: several worker
-#: polls (PREFECT_WORKER_QUERY_SECONDS=1 in the stack).
-HELD_SECONDS = 3.0
+#: Seconds the held jobs must stay held after the pool could have run them: the worker polls
+#: at once on a run's event, and every 5 s (`deployments.stack.POLL_SECONDS`).
+HELD_SECONDS = 6.0
 
 
 @pytest.fixture
