@@ -9,12 +9,11 @@ Every answer is in the `{success, message, data}` envelope, errors too; no error
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prefect.settings import PREFECT_API_URL
@@ -23,7 +22,7 @@ from starlette.exceptions import HTTPException
 from api_shim.auth import AuthError, Forbidden, Role, mint_token
 from api_shim.body_guard import BodyGuard
 from api_shim.gateway import Gateway, GatewayError, JobConflict, JobNotFound
-from api_shim.metrics import REQUEST_SECONDS
+from api_shim.metrics import RequestTiming
 from api_shim.routes import health, jobs, metrics, queues, servers
 from api_shim.routes.jobs import InvalidQuery
 from api_shim.schemas import ErrorData, ErrorDetail, ErrorEnvelope
@@ -64,6 +63,8 @@ app = FastAPI(
 for module in (health, servers, jobs, queues, metrics):
     app.include_router(module.router)
 app.add_middleware(BodyGuard, limit=lambda: get_settings().max_body_bytes)
+# Added last, so outermost: the time includes the body guard's.
+app.add_middleware(RequestTiming)
 
 
 def _error(status: int, message: str, details: list[ErrorDetail] | None = None) -> JSONResponse:
@@ -140,17 +141,3 @@ async def _http(request: Request, exc: HTTPException) -> JSONResponse:
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return _error(500, "internal error; the shim's log has the details")
-
-
-@app.middleware("http")
-async def _timing(
-    request: Request, call_next: Callable[[Request], Awaitable[Response]]
-) -> Response:
-    began = time.perf_counter()
-    response = await call_next(request)
-    route: Any = request.scope.get("route")
-    path = getattr(route, "path", "unmatched")
-    REQUEST_SECONDS.labels(request.method, path, str(response.status_code)).observe(
-        time.perf_counter() - began
-    )
-    return response

@@ -6,9 +6,11 @@ counters and histograms live in this process and restart with it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
 from prometheus_client import Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api_shim.schemas import Health, HealthStatus, QueueCounts
 
@@ -37,6 +39,39 @@ PREFECT_SECONDS = Histogram(
     "Seconds the shim's calls to the Prefect API took, by operation.",
     ["operation"],
 )
+
+
+class RequestTiming:
+    """Observes `REQUEST_SECONDS` for each HTTP request, by method, route and status.
+
+    A pure ASGI middleware: Starlette's `BaseHTTPMiddleware` (`@app.middleware("http")`) costs
+    a task group and two memory streams per request, about a millisecond of CPU here.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began = time.perf_counter()
+        status = 500
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            # The router sets the matched route in the scope it shares with us.
+            path = getattr(scope.get("route"), "path", "unmatched")
+            REQUEST_SECONDS.labels(scope["method"], path, str(status)).observe(
+                time.perf_counter() - began
+            )
 
 
 def record_queues(counts: Mapping[str, QueueCounts], workers: Mapping[str, int]) -> None:

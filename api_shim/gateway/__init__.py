@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -52,6 +53,9 @@ T = TypeVar("T")
 #: Seconds the pool -> deployment ids map is kept.
 DEPLOYMENT_CACHE_SECONDS = 60.0
 
+#: Finished jobs kept in memory (a few KiB each), so polling one costs one Prefect read.
+FINAL_JOBS_KEPT = 2048
+
 #: The pools the API speaks of, in the queue table's order.
 POOLS: tuple[str, ...] = tuple(queue.name for queue in QUEUES)
 
@@ -65,6 +69,8 @@ class Gateway:
         self.timeout = timeout
         self._deployments: dict[str, list[UUID]] = {}
         self._deployments_read = -DEPLOYMENT_CACHE_SECONDS - 1.0
+        #: Jobs of runs in a final state, by (run id, state id), least recently read first.
+        self._final_jobs: OrderedDict[tuple[UUID, UUID | None], Job] = OrderedDict()
 
     @classmethod
     @asynccontextmanager
@@ -148,19 +154,34 @@ class Gateway:
 
     async def find(self, job_id: UUID, owner: str | None) -> FlowRun:
         """The flow run of a job the caller may see; others' jobs are as absent as unknown ones."""
-        runs = await self.call(
-            "read_flow_runs",
-            self.client.read_flow_runs(
-                flow_run_filter=Slice(None, POOLS).flow_run_filter(owner, ids=[job_id]), limit=1
-            ),
-        )
-        if not runs:
+        try:
+            run = await self.call("read_flow_run", self.client.read_flow_run(job_id))
+        except JobNotFound:
+            raise JobNotFound(f"no job {job_id}") from None
+        if owner is not None and user_tag(owner) not in run.tags:
             raise JobNotFound(f"no job {job_id}")
-        return runs[0]
+        return run
 
     async def job(self, job_id: UUID, owner: str | None) -> Job:
-        run, paused = await asyncio.gather(self.find(job_id, owner), self.paused_pools())
+        """One job: one Prefect read for a finished job read before, three otherwise.
+
+        A run in a final state changes only by getting a new state (a retry), so its job is
+        kept by (run id, state id) and served again from the one read of the run itself.
+        """
+        run = await self.find(job_id, owner)
+        final = run.state is not None and run.state.is_final()
+        key = (run.id, run.state.id if run.state is not None else None)
+        if final and (cached := self._final_jobs.get(key)) is not None:
+            self._final_jobs.move_to_end(key)
+            return cached
+        # Whether a pool is paused matters only to a scheduled run (deployments.states).
+        scheduled = run.state is not None and run.state.type is StateType.SCHEDULED
+        paused = await self.paused_pools() if scheduled else set()
         (job,) = await self.call("read_job_details", JobReader(self.client).jobs([run], paused))
+        if final:
+            self._final_jobs[key] = job
+            while len(self._final_jobs) > FINAL_JOBS_KEPT:
+                self._final_jobs.popitem(last=False)
         return job
 
     async def jobs(

@@ -1,7 +1,7 @@
 """Flow runs -> the API's `Job`: parameters, mapped state, progress, attempts, result.
 
-A page of jobs costs a fixed number of queries whatever its size: one for the pools, one for
-the progress artifacts, one for the result artifacts and one per 200 task runs.
+A page of jobs costs a fixed number of queries whatever its size: one for the pools, one per
+200 artifacts (progress and results together) and one per 200 task runs.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
-    ArtifactFilterKey,
     ArtifactFilterType,
     FlowRunFilter,
     FlowRunFilterId,
@@ -103,8 +102,8 @@ class JobReader:
         if not runs:
             return []
         ids = [run.id for run in runs]
-        progress, results, task_runs = await asyncio.gather(
-            self._progress(ids), self._results(ids), self._task_runs(ids)
+        (progress, results), task_runs = await asyncio.gather(
+            self._artifacts(ids), self._task_runs(ids)
         )
         now = datetime.now(UTC)
         return [
@@ -140,35 +139,36 @@ class JobReader:
             else None,
         )
 
-    async def _progress(self, ids: list[UUID]) -> dict[UUID, float]:
-        """The newest progress artifact of each run (a re-run starts a new one)."""
-        found: dict[UUID, float] = {}
-        for artifact in await self._artifacts(ids, "progress"):
-            if artifact.flow_run_id is not None and artifact.flow_run_id not in found:
-                data = artifact.data
-                found[artifact.flow_run_id] = float(data) if isinstance(data, int | float) else 0.0
-        return found
-
-    async def _results(self, ids: list[UUID]) -> dict[UUID, dict[str, Any]]:
-        """Each run's result: its newest keyless table artifact (tasks/outcome.py)."""
-        found: dict[UUID, dict[str, Any]] = {}
-        for artifact in await self._artifacts(ids, "table", keyless=True):
-            if artifact.flow_run_id is None or artifact.flow_run_id in found:
+    async def _artifacts(
+        self, ids: list[UUID]
+    ) -> tuple[dict[UUID, float], dict[UUID, dict[str, Any]]]:
+        """Each run's progress (its newest progress artifact: a re-run starts a new one) and
+        result (its newest keyless table artifact, tasks/outcome.py), in one query."""
+        progress: dict[UUID, float] = {}
+        results: dict[UUID, dict[str, Any]] = {}
+        for artifact in await self._read_artifacts(ids):
+            run_id = artifact.flow_run_id
+            if run_id is None:
                 continue
-            rows = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
-            if isinstance(rows, list) and rows and isinstance(rows[0], dict):
-                found[artifact.flow_run_id] = rows[0]
-        return found
+            if artifact.type == "progress" and run_id not in progress:
+                data = artifact.data
+                progress[run_id] = float(data) if isinstance(data, int | float) else 0.0
+            elif artifact.type == "table" and artifact.key is None and run_id not in results:
+                rows = (
+                    json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+                )
+                if isinstance(rows, list) and rows and isinstance(rows[0], dict):
+                    results[run_id] = rows[0]
+        return progress, results
 
-    async def _artifacts(self, ids: list[UUID], kind: str, keyless: bool = False) -> list[Artifact]:
-        """The runs' artifacts of one type, newest first, all pages."""
+    async def _read_artifacts(self, ids: list[UUID]) -> list[Artifact]:
+        """The runs' progress and table artifacts, newest first, all pages."""
         found: list[Artifact] = []
         while True:
             page = await self.client.read_artifacts(
                 artifact_filter=ArtifactFilter(
                     flow_run_id=ArtifactFilterFlowRunId(any_=ids),
-                    type=ArtifactFilterType(any_=[kind]),
-                    key=ArtifactFilterKey(exists_=False) if keyless else None,
+                    type=ArtifactFilterType(any_=["progress", "table"]),
                 ),
                 sort=ArtifactSort.UPDATED_DESC,
                 limit=PAGE,
