@@ -9,7 +9,11 @@ the stack). Per pool:
   nothing for the queue's lock duration is set Crashed; a Crashed run holds no pool slot.
 - **re-run** (reactive): a run of the pool that ends Crashed, by the worker (its process died)
   or by the stalled automation, is set Scheduled again, same id, while its run count is below
-  the attempts; the last crash stays Crashed with its reason (the job state `failed`).
+  the attempts.
+
+And for all pools, **gave up** (reactive): a run that crashes on its last attempt is set Failed
+with "Gave up after N attempts", so the job says why it stopped; each crash's own reason stays
+in the run's state history.
 
 Prefect's flow `retries` apply to Failed only, never to Crashed (`RetryFailedFlows`), and an
 `on_crashed` hook cannot run in a process killed with SIGKILL, hence the second automation.
@@ -108,6 +112,9 @@ def rerun_name(queue: Queue) -> str:
     return f"medicine-man: re-run crashed {queue.name} runs"
 
 
+GAVE_UP_NAME = "medicine-man: fail runs that crashed on their last attempt"
+
+
 def stalled_automation(
     queue: Queue, deployment_ids: list[UUID], settings: SupervisionSettings
 ) -> AutomationCore:
@@ -152,7 +159,7 @@ def rerun_automation(queue: Queue, settings: SupervisionSettings) -> AutomationC
         name=rerun_name(queue),
         description=(
             f"A {queue.name} run that crashed is run again, same job id, up to {attempts}"
-            " runs in all; after that it stays Crashed with the reason (job state failed)."
+            " runs in all; after that it is failed (see the gave-up automation)."
         ),
         enabled=True,
         trigger=EventTrigger(
@@ -181,16 +188,60 @@ def rerun_automation(queue: Queue, settings: SupervisionSettings) -> AutomationC
     )
 
 
+#: Run counts the gave-up automation covers: from the last attempt on (a job retried by hand
+#: may run more often); a label match takes a list of values, not a range.
+_MORE_RUNS = 100
+
+
+def gave_up_message(attempts: int) -> str:
+    return (
+        f"Gave up after {attempts} attempts: the job crashed each time"
+        " (each crash's reason is in its state history)"
+    )
+
+
+def gave_up_automation(settings: SupervisionSettings) -> AutomationCore:
+    """Fail a run of any pool that crashed on its last attempt, saying so."""
+    attempts = settings.crash_attempts
+    return AutomationCore(
+        name=GAVE_UP_NAME,
+        description=f"A run that crashed {attempts} times is not run again: mark it Failed.",
+        enabled=True,
+        trigger=EventTrigger(
+            match={
+                "prefect.resource.id": "prefect.flow-run.*",
+                "prefect.run-count": [str(n) for n in range(attempts, attempts + _MORE_RUNS)],
+            },
+            match_related={
+                "prefect.resource.role": "work-pool",
+                "prefect.resource.name": [queue.name for queue in QUEUES],
+            },
+            expect={"prefect.flow-run.Crashed"},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+        ),
+        # Crashed -> Failed is terminal to terminal, which orchestration refuses unless forced.
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.FAILED, message=gave_up_message(attempts), force=True
+            )
+        ],
+    )
+
+
 def wanted_automations(
     deployment_ids: dict[str, list[UUID]], settings: SupervisionSettings
 ) -> list[AutomationCore]:
-    """Both automations of every pool; `deployment_ids` by pool name."""
+    """Both automations of every pool, and the gave-up one; `deployment_ids` by pool name."""
     wanted = []
     for queue in QUEUES:
         ids = deployment_ids.get(queue.name, [])
         if ids:
             wanted.append(stalled_automation(queue, ids, settings))
         wanted.append(rerun_automation(queue, settings))
+    wanted.append(gave_up_automation(settings))
     return wanted
 
 

@@ -16,8 +16,10 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
+from prefect.client.schemas.actions import WorkPoolUpdate
 from prefect.client.schemas.objects import FlowRun, State, StateType
 
+from deployments.automations import SupervisionSettings, gave_up_message
 from deployments.local_target import LocalTarget, descendants
 from deployments.stack import Stack
 from tasks.repository import BackupRepository, BackupStatus
@@ -158,3 +160,50 @@ def test_killed_backup_is_crashed_rerun_and_completed_once(
     with stack.sync_client() as client:
         spans = [running_interval(client.read_flow_run_states(r)) for r in pair]
     assert max_overlap(spans) == 2, spans
+
+
+def _wait_for_state(
+    stack: Stack, run_id: UUID, state_type: StateType, timeout: float = 60
+) -> State:
+    deadline = time.monotonic() + timeout
+    with stack.sync_client() as client:
+        while True:
+            state = client.read_flow_run(run_id).state
+            if state is not None and state.type is state_type:
+                return state
+            if time.monotonic() > deadline:
+                pytest.fail(f"run {run_id} is {state!r}, not {state_type.value}, after {timeout} s")
+            time.sleep(0.25)
+
+
+def test_a_job_that_crashes_on_every_attempt_is_failed_saying_it_gave_up(stack: Stack) -> None:
+    """The real automations, driven by real state changes of a run no worker picks up.
+
+    Breaks: the run crashes on each of its attempts (its states are set through Prefect's API,
+    not forced, so orchestration counts each run). Must survive: it is scheduled again after
+    each crash but the last, then failed with "Gave up after N attempts", its crashes in its
+    history.
+    """
+    attempts = SupervisionSettings().crash_attempts  # The stack's: it does not set it.
+    with stack.sync_client() as client:
+        client.update_work_pool("update", WorkPoolUpdate(is_paused=True))
+        try:
+            deployment = client.read_deployment_by_name("update/update")
+            run_id = client.create_flow_run_from_deployment(
+                deployment.id, parameters={"server_id": str(uuid.uuid4())}
+            ).id
+            for attempt in range(1, attempts + 1):
+                _wait_for_state(stack, run_id, StateType.SCHEDULED)
+                client.set_flow_run_state(run_id, State(type=StateType.PENDING))
+                client.set_flow_run_state(run_id, State(type=StateType.RUNNING))
+                assert client.read_flow_run(run_id).run_count == attempt
+                client.set_flow_run_state(
+                    run_id, State(type=StateType.CRASHED, message=f"crash {attempt} of the test")
+                )
+            final = _wait_for_state(stack, run_id, StateType.FAILED)
+            history = client.read_flow_run_states(run_id)
+        finally:
+            client.update_work_pool("update", WorkPoolUpdate(is_paused=False))
+    assert final.message == gave_up_message(attempts)
+    crashes = [s.message for s in history if s.type is StateType.CRASHED]
+    assert crashes == [f"crash {n} of the test" for n in range(1, attempts + 1)]

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from pydantic import ValidationError
 
-from deployments.automations import SupervisionSettings, wanted_automations
+from deployments.automations import GAVE_UP_NAME, SupervisionSettings, wanted_automations
 from deployments.queues import QUEUES, QUEUES_BY_NAME
 
 
@@ -32,12 +32,15 @@ def test_settings_that_cannot_work_are_refused(fields: dict[str, object]) -> Non
         SupervisionSettings(**fields)  # type: ignore[arg-type]
 
 
-def test_every_pool_gets_a_stalled_and_a_rerun_automation() -> None:
+def test_every_pool_gets_a_stalled_and_a_rerun_automation_and_one_gives_up() -> None:
     ids = {queue.name: [uuid.uuid4()] for queue in QUEUES}
     automations = wanted_automations(ids, SupervisionSettings(crash_attempts=2))
     names = [a.name for a in automations]
-    assert len(names) == len(set(names)) == 2 * len(QUEUES)
+    assert len(names) == len(set(names)) == 2 * len(QUEUES) + 1
     rerun = next(a for a in automations if a.name.endswith("re-run crashed backup runs"))
     assert rerun.trigger.match.get("prefect.run-count") == ["0", "1"]  # type: ignore[union-attr]
+    gave_up = next(a for a in automations if a.name == GAVE_UP_NAME)
+    counts = gave_up.trigger.match.get("prefect.run-count")  # type: ignore[union-attr]
+    assert counts[:2] == ["2", "3"] and "1" not in counts  # type: ignore[index,operator]
     stalled = next(a for a in automations if a.name.endswith("crash stalled backup runs"))
     assert stalled.trigger.within == timedelta(minutes=5)  # type: ignore[union-attr]
