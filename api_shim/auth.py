@@ -98,7 +98,9 @@ def verify_token(token: str, secret: str) -> Caller:
 _bearer = HTTPBearer(auto_error=False, description="A JWT signed with HS256 (MM_JWT_SECRET).")
 
 
-def current_caller(
+# The dependencies are `async` although they never wait: FastAPI runs a plain `def` dependency
+# in a worker thread, a thread hop per request for microseconds of work.
+async def current_caller(
     request: Request,
     _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:
@@ -112,7 +114,7 @@ def current_caller(
     return verify_token(token.strip(), get_settings().secret)
 
 
-def admin_caller(caller: Annotated[Caller, Depends(current_caller)]) -> Caller:
+async def admin_caller(caller: Annotated[Caller, Depends(current_caller)]) -> Caller:
     """The caller, if an admin; `Forbidden` (403) otherwise."""
     if not caller.is_admin:
         raise Forbidden()

@@ -10,8 +10,8 @@ from api_shim.gateway import Gateway
 from api_shim.schemas import ErrorEnvelope
 
 
-def get_gateway(request: Request) -> Gateway:
-    """The app's one gateway, opened by its lifespan."""
+async def get_gateway(request: Request) -> Gateway:
+    """The app's one gateway, opened by its lifespan (`async`: no worker thread for it)."""
     gateway: Gateway = request.app.state.gateway
     return gateway
 
