@@ -80,9 +80,9 @@ def test_deployment_is_as_prefect_yaml_says(stack: Stack, deployment: Deployment
     assert d.work_queue_name == deployment.priority.queue_name
     assert d.entrypoint == deployment.entrypoint
     assert "medicine-man" in d.tags
-    assert d.pull_steps == [
-        {"prefect.deployments.steps.set_working_directory": {"directory": str(stack.project_dir)}}
-    ]
+    # No pull step: runs start in the project directory through a job variable.
+    assert not d.pull_steps
+    assert d.job_variables == {"working_dir": str(stack.project_dir)}
 
 
 def test_every_worker_is_registered(stack: Stack) -> None:
