@@ -34,5 +34,8 @@ lint:
 	$(UV) run ruff format --check .
 	$(UV) run mypy
 
-bench:
-	@echo "make bench: not yet; see FACTS.md for the measurements so far"
+# Every goal of issue 6 in one run and one table (bench/run_all.py), written into BENCHMARKS.md;
+# about 10 minutes. `make bench BENCH=--quick` is a smoke run on small data that writes nothing;
+# `BENCH="--only backup,api"` runs some modules only.
+bench: install
+	$(UV) run python -m bench.run_all $(BENCH)

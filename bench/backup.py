@@ -1,0 +1,289 @@
+"""Goal 1: backup throughput against OpenSSH `ssh host 'tar -cf - DIR' > file`, same cipher.
+
+    uv run python -m bench.backup [--quick] [--rounds N] [--no-paramiko]
+
+Starts an sshd on loopback (`deployments.local_target`) serving the cached tree of
+`bench.tree`, then alternates, round by round (the order rotates each round):
+
+- reference: the system `ssh -c aes128-gcm@openssh.com -o Compression=no` running the same
+  remote tar (`tasks.backup.tar_command`), stdout redirected into a file;
+- ours: `tasks.backup.transfer_archive`, the function the backup flow's task runs (its body,
+  `.fn`, outside Prefect): connect, stream, sha256, written atomically (fsync + rename);
+- for information: the reference followed by an fsync of its file (what our atomic write
+  guarantees and the plain reference does not), and ours with `MM_SSH_CLIENT=paramiko`, the
+  fallback path.
+
+Then zstd, two rounds, reported only (`tar ... | zstd -T0 -3 -q` against our `compression:
+zstd`). Each figure is the median of the rounds, in MB/s of archive bytes, connect time
+included. Dirty pages are flushed (`sync`) before each timed transfer, so one side's writeback
+does not land in the other's time (ours includes its own fsync; the plain reference leaves its
+writeback untimed). The first round checks that all sides wrote byte-identical archives (for
+zstd: the same tar), and each of our archives is checked against its size and sha256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shlex
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from bench.report import BenchConfig, Row, median, table
+from bench.tree import FULL, QUICK, ensure_tree
+from deployments.local_target import LocalTarget
+from tasks import openssh
+from tasks.backup import BackupPlan, tar_command, transfer_archive
+from tasks.inventory import Server
+from tasks.progress import Progress
+from tasks.repository import BackupRepository, Compression, Manifest, utcnow
+from tasks.settings import get_settings
+
+CIPHER = "aes128-gcm@openssh.com"
+GOAL_RATIO = 0.9
+
+
+class QuietProgress(Progress):
+    """Progress that records nothing: the benchmark runs outside a flow run."""
+
+    def __init__(self) -> None:
+        super().__init__(uuid.uuid4())
+
+    def _set(self, percent: float, message: str) -> None:
+        self.percent = percent
+
+
+@dataclass
+class Side:
+    """One way of making the archive, and its time per round."""
+
+    name: str
+    make: Callable[[], Path]
+    seconds: list[float] = field(default_factory=list)
+
+    def rate(self, size: int) -> float:
+        """MB/s of the median round."""
+        return size / median(self.seconds) / 1e6
+
+
+def run(config: BenchConfig, *, paramiko: bool = True) -> list[Row]:
+    spec = QUICK if config.quick else FULL
+    tree = ensure_tree(spec)
+    # Four sides, four rounds: each side goes first once. zstd is slow and only reported.
+    rounds = config.rounds or (2 if config.quick else 4)
+    zstd_rounds = 1 if config.quick else 2
+    with tempfile.TemporaryDirectory(prefix="mm-bench-backup-") as tmp:
+        work = Path(tmp)
+        target = LocalTarget(home=work / "target").start()
+        try:
+            bench = BackupBench(target, tree, work / "out")
+            sides = [
+                Side("ssh", partial(bench.reference, "none")),
+                Side("ours", partial(bench.ours, "none", "auto")),
+                Side("ssh+fsync", partial(bench.reference, "none", durable=True)),
+            ]
+            if paramiko:
+                sides.append(Side("paramiko", partial(bench.ours, "none", "paramiko")))
+            size = bench.compare("none", sides, rounds)
+            rows = _rows("none", sides, size, rounds, spec.name, bench.our_path())
+            sides = [
+                Side("ssh", partial(bench.reference, "zstd")),
+                Side("ours", partial(bench.ours, "zstd", "auto")),
+            ]
+            size = bench.compare("zstd", sides, zstd_rounds)
+            return rows + _rows("zstd", sides, size, zstd_rounds, spec.name, bench.our_path())
+        finally:
+            target.stop()
+
+
+class BackupBench:
+    """All sides of the comparison against one sshd."""
+
+    def __init__(self, target: LocalTarget, tree: Path, out: Path) -> None:
+        self.target = target
+        self.tree = tree
+        self.out = out
+        self.out.mkdir(parents=True, exist_ok=True)
+        entry = target.server_entry(str(uuid.uuid4()), "bench", backup={"paths": [str(tree)]})
+        self.server = Server.model_validate(entry)
+        os.environ["MM_BACKUP_ROOT"] = str(self.out / "repository")
+        #: What the manifest of each of our archives says: size and sha256.
+        self.expected: dict[Path, tuple[int | None, str | None]] = {}
+
+    def our_path(self) -> str:
+        """How `transfer_archive` streams from this server with the default settings."""
+        reason = openssh.unusable(self.server)
+        return "system ssh, aes128-gcm first" if reason is None else f"paramiko ({reason})"
+
+    def compare(self, compression: Compression, sides: list[Side], rounds: int) -> int:
+        """Time every side `rounds` times, rotating who goes first; the archive size."""
+        size = 0
+        for n in range(rounds):
+            # Rotate the order, so a drift in the machine's load hits every side alike.
+            order = sides[n % len(sides) :] + sides[: n % len(sides)]
+            files: dict[str, Path] = {}
+            for side in order:
+                os.sync()
+                began = time.perf_counter()
+                files[side.name] = side.make()
+                side.seconds.append(time.perf_counter() - began)
+            size = files["ours"].stat().st_size
+            for path in files.values():
+                if path in self.expected and self.expected.pop(path) != (
+                    path.stat().st_size,
+                    _tar_digest("none", path),
+                ):
+                    raise AssertionError(f"{path} does not match its manifest's size and sha256")
+            if n == 0:
+                _check_same(compression, files)
+            for path in files.values():
+                path.unlink()
+            print(
+                f"  {compression} round {n + 1}: "
+                + ", ".join(f"{s.name} {size / s.seconds[-1] / 1e6:.0f} MB/s" for s in sides),
+                flush=True,
+            )
+        return size
+
+    def reference(self, compression: Compression, *, durable: bool = False) -> Path:
+        """The system ssh into a file; `durable`: then fsync it, as our atomic write does."""
+        remote = shlex.join(tar_command([str(self.tree)], "none"))
+        if compression == "zstd":
+            remote += " | zstd -T0 -3 -q"
+        path = self.out / f"reference{'-fsync' if durable else ''}.{compression}"
+        target = self.target
+        argv = [
+            *("ssh", "-F", "/dev/null", "-c", CIPHER, "-o", "Compression=no"),
+            *("-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"),
+            *("-o", f"UserKnownHostsFile={target.known_hosts}", "-o", "IdentitiesOnly=yes"),
+            *("-i", str(target.user_key), "-p", str(target.port)),
+            f"{target.username}@127.0.0.1",
+            remote,
+        ]
+        with path.open("wb") as out:
+            subprocess.run(argv, stdout=out, check=True)
+            if durable:
+                os.fsync(out.fileno())
+        return path
+
+    def ours(self, compression: Compression, client: str) -> Path:
+        """`transfer_archive` with `MM_SSH_CLIENT=client`; checks size and sha256 afterwards."""
+        os.environ["MM_SSH_CLIENT"] = client
+        get_settings.cache_clear()
+        manifest = _manifest(self.server, compression)
+        plan = BackupPlan(compression=compression, estimated_bytes=1 << 30, estimated_files=0)
+        done = transfer_archive.fn(self.server, manifest, plan, QuietProgress())
+        path = BackupRepository(get_settings().backup_root).archive_path(done)
+        # Renamed, so no other side's file name clashes; checked outside the timed part below.
+        checked = path.with_name(f"{client}.{compression}")
+        path.rename(checked)
+        self.expected[checked] = (done.size, done.sha256)
+        return checked
+
+
+def _manifest(server: Server, compression: Compression) -> Manifest:
+    backup_id = uuid.uuid4()
+    assert server.backup is not None
+    return Manifest(
+        backup_id=backup_id,
+        server_id=server.id,
+        server_name=server.name,
+        job_type="backup:manual",
+        compression=compression,
+        paths=list(server.backup.paths),
+        archive=BackupRepository.archive_name(backup_id, compression),
+        started_at=utcnow(),
+    )
+
+
+def _check_same(compression: Compression, files: dict[str, Path]) -> None:
+    """Every side wrote the same archive (for zstd: the same tar inside)."""
+    digests = {name: _tar_digest(compression, path) for name, path in files.items()}
+    if len(set(digests.values())) != 1:
+        raise AssertionError(f"the sides wrote different archives: {digests}")
+
+
+def _tar_digest(compression: Compression, path: Path) -> str:
+    if compression == "zstd":
+        tar = subprocess.run(["zstd", "-dcq", str(path)], capture_output=True, check=True).stdout
+        return hashlib.sha256(tar).hexdigest()
+    with path.open("rb") as source:
+        return hashlib.file_digest(source, "sha256").hexdigest()
+
+
+def _rows(
+    compression: Compression, sides: list[Side], size: int, rounds: int, tree: str, path: str
+) -> list[Row]:
+    by_name = {side.name: side for side in sides}
+    ref = by_name["ssh"].rate(size)
+    where = f"{tree} tree, {size / 1e9:.2f} GB archive, median of {rounds}"
+    rows = []
+    for side in sides[1:]:
+        rate = side.rate(size)
+        ratio = rate / ref
+        if compression == "zstd":
+            rows.append(
+                Row(
+                    f"backup throughput, zstd -3 ({where})",
+                    f"{rate:.0f} MB/s",
+                    f"{ref:.0f} MB/s `ssh host 'tar \\| zstd -T0 -3' > file`",
+                    f"{ratio:.2f}x",
+                    "reported",
+                    None,
+                )
+            )
+        elif side.name == "ssh+fsync":
+            rows.append(
+                Row(
+                    "the reference made durable too (`ssh ... tar > file; fsync file`)",
+                    f"{by_name['ours'].rate(size):.0f} MB/s (ours, as above)",
+                    f"{rate:.0f} MB/s",
+                    f"{by_name['ours'].rate(size) / rate:.2f}x",
+                    "reported",
+                    None,
+                )
+            )
+        elif side.name == "ours":
+            rows.append(
+                Row(
+                    f"backup throughput, tar + sha256 + atomic write ({where}; via {path})",
+                    f"{rate:.0f} MB/s",
+                    f"{ref:.0f} MB/s `ssh -c {CIPHER} host tar > file`",
+                    f"{ratio:.2f}x",
+                    f">= {GOAL_RATIO}x",
+                    ratio >= GOAL_RATIO,
+                )
+            )
+        else:
+            rows.append(
+                Row(
+                    "backup throughput, paramiko fallback (`MM_SSH_CLIENT=paramiko`)",
+                    f"{rate:.0f} MB/s",
+                    f"{ref:.0f} MB/s (same reference)",
+                    f"{ratio:.2f}x",
+                    "reported",
+                    None,
+                )
+            )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="the 128 MiB tree, fewer rounds")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--no-paramiko", action="store_true", help="skip the fallback's figure")
+    args = parser.parse_args()
+    config = BenchConfig(quick=args.quick, rounds=args.rounds)
+    print(table(run(config, paramiko=not args.no_paramiko)))
+
+
+if __name__ == "__main__":
+    main()
