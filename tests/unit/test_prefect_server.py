@@ -1,0 +1,80 @@
+"""The server launcher's changes to Prefect: transactions in turn, schema checks remembered."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from prefect.utilities.schema_tools import validation
+
+from deployments import prefect_server
+from deployments.prefect_server import _turn, remember_schema_checks
+
+
+def test_transactions_take_turns_first_come_first_served():
+    order: list[str] = []
+
+    async def transaction(name: str, hold: float) -> None:
+        async with _turn():
+            order.append(f"{name} in")
+            await asyncio.sleep(hold)
+            order.append(f"{name} out")
+
+    async def main() -> None:
+        first = asyncio.create_task(transaction("a", 0.05))
+        await asyncio.sleep(0)
+        await asyncio.gather(first, transaction("b", 0.01), transaction("c", 0.0))
+
+    asyncio.run(main())
+    assert order == ["a in", "a out", "b in", "b out", "c in", "c out"]
+
+
+def test_a_nested_transaction_of_the_same_task_does_not_wait_for_itself():
+    async def main() -> str:
+        async with _turn(), _turn():
+            return "no deadlock"
+
+    assert asyncio.run(asyncio.wait_for(main(), 2)) == "no deadlock"
+
+
+def test_a_transaction_that_waits_too_long_goes_ahead(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(prefect_server, "TURN_TIMEOUT", 0.05)
+
+    async def main() -> list[str]:
+        seen: list[str] = []
+
+        async def holder() -> None:
+            async with _turn():
+                await asyncio.sleep(0.5)
+
+        task = asyncio.create_task(holder())
+        await asyncio.sleep(0.01)
+        async with _turn():
+            seen.append("went ahead")
+        await task
+        return seen
+
+    assert asyncio.run(main()) == ["went ahead"]
+
+
+def test_a_schema_is_checked_once_and_a_bad_one_every_time(monkeypatch: pytest.MonkeyPatch):
+    calls: list[object] = []
+    original = validation._VALIDATOR.check_schema
+
+    def counting(schema: object, *args: object, **kwargs: object) -> None:
+        calls.append(schema)
+        original(schema, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(validation._VALIDATOR, "check_schema", counting)
+    monkeypatch.setattr(prefect_server, "_CHECKED_SCHEMAS", type(prefect_server._CHECKED_SCHEMAS)())
+    remember_schema_checks()
+    good = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    for _ in range(3):
+        validation.validate({"n": 1}, good, raise_on_error=True)
+    with pytest.raises(validation.ValidationError):
+        validation.validate({"n": "x"}, good, raise_on_error=True)
+    assert len(calls) == 1
+    for _ in range(2):
+        with pytest.raises(ValueError, match="Invalid schema"):
+            validation.is_valid_schema({"type": 5}, preprocess=False)
+    assert len(calls) == 3
