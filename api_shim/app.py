@@ -21,7 +21,13 @@ from starlette.exceptions import HTTPException
 
 from api_shim.auth import AuthError, Forbidden, Role, mint_token
 from api_shim.body_guard import BodyGuard
-from api_shim.gateway import Gateway, GatewayError, JobConflict, JobNotFound
+from api_shim.gateway import (
+    Gateway,
+    GatewayError,
+    JobConflict,
+    JobNotFound,
+    OrchestratorUnavailable,
+)
 from api_shim.metrics import RequestTiming
 from api_shim.routes import health, jobs, metrics, queues, servers
 from api_shim.routes.jobs import InvalidQuery
@@ -67,10 +73,17 @@ app.add_middleware(BodyGuard, limit=lambda: get_settings().max_body_bytes)
 app.add_middleware(RequestTiming)
 
 
-def _error(status: int, message: str, details: list[ErrorDetail] | None = None) -> JSONResponse:
+def _error(
+    status: int,
+    message: str,
+    details: list[ErrorDetail] | None = None,
+    retry_after: int | None = None,
+) -> JSONResponse:
     body = ErrorEnvelope(message=message, data=ErrorData(errors=details) if details else None)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers or None)
 
 
 @app.exception_handler(AuthError)
@@ -89,7 +102,8 @@ async def _gateway(request: Request, exc: GatewayError) -> JSONResponse:
         return _error(404, exc.message)
     if isinstance(exc, JobConflict):
         return _error(409, exc.message)
-    return _error(503, exc.message)
+    retry_after = exc.retry_after if isinstance(exc, OrchestratorUnavailable) else None
+    return _error(503, exc.message, retry_after=retry_after)
 
 
 @app.exception_handler(ServerNotFound)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
+from uuid import UUID
 
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import FlowRun
@@ -25,12 +26,17 @@ async def create_job_run(
     priority: Priority | None = None,
     tags: Iterable[str] = (),
     idempotency_key: str | None = None,
+    deployment_id: UUID | None = None,
 ) -> FlowRun:
-    """Create the flow run of a job; with an `idempotency_key` seen before, return that run."""
+    """Create the flow run of a job; with an `idempotency_key` seen before, return that run.
+
+    `deployment_id`: the job's deployment, if the caller knows it (saves a read).
+    """
     job = CATALOGUE[job_type]
-    deployment = await client.read_deployment_by_name(job.deployment.full_name)
+    if deployment_id is None:
+        deployment_id = (await client.read_deployment_by_name(job.deployment.full_name)).id
     return await client.create_flow_run_from_deployment(
-        deployment.id,
+        deployment_id,
         parameters=parameters,
         work_queue_name=(priority or job.default_priority).queue_name,
         tags=[job_type_tag(job_type), *tags],

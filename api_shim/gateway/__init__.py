@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TypeVar
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import httpx
 from prefect.client.orchestration import PrefectClient
@@ -22,18 +22,20 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled, Cancelling, Scheduled
 
+from api_shim.gateway.creation import Reaper, find_by_key, settle
 from api_shim.gateway.errors import (
     DeploymentMissing,
     GatewayError,
     JobConflict,
     JobNotFound,
     OrchestratorUnavailable,
+    OutcomeUnknown,
 )
 from api_shim.gateway.jobs import PAGE, JobReader, state_of
 from api_shim.gateway.selection import Slice, slices_for
 from api_shim.metrics import PREFECT_SECONDS
 from api_shim.schemas import Job, JobList, PrefectStatus, QueueCounts
-from deployments.catalogue import DEPLOYMENTS, user_tag
+from deployments.catalogue import CATALOGUE, DEPLOYMENTS, user_tag
 from deployments.enqueue import create_job_run
 from deployments.queues import QUEUES, Priority
 from deployments.states import JobState
@@ -46,6 +48,7 @@ __all__ = [
     "JobConflict",
     "JobNotFound",
     "OrchestratorUnavailable",
+    "OutcomeUnknown",
 ]
 
 T = TypeVar("T")
@@ -68,6 +71,10 @@ class Gateway:
         self.api_url = api_url
         self.timeout = timeout
         self._deployments: dict[str, list[UUID]] = {}
+        #: Deployment ids by full name, for creating runs without reading the deployment.
+        self._deployment_ids: dict[str, UUID] = {}
+        self._reading_ids = asyncio.Lock()
+        self.reaper = Reaper(client)
         self._deployments_read = -DEPLOYMENT_CACHE_SECONDS - 1.0
         #: Jobs of runs in a final state, by (run id, state id), least recently read first.
         self._final_jobs: OrderedDict[tuple[UUID, UUID | None], Job] = OrderedDict()
@@ -76,7 +83,11 @@ class Gateway:
     @asynccontextmanager
     async def open(cls, api_url: str, timeout: float) -> AsyncIterator[Gateway]:
         async with PrefectClient(api=api_url) as client:
-            yield cls(client, api_url, timeout)
+            gateway = cls(client, api_url, timeout)
+            try:
+                yield gateway
+            finally:
+                await gateway.reaper.close()
 
     async def call(self, operation: str, awaitable: Awaitable[T]) -> T:
         """Await one Prefect call with a deadline, translating its errors into ours."""
@@ -87,7 +98,12 @@ class Gateway:
         except ObjectNotFound:
             raise JobNotFound() from None
         except TimeoutError:
-            raise OrchestratorUnavailable(
+            if not await self._listening():
+                raise OutcomeUnknown(
+                    f"the Prefect API at {self.api_url} cannot be reached (it refuses "
+                    "connections); is the stack up (`make up`)?"
+                ) from None
+            raise OutcomeUnknown(
                 f"the Prefect API at {self.api_url} did not answer within {self.timeout:.0f} s"
             ) from None
         except httpx.HTTPStatusError as exc:
@@ -100,13 +116,31 @@ class Gateway:
             raise OrchestratorUnavailable(
                 f"the Prefect API at {self.api_url} answered {status}: {detail}"
             ) from None
-        except (httpx.TransportError, OSError) as exc:
+        except (httpx.ConnectError, httpx.ConnectTimeout, OSError) as exc:
+            # Nothing was sent: Prefect did nothing.
             raise OrchestratorUnavailable(
                 f"the Prefect API at {self.api_url} cannot be reached "
                 f"({exc or type(exc).__name__}); is the stack up (`make up`)?"
             ) from None
+        except httpx.TransportError as exc:
+            raise OutcomeUnknown(
+                f"the connection to the Prefect API at {self.api_url} broke before it answered "
+                f"({exc or type(exc).__name__})"
+            ) from None
         finally:
             PREFECT_SECONDS.labels(operation).observe(time.perf_counter() - began)
+
+    async def _listening(self) -> bool:
+        """Whether something accepts connections at the API's address (a fraction of a second)."""
+        url = httpx.URL(self.api_url)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            async with asyncio.timeout(1.0):
+                _, writer = await asyncio.open_connection(url.host, port)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        return True
 
     # -- the orchestrator ------------------------------------------------------------------
 
@@ -135,22 +169,70 @@ class Gateway:
         priority: Priority | None,
         idempotency_key: str | None,
     ) -> tuple[UUID, dict[str, object]]:
-        """Start a job; returns its id and parameters (those of the first, for a repeat)."""
-        try:
-            run = await self.call(
-                "create_flow_run",
-                create_job_run(
-                    self.client,
-                    job_type,
-                    dict(parameters),
-                    priority=priority,
-                    tags=[user_tag(user_id)],
-                    idempotency_key=idempotency_key,
-                ),
+        """Start a job; returns its id and parameters (those of the first, for a repeat).
+
+        When it raises, no job was created, or (for a caller's `idempotency_key`) repeating
+        the request with that key returns the one that was: see `api_shim.gateway.creation`.
+        """
+        key = idempotency_key or f"api:{user_id}:once:{uuid4()}"
+        if not await self._listening():
+            raise OrchestratorUnavailable(
+                f"the Prefect API at {self.api_url} cannot be reached (it refuses connections); "
+                "the job was not created"
             )
+        try:
+            try:
+                run = await self._create(job_type, parameters, user_id, priority, key)
+            except JobNotFound:
+                # Registered again under a new id since we cached it: look it up once more.
+                self._deployment_ids.pop(CATALOGUE[job_type].deployment.full_name, None)
+                run = await self._create(job_type, parameters, user_id, priority, key)
         except JobNotFound:
             raise DeploymentMissing() from None
+        except OutcomeUnknown as exc:
+            settled = await settle(
+                lambda: find_by_key(self.client, key),
+                self.reaper,
+                key,
+                exc.message,
+                callers_key=idempotency_key is not None,
+                ask=await self._listening(),
+            )
+            if isinstance(settled, str):
+                raise OrchestratorUnavailable(settled) from None
+            run = settled
         return run.id, dict(run.parameters)
+
+    async def _create(
+        self,
+        job_type: JobType,
+        parameters: dict[str, object],
+        user_id: str,
+        priority: Priority | None,
+        key: str,
+    ) -> FlowRun:
+        deployment = CATALOGUE[job_type].deployment.full_name
+        deployment_id = self._deployment_ids.get(deployment)
+        if deployment_id is None:
+            # One read for all the requests that find the cache empty, as at the start of a burst.
+            async with self._reading_ids:
+                deployment_id = self._deployment_ids.get(deployment)
+                if deployment_id is None:
+                    read = self.client.read_deployment_by_name(deployment)
+                    found = await self.call("read_deployment", read)
+                    deployment_id = self._deployment_ids[deployment] = found.id
+        return await self.call(
+            "create_flow_run",
+            create_job_run(
+                self.client,
+                job_type,
+                dict(parameters),
+                deployment_id=deployment_id,
+                priority=priority,
+                tags=[user_tag(user_id)],
+                idempotency_key=key,
+            ),
+        )
 
     async def find(self, job_id: UUID, owner: str | None) -> FlowRun:
         """The flow run of a job the caller may see; others' jobs are as absent as unknown ones."""
@@ -292,26 +374,29 @@ class Gateway:
     async def deployments_of(self, pools: tuple[str, ...]) -> list[UUID]:
         """The ids of the deployments whose runs go to `pools`, cached for a minute (the
         bootstrap keeps ids when it redeploys; the minute bounds a rebuilt database)."""
-        if time.monotonic() - self._deployments_read > DEPLOYMENT_CACHE_SECONDS:
-            try:
-                found = await asyncio.gather(
-                    *(
-                        self.call(
-                            "read_deployment", self.client.read_deployment_by_name(d.full_name)
-                        )
-                        for d in DEPLOYMENTS
-                    )
-                )
-            except JobNotFound:
-                raise DeploymentMissing() from None
-            self._deployments = {
-                pool: [
-                    f.id for d, f in zip(DEPLOYMENTS, found, strict=True) if d.queue.name == pool
-                ]
-                for pool in POOLS
-            }
-            self._deployments_read = time.monotonic()
+        async with self._reading_ids:
+            if time.monotonic() - self._deployments_read > DEPLOYMENT_CACHE_SECONDS:
+                await self._read_deployments()
         return [i for pool in pools for i in self._deployments.get(pool, [])]
+
+    async def _read_deployments(self) -> None:
+        try:
+            found = await asyncio.gather(
+                *(
+                    self.call("read_deployment", self.client.read_deployment_by_name(d.full_name))
+                    for d in DEPLOYMENTS
+                )
+            )
+        except JobNotFound:
+            raise DeploymentMissing() from None
+        self._deployments = {
+            pool: [f.id for d, f in zip(DEPLOYMENTS, found, strict=True) if d.queue.name == pool]
+            for pool in POOLS
+        }
+        self._deployment_ids.update(
+            {d.full_name: f.id for d, f in zip(DEPLOYMENTS, found, strict=True)}
+        )
+        self._deployments_read = time.monotonic()
 
     async def _read(self, part: Slice, owner: str | None, offset: int, limit: int) -> list[FlowRun]:
         """Up to `limit` runs of a slice from `offset`, in pages Prefect accepts."""
