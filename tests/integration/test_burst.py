@@ -1,0 +1,86 @@
+"""A burst through the API on the embedded default (SQLite): 300 quick scans, 60 backups and
+6 updates POSTed at once from 10 clients. Every job ends Completed, none Crashed, no answer is
+a 5xx, and the state history never shows more than 5 scans, 2 backups or 1 update Running at
+once (the pools' limits, held by the deployments' concurrency limits on the server).
+
+bench/burst.py runs the same burst five times in a row and reports the latencies.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from api_shim.auth import mint_token
+from deployments.local_target import LocalTarget
+from deployments.queues import QUEUES_BY_NAME
+from deployments.stack import Stack
+from tests.integration.conftest import InventoryFile
+from tests.support.burst import (
+    Latency,
+    burst_plan,
+    final_states,
+    post_burst,
+    read_history,
+    wait_final,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+
+SCANS, BACKUPS, UPDATES = 300, 60, 6
+CLIENTS = 10
+
+
+def tiny_source(root: Path) -> Path:
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "app.conf").write_text("answer = 42\n" * 50)
+    (root / "data.bin").write_bytes(bytes(range(256)) * 40)
+    return root
+
+
+def test_a_burst_of_366_jobs_all_complete_within_the_limits(
+    stack: Stack, target: LocalTarget, inventory: InventoryFile, tmp_path: Path
+):
+    source = tiny_source(tmp_path / "source")
+    scan_ids = [inventory.add_server(target) for _ in range(10)]
+    backup_ids = [inventory.add_server(target, backup={"paths": [str(source)]}) for _ in range(10)]
+    update_ids = [inventory.add_server(target, update={"command": "true"}) for _ in range(2)]
+    plan = burst_plan(
+        scan_ids, backup_ids, update_ids, scans=SCANS, backups=BACKUPS, updates=UPDATES
+    )
+    assert stack.shim_url and stack.jwt_secret
+    token = mint_token(stack.jwt_secret, f"burst-{uuid.uuid4().hex[:6]}", "user")
+
+    began_at, began = datetime.now(UTC), time.monotonic()
+    # As fast as 10 clients go: the shim answers each once Prefect has stored the run.
+    answers = post_burst(stack.shim_url, token, plan, clients=CLIENTS, spread=0.0)
+    posted = time.monotonic() - began
+    statuses = Counter(a.status for a in answers)
+    assert statuses == {202: len(plan)}, sorted({(a.status, a.message) for a in answers})
+
+    ids = [a.job_id for a in answers if a.job_id is not None]
+    with stack.sync_client() as client:
+        runs = wait_final(client, ids, timeout=1200, poll=2.0)
+        ended = time.monotonic() - began
+        # A minute of margin: a run of an earlier test still Running counts against the limit.
+        history = read_history(client, began_at - timedelta(minutes=1))
+    finals = final_states(runs)
+    latency = Latency.of(answers)
+    peaks = history.peaks()
+    print(
+        f"\nburst: {len(plan)} POSTs in {posted:.1f} s (p50 {latency.p50 * 1000:.0f} ms, "
+        f"p95 {latency.p95 * 1000:.0f} ms, max {latency.max * 1000:.0f} ms); all ended after "
+        f"{ended:.0f} s; {dict(finals)}; most Running at once {peaks}; "
+        f"sent back by a deployment limit: {history.sent_back()}"
+    )
+
+    assert finals == {"Completed": len(plan)}, finals
+    for pool, queue in QUEUES_BY_NAME.items():
+        assert peaks.get(f"pool:{pool}", 0) <= queue.concurrency, (pool, peaks)
+    # The burst used every slot it was allowed: the limits held by being reached, not by luck.
+    assert peaks["pool:scan"] == 5 and peaks["pool:backup"] == 2 and peaks["pool:update"] == 1
