@@ -9,16 +9,18 @@ Starts an sshd on loopback (`deployments.local_target`) serving the cached tree 
   remote tar (`tasks.backup.tar_command`), stdout redirected into a file;
 - ours: `tasks.backup.transfer_archive`, the function the backup flow's task runs (its body,
   `.fn`, outside Prefect): connect, stream, sha256, written atomically (fsync + rename);
-- for information: the reference followed by an fsync of its file (what our atomic write
-  guarantees and the plain reference does not), and ours with `MM_SSH_CLIENT=paramiko`, the
-  fallback path.
+- for information, in the first two rounds: the reference followed by an fsync of its file
+  (what our atomic write guarantees and the plain reference does not), and ours with
+  `MM_SSH_CLIENT=paramiko`, the fallback path.
 
 Then zstd, two rounds, reported only (`tar ... | zstd -T0 -3 -q` against our `compression:
-zstd`). Each figure is the median of the rounds, in MB/s of archive bytes, connect time
-included. Dirty pages are flushed (`sync`) before each timed transfer, so one side's writeback
-does not land in the other's time (ours includes its own fsync; the plain reference leaves its
-writeback untimed). The first round checks that all sides wrote byte-identical archives (for
-zstd: the same tar), and each of our archives is checked against its size and sha256.
+zstd`). Figures are medians of the rounds in MB/s of archive bytes, connect time included;
+ratios are the median of each round's ratio (the two sides of a round ran back to back, so a
+change in the machine's load between rounds cancels out). Dirty pages are flushed (`sync`)
+before each timed transfer, so one side's writeback does not land in the other's time (ours
+includes its own fsync; the plain reference leaves its writeback untimed). The first round
+checks that all sides wrote byte-identical archives (for zstd: the same tar), and each of our
+archives is checked against its size and sha256.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from pathlib import Path
 
 from bench.report import BenchConfig, Row, median, table
 from bench.tree import FULL, QUICK, ensure_tree
-from deployments.local_target import LocalTarget
+from deployments.local_target import LocalTarget, descendants
 from tasks import openssh
 from tasks.backup import BackupPlan, tar_command, transfer_archive
 from tasks.inventory import Server
@@ -62,22 +64,34 @@ class QuietProgress(Progress):
 
 @dataclass
 class Side:
-    """One way of making the archive, and its time per round."""
+    """One way of making the archive, and its time in each round it ran in."""
 
     name: str
     make: Callable[[], Path]
-    seconds: list[float] = field(default_factory=list)
+    #: Rounds it takes part in (the first ones); None: all of them.
+    rounds: int | None = None
+    seconds: dict[int, float] = field(default_factory=dict)
+    #: CPU seconds both ends used in each round (`BackupBench.cpu_seconds`).
+    cpu: dict[int, float] = field(default_factory=dict)
 
     def rate(self, size: int) -> float:
         """MB/s of the median round."""
-        return size / median(self.seconds) / 1e6
+        return size / median(list(self.seconds.values())) / 1e6
+
+    def ratio(self, other: Side) -> float:
+        """Median over the rounds both ran in of this side's speed over `other`'s: each round's
+        two figures were taken minutes apart at most, so drifts of the load cancel out."""
+        both = self.seconds.keys() & other.seconds.keys()
+        return median([other.seconds[n] / self.seconds[n] for n in both])
 
 
 def run(config: BenchConfig, *, paramiko: bool = True) -> list[Row]:
     spec = QUICK if config.quick else FULL
     tree = ensure_tree(spec)
-    # Four sides, four rounds: each side goes first once. zstd is slow and only reported.
+    # An even number of rounds: the reference and ours each go first half the time. The other
+    # sides are for information and join the first two rounds only; zstd is slow and reported.
     rounds = config.rounds or (2 if config.quick else 4)
+    info_rounds = min(rounds, 2)
     zstd_rounds = 1 if config.quick else 2
     with tempfile.TemporaryDirectory(prefix="mm-bench-backup-") as tmp:
         work = Path(tmp)
@@ -87,18 +101,18 @@ def run(config: BenchConfig, *, paramiko: bool = True) -> list[Row]:
             sides = [
                 Side("ssh", partial(bench.reference, "none")),
                 Side("ours", partial(bench.ours, "none", "auto")),
-                Side("ssh+fsync", partial(bench.reference, "none", durable=True)),
+                Side("ssh+fsync", partial(bench.reference, "none", durable=True), info_rounds),
             ]
             if paramiko:
-                sides.append(Side("paramiko", partial(bench.ours, "none", "paramiko")))
+                sides.append(Side("paramiko", partial(bench.ours, "none", "paramiko"), info_rounds))
             size = bench.compare("none", sides, rounds)
-            rows = _rows("none", sides, size, rounds, spec.name, bench.our_path())
+            rows = _rows("none", sides, size, spec.name, bench.our_path())
             sides = [
                 Side("ssh", partial(bench.reference, "zstd")),
                 Side("ours", partial(bench.ours, "zstd", "auto")),
             ]
             size = bench.compare("zstd", sides, zstd_rounds)
-            return rows + _rows("zstd", sides, size, zstd_rounds, spec.name, bench.our_path())
+            return rows + _rows("zstd", sides, size, spec.name, bench.our_path())
         finally:
             target.stop()
 
@@ -122,18 +136,35 @@ class BackupBench:
         reason = openssh.unusable(self.server)
         return "system ssh, aes128-gcm first" if reason is None else f"paramiko ({reason})"
 
+    def cpu_seconds(self) -> float:
+        """CPU used so far at both ends: this process, its children that were waited for (ssh),
+        and the sshd's children it reaped (sessions with their tar and zstd)."""
+        assert self.target.process is not None
+        # A session's CPU reaches sshd's children times once sshd has reaped it.
+        deadline = time.monotonic() + 5
+        while descendants(self.target.process.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        own = os.times()
+        stat = Path(f"/proc/{self.target.process.pid}/stat").read_text()
+        fields = stat.rsplit(")", 1)[1].split()
+        sshd_children = (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+        return own.user + own.system + own.children_user + own.children_system + sshd_children
+
     def compare(self, compression: Compression, sides: list[Side], rounds: int) -> int:
         """Time every side `rounds` times, rotating who goes first; the archive size."""
         size = 0
         for n in range(rounds):
             # Rotate the order, so a drift in the machine's load hits every side alike.
-            order = sides[n % len(sides) :] + sides[: n % len(sides)]
+            active = [side for side in sides if side.rounds is None or n < side.rounds]
+            order = active[n % len(active) :] + active[: n % len(active)]
             files: dict[str, Path] = {}
             for side in order:
                 os.sync()
+                cpu = self.cpu_seconds()
                 began = time.perf_counter()
                 files[side.name] = side.make()
-                side.seconds.append(time.perf_counter() - began)
+                side.seconds[n] = time.perf_counter() - began
+                side.cpu[n] = self.cpu_seconds() - cpu
             size = files["ours"].stat().st_size
             for path in files.values():
                 if path in self.expected and self.expected.pop(path) != (
@@ -147,7 +178,7 @@ class BackupBench:
                 path.unlink()
             print(
                 f"  {compression} round {n + 1}: "
-                + ", ".join(f"{s.name} {size / s.seconds[-1] / 1e6:.0f} MB/s" for s in sides),
+                + ", ".join(f"{s.name} {size / s.seconds[n] / 1e6:.0f} MB/s" for s in active),
                 flush=True,
             )
         return size
@@ -219,59 +250,70 @@ def _tar_digest(compression: Compression, path: Path) -> str:
 
 
 def _rows(
-    compression: Compression, sides: list[Side], size: int, rounds: int, tree: str, path: str
+    compression: Compression, sides: list[Side], size: int, tree: str, path: str
 ) -> list[Row]:
     by_name = {side.name: side for side in sides}
-    ref = by_name["ssh"].rate(size)
-    where = f"{tree} tree, {size / 1e9:.2f} GB archive, median of {rounds}"
-    rows = []
-    for side in sides[1:]:
-        rate = side.rate(size)
-        ratio = rate / ref
-        if compression == "zstd":
-            rows.append(
-                Row(
-                    f"backup throughput, zstd -3 ({where})",
-                    f"{rate:.0f} MB/s",
-                    f"{ref:.0f} MB/s `ssh host 'tar \\| zstd -T0 -3' > file`",
-                    f"{ratio:.2f}x",
-                    "reported",
-                    None,
-                )
+    ref, ours = by_name["ssh"], by_name["ours"]
+    rounds = len(ours.seconds)
+    where = f"{tree} tree, {size / 1e9:.2f} GB archive, {rounds} alternating rounds"
+    paired = "median of the rounds' ratios"
+    if compression == "zstd":
+        return [
+            Row(
+                f"backup throughput, zstd -3 ({where})",
+                f"{ours.rate(size):.0f} MB/s",
+                f"{ref.rate(size):.0f} MB/s `ssh host 'tar \\| zstd -T0 -3' > file`",
+                f"{ours.ratio(ref):.2f}x",
+                "reported",
+                None,
             )
-        elif side.name == "ssh+fsync":
-            rows.append(
-                Row(
-                    "the reference made durable too (`ssh ... tar > file; fsync file`)",
-                    f"{by_name['ours'].rate(size):.0f} MB/s (ours, as above)",
-                    f"{rate:.0f} MB/s",
-                    f"{by_name['ours'].rate(size) / rate:.2f}x",
-                    "reported",
-                    None,
-                )
+        ]
+    rows = [
+        Row(
+            f"backup throughput, tar + sha256 + atomic write ({where}; via {path}; {paired})",
+            f"{ours.rate(size):.0f} MB/s",
+            f"{ref.rate(size):.0f} MB/s `ssh -c {CIPHER} host tar > file`",
+            f"{ours.ratio(ref):.2f}x",
+            f">= {GOAL_RATIO}x",
+            ours.ratio(ref) >= GOAL_RATIO,
+        )
+    ]
+    gigabytes = size / 1e9
+    rows.append(
+        Row(
+            "CPU of a backup, both ends (sshd + tar, ssh, our hashing), per GB: a transfer that"
+            " has to share 2 busy cores runs at about the inverse ratio",
+            f"{median(list(ours.cpu.values())) / gigabytes:.2f} CPU-s/GB",
+            f"{median(list(ref.cpu.values())) / gigabytes:.2f} CPU-s/GB",
+            f"{median(list(ref.cpu.values())) / median(list(ours.cpu.values())):.2f}x",
+            "reported",
+            None,
+        )
+    )
+    if durable := by_name.get("ssh+fsync"):
+        rows.append(
+            Row(
+                f"the reference made durable too (`ssh ... tar > file; fsync file`; "
+                f"{len(durable.seconds)} rounds)",
+                f"{ours.rate(size):.0f} MB/s (ours, as above)",
+                f"{durable.rate(size):.0f} MB/s",
+                f"{ours.ratio(durable):.2f}x",
+                "reported",
+                None,
             )
-        elif side.name == "ours":
-            rows.append(
-                Row(
-                    f"backup throughput, tar + sha256 + atomic write ({where}; via {path})",
-                    f"{rate:.0f} MB/s",
-                    f"{ref:.0f} MB/s `ssh -c {CIPHER} host tar > file`",
-                    f"{ratio:.2f}x",
-                    f">= {GOAL_RATIO}x",
-                    ratio >= GOAL_RATIO,
-                )
+        )
+    if fallback := by_name.get("paramiko"):
+        rows.append(
+            Row(
+                f"backup throughput, paramiko fallback (`MM_SSH_CLIENT=paramiko`; "
+                f"{len(fallback.seconds)} rounds)",
+                f"{fallback.rate(size):.0f} MB/s",
+                f"{ref.rate(size):.0f} MB/s (same reference)",
+                f"{fallback.ratio(ref):.2f}x",
+                "reported",
+                None,
             )
-        else:
-            rows.append(
-                Row(
-                    "backup throughput, paramiko fallback (`MM_SSH_CLIENT=paramiko`)",
-                    f"{rate:.0f} MB/s",
-                    f"{ref:.0f} MB/s (same reference)",
-                    f"{ratio:.2f}x",
-                    "reported",
-                    None,
-                )
-            )
+        )
     return rows
 
 

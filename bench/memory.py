@@ -168,7 +168,8 @@ class JobWatch:
 
     def describe(self) -> str:
         """Each process's largest RSS, e.g. `python 104 + ssh 8 MiB`."""
-        return " + ".join(f"{n} {rss / MIB:.0f}" for n, rss in self.largest.items()) + " MiB"
+        shown = {n: rss for n, rss in self.largest.items() if rss >= MIB}
+        return " + ".join(f"{n} {rss / MIB:.0f}" for n, rss in shown.items()) + " MiB"
 
     def _sample(self) -> None:
         while not self._stop.is_set():

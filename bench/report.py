@@ -49,6 +49,11 @@ def pending(goal: str, module: str, target: str) -> Row:
     return Row(goal, f"see bench/{module}.py (pending)", "-", "-", target, None)
 
 
+def skipped(goal: str, module: str, target: str) -> Row:
+    """The row of a goal whose module this invocation left out (`--only`)."""
+    return Row(goal, f"not run this time (`--only`; bench/{module}.py)", "-", "-", target, None)
+
+
 def failed(goal: str, error: BaseException) -> Row:
     """The row of a benchmark that raised: the table still prints."""
     message = f"{type(error).__name__}: {error}".replace("|", "/").replace("\n", " ")

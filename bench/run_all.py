@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import shlex
 import sys
 import time
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.report import BenchConfig, Row, failed, load, machine, now, pending, table
+from bench.report import BenchConfig, Row, failed, load, machine, now, pending, skipped, table
 
 BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 START = "<!-- make bench: start -->"
@@ -68,7 +69,7 @@ def run_one(benchmark: Benchmark, config: BenchConfig) -> list[Row]:
     return rows
 
 
-def section(rows: Sequence[Row], command: str, seconds: float) -> str:
+def section(rows: Sequence[Row], command: str, seconds: float, began_load: str) -> str:
     """The BENCHMARKS.md block: the table and how it was made."""
     return "\n".join(
         [
@@ -77,7 +78,8 @@ def section(rows: Sequence[Row], command: str, seconds: float) -> str:
             "",
             f"- Command: `{command}` ({seconds / 60:.1f} min)",
             f"- Date: {now()}; machine: {machine()}",
-            f"- Load average at the end: {load()}",
+            f"- Load average (the machine is shared): {began_load} at the start, {load()} at"
+            " the end",
             "- Each reference is measured in the same run as our figure, alternately where both",
             "  are timings; medians. See each module's docstring in `bench/` for the method.",
             "",
@@ -124,17 +126,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     if unknown:
         parser.error(f"no benchmark {', '.join(sorted(unknown))} in bench/run_all.py")
     began = time.monotonic()
+    began_load = load()
     rows: list[Row] = []
     for benchmark in BENCHMARKS:
         if wanted is None or benchmark.module in wanted:
             rows += run_one(benchmark, config)
+        else:
+            rows += [skipped(goal, benchmark.module, target) for goal, target in benchmark.goals]
     seconds = time.monotonic() - began
     print()
     print(table(rows))
     write = args.write if args.write is not None else not (args.quick or wanted)
     if write:
-        command = shlex.join(["python", "-m", "bench.run_all", *(argv or sys.argv[1:])])
-        write_section(BENCHMARKS_MD, section(rows, f"make bench ({command})", seconds))
+        given = list(argv if argv is not None else sys.argv[1:])
+        if os.environ.get("MAKELEVEL"):
+            command = "make bench" + (f" BENCH={shlex.quote(shlex.join(given))}" if given else "")
+        else:
+            command = shlex.join(["uv", "run", "python", "-m", "bench.run_all", *given])
+        write_section(BENCHMARKS_MD, section(rows, command, seconds, began_load))
         print(f"\nwrote the table into {BENCHMARKS_MD}")
 
 
