@@ -21,11 +21,9 @@ import json
 import logging
 import os
 import sys
-import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
-from contextvars import ContextVar
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -101,84 +99,6 @@ def queue_sqlite_writers() -> None:
     AioSqliteConfiguration.begin_transaction = begin_transaction  # type: ignore[method-assign]
 
 
-#: Request header by which a client says until when (epoch seconds) it waits for the request's
-#: answer: a transaction of that request that would commit later is rolled back instead.
-COMMIT_BEFORE_HEADER = "x-mm-commit-before"
-_commit_before: ContextVar[float | None] = ContextVar("mm_commit_before", default=None)
-
-
-class CommitTooLate(RuntimeError):
-    """The client stopped waiting for this request; its writes are rolled back."""
-
-
-def _check_commit_deadline() -> None:
-    deadline = _commit_before.get()
-    if deadline is not None and time.time() > deadline:
-        raise CommitTooLate(f"{CommitTooLate.__doc__} (deadline {deadline:.3f})")
-
-
-def _with_commit_deadlines(app: Any) -> Any:
-    """The ASGI app, with each request's `x-mm-commit-before` in a context variable."""
-
-    async def asgi(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            for name, value in scope.get("headers", ()):
-                if name == COMMIT_BEFORE_HEADER.encode():
-                    token = _commit_before.set(float(value))
-                    try:
-                        await app(scope, receive, send)
-                    finally:
-                        _commit_before.reset(token)
-                    return
-        await app(scope, receive, send)
-
-    return asgi
-
-
-def refuse_late_commits() -> None:
-    """Roll back a transaction whose request's client has stopped waiting (its deadline passed).
-
-    The API shim answers 503 when Prefect does not answer a create in time; without this, a
-    create still queued for the database would commit afterwards and its job run although the
-    caller was told it was not created. Checked when the transaction begins and before it
-    commits, on SQLite and PostgreSQL; requests without the header are not affected.
-    """
-    from prefect.server.api import server
-    from prefect.server.database.configurations import (
-        AioSqliteConfiguration,
-        AsyncPostgresConfiguration,
-    )
-
-    create_app = server.create_app
-    if not getattr(create_app, "_commit_deadlines", False):
-
-        def create_app_with_deadlines(*args: Any, **kwargs: Any) -> Any:
-            return _with_commit_deadlines(create_app(*args, **kwargs))
-
-        create_app_with_deadlines._commit_deadlines = True  # type: ignore[attr-defined]
-        server.create_app = create_app_with_deadlines
-
-    for configuration in (AioSqliteConfiguration, AsyncPostgresConfiguration):
-        begin = configuration.begin_transaction
-        if getattr(begin, "_commit_deadlines", False):
-            continue
-
-        def wrap(begin: Any) -> Any:
-            @asynccontextmanager
-            async def begin_transaction(
-                self: Any, session: Any, with_for_update: bool = False
-            ) -> AsyncGenerator[Any, None]:
-                _check_commit_deadline()
-                async with begin(self, session, with_for_update=with_for_update) as transaction:
-                    yield transaction
-                    _check_commit_deadline()
-
-            begin_transaction._commit_deadlines = True  # type: ignore[attr-defined]
-            return begin_transaction
-
-        configuration.begin_transaction = wrap(begin)  # type: ignore[method-assign]
-
-
 #: Schemas that passed the check against their meta-schema, as canonical JSON (a bounded cache).
 _CHECKED_SCHEMAS: OrderedDict[str, None] = OrderedDict()
 CHECKED_SCHEMAS_KEPT = 256
@@ -250,7 +170,6 @@ def main() -> None:
     for name, value in BATCHED_SERVICES.items():
         os.environ.setdefault(name, value)
     queue_sqlite_writers()
-    refuse_late_commits()
     remember_schema_checks()
     asyncio.run(prepare_database())
     from prefect.cli._app import app

@@ -11,7 +11,6 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import TypeVar
 from uuid import UUID, uuid4
@@ -38,7 +37,6 @@ from api_shim.metrics import PREFECT_SECONDS
 from api_shim.schemas import Job, JobList, PrefectStatus, QueueCounts
 from deployments.catalogue import CATALOGUE, DEPLOYMENTS, user_tag
 from deployments.enqueue import create_job_run
-from deployments.prefect_server import COMMIT_BEFORE_HEADER
 from deployments.queues import QUEUES, Priority
 from deployments.states import JobState
 from flows.params import JobType
@@ -60,18 +58,6 @@ DEPLOYMENT_CACHE_SECONDS = 60.0
 
 #: Finished jobs kept in memory (a few KiB each), so polling one costs one Prefect read.
 FINAL_JOBS_KEPT = 2048
-
-#: Seconds before the shim's own deadline by which Prefect must have committed a create.
-COMMIT_MARGIN = 2.0
-_commit_before: ContextVar[float | None] = ContextVar("mm_commit_before", default=None)
-
-
-async def _send_commit_deadline(request: httpx.Request) -> None:
-    """Tell Prefect until when a create is still wanted (an httpx request hook)."""
-    deadline = _commit_before.get()
-    if deadline is not None:
-        request.headers[COMMIT_BEFORE_HEADER] = f"{deadline:.3f}"
-
 
 #: The pools the API speaks of, in the queue table's order.
 POOLS: tuple[str, ...] = tuple(queue.name for queue in QUEUES)
@@ -97,7 +83,6 @@ class Gateway:
     @asynccontextmanager
     async def open(cls, api_url: str, timeout: float) -> AsyncIterator[Gateway]:
         async with PrefectClient(api=api_url) as client:
-            client._client.event_hooks["request"].append(_send_commit_deadline)
             gateway = cls(client, api_url, timeout)
             try:
                 yield gateway
@@ -236,26 +221,6 @@ class Gateway:
                     read = self.client.read_deployment_by_name(deployment)
                     found = await self.call("read_deployment", read)
                     deployment_id = self._deployment_ids[deployment] = found.id
-        # Prefect rolls the create back rather than commit it after we stop waiting for it
-        # (deployments/prefect_server.py), so a 503 for a timeout means no job.
-        deadline = time.time() + max(self.timeout / 2, self.timeout - COMMIT_MARGIN)
-        token = _commit_before.set(deadline)
-        try:
-            return await self._create_call(
-                job_type, parameters, user_id, priority, key, deployment_id
-            )
-        finally:
-            _commit_before.reset(token)
-
-    async def _create_call(
-        self,
-        job_type: JobType,
-        parameters: dict[str, object],
-        user_id: str,
-        priority: Priority | None,
-        key: str,
-        deployment_id: UUID,
-    ) -> FlowRun:
         return await self.call(
             "create_flow_run",
             create_job_run(

@@ -2,12 +2,8 @@
 
 Every create carries an idempotency key: the caller's (scoped by user and endpoint) or one made
 up for the request. A create that Prefect refused (an error answer, nothing listening) created
-nothing, and the caller gets a 503 with Retry-After. A create also tells Prefect until when it
-is wanted (the `x-mm-commit-before` header): our server launcher (deployments/prefect_server.py)
-rolls back a create that would commit later, so one still queued for the database when the
-shim gives up never becomes a job. For what that leaves (a Prefect not started by our launcher,
-a clock that differs between hosts), when Prefect took the request and did not answer (a
-timeout, a broken connection), the gateway looks the run up by its key:
+nothing, and the caller gets a 503 with Retry-After. When Prefect took the request and did not
+answer (a timeout, a broken connection), the run may exist; the gateway looks it up by its key:
 
 - found: the job exists, and the request is answered as if Prefect had answered in time;
 - not found, or Prefect cannot be asked: 503 with Retry-After. A caller who sent an

@@ -84,16 +84,6 @@ def test_a_schema_is_checked_once_and_a_bad_one_every_time(monkeypatch: pytest.M
     assert len(calls) == 3
 
 
-def _sqlite_env(tmp_path: Path) -> dict[str, str]:
-    """A process environment with Prefect's database in `tmp_path`."""
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
-        "PREFECT_HOME": str(tmp_path),
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path}/prefect.db",
-        "PREFECT_API_DATABASE_TIMEOUT": "5",
-    }
-
-
 NESTED_READ = """
 import asyncio, sys, time
 import sqlalchemy as sa
@@ -120,9 +110,15 @@ def test_a_read_in_a_second_session_inside_a_transaction_does_not_wait_for_it(tm
     """Prefect opens a second session inside a transaction (pausing a work queue does); with
     every transaction IMMEDIATE, that session's read must not begin IMMEDIATE too and wait
     for the outer transaction until SQLite's busy timeout (60 s, then "database is locked")."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
+        "PREFECT_HOME": str(tmp_path),
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path}/prefect.db",
+        "PREFECT_API_DATABASE_TIMEOUT": "5",
+    }
     result = subprocess.run(
         [sys.executable, "-c", NESTED_READ],
-        env=_sqlite_env(tmp_path),
+        env=env,
         cwd=Path(prefect_server.__file__).parent.parent,
         capture_output=True,
         text=True,
@@ -131,61 +127,3 @@ def test_a_read_in_a_second_session_inside_a_transaction_does_not_wait_for_it(tm
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert float(result.stdout.split()[-1]) < 2.0
-
-
-LATE_COMMIT = """
-import asyncio, time
-import sqlalchemy as sa
-from deployments import prefect_server
-prefect_server.queue_sqlite_writers()
-prefect_server.refuse_late_commits()
-from prefect.server.database import provide_database_interface
-
-async def main():
-    db = provide_database_interface()
-    async with db.session_context(begin_transaction=True) as session:
-        await session.execute(sa.text("CREATE TABLE t (x int)"))
-    prefect_server._commit_before.set(time.time() + 60)
-    async with db.session_context(begin_transaction=True) as session:
-        await session.execute(sa.text("INSERT INTO t VALUES (1)"))
-    prefect_server._commit_before.set(time.time() + 0.2)
-    try:
-        async with db.session_context(begin_transaction=True) as session:
-            await session.execute(sa.text("INSERT INTO t VALUES (2)"))
-            await asyncio.sleep(0.4)
-    except prefect_server.CommitTooLate:
-        print("refused")
-    prefect_server._commit_before.set(None)
-    async with db.session_context() as session:
-        print(sorted(x for (x,) in await session.execute(sa.text("SELECT x FROM t"))))
-
-asyncio.run(main())
-"""
-
-
-def test_a_transaction_past_its_requests_deadline_is_rolled_back(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-c", LATE_COMMIT],
-        env=_sqlite_env(tmp_path),
-        cwd=Path(prefect_server.__file__).parent.parent,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split("\n")[:2] == ["refused", "[1]"]
-
-
-def test_the_deadline_header_reaches_the_request_and_no_further():
-    seen: list[float | None] = []
-
-    async def app(scope, receive, send) -> None:
-        seen.append(prefect_server._commit_before.get())
-
-    wrapped = prefect_server._with_commit_deadlines(app)
-    header = (prefect_server.COMMIT_BEFORE_HEADER.encode(), b"1234.5")
-    asyncio.run(wrapped({"type": "http", "headers": [header]}, None, None))
-    asyncio.run(wrapped({"type": "http", "headers": []}, None, None))
-    asyncio.run(wrapped({"type": "lifespan"}, None, None))
-    assert seen == [1234.5, None, None]
