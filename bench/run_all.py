@@ -5,7 +5,8 @@
 Each benchmark is a module of `bench/` with `run(config: BenchConfig) -> list[Row]`, listed in
 `BENCHMARKS` below; a listed module that does not exist yet shows as a pending row, and one
 that raises shows as a failed row, so the table always prints. A full run (not `--quick`)
-replaces the table between the markers in BENCHMARKS.md, with the date, machine and command.
+replaces the table between the markers in BENCHMARKS.md, with the date, machine and command,
+unless a module failed (`--write` writes anyway).
 """
 
 from __future__ import annotations
@@ -136,7 +137,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     seconds = time.monotonic() - began
     print()
     print(table(rows))
-    write = args.write if args.write is not None else not (args.quick or wanted)
+    broken = [row.goal for row in rows if row.ours.startswith("failed:")]
+    # A full run replaces the table, unless a module failed: its good numbers would be lost.
+    write = args.write if args.write is not None else not (args.quick or wanted or broken)
+    if broken and not write:
+        print(f"\nnot written into BENCHMARKS.md: {', '.join(broken)} failed")
     if write:
         given = list(argv if argv is not None else sys.argv[1:])
         if os.environ.get("MAKELEVEL"):
