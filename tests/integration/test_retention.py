@@ -28,6 +28,8 @@ def lone_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         port=free_port(),
         api_port=None,
         ui=False,
+        # No maintenance schedule: the scheduler would add its upcoming runs mid-test.
+        extra_env={"MM_MAINTENANCE_CRON": ""},
     )
     try:
         stack.start_server()
