@@ -70,7 +70,7 @@ async def _turn() -> AsyncGenerator[None, None]:
 
 def queue_sqlite_writers() -> None:
     """Make every explicit SQLite transaction of this process BEGIN IMMEDIATE, in turn."""
-    from prefect.server.database.configurations import AioSqliteConfiguration
+    from prefect.server.database.configurations import SQLITE_BEGIN_MODE, AioSqliteConfiguration
 
     deferred_or_immediate = AioSqliteConfiguration.begin_transaction
     if getattr(deferred_or_immediate, "_always_immediate", False):
@@ -84,7 +84,16 @@ def queue_sqlite_writers() -> None:
             _turn(),
             deferred_or_immediate(self, session, with_for_update=True) as transaction,
         ):
-            yield transaction
+            # BEGIN IMMEDIATE now, on this session's connection. Prefect passes the BEGIN mode
+            # in a context variable that sessions opened inside the block inherit: a read in a
+            # second session (Prefect does that, e.g. when a work queue is paused) would begin
+            # IMMEDIATE too and wait for this very transaction until SQLite gives up (60 s).
+            await session.connection()
+            inherited = SQLITE_BEGIN_MODE.set("DEFERRED")
+            try:
+                yield transaction
+            finally:
+                SQLITE_BEGIN_MODE.reset(inherited)
 
     begin_transaction._always_immediate = True  # type: ignore[attr-defined]
     AioSqliteConfiguration.begin_transaction = begin_transaction  # type: ignore[method-assign]

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from prefect.utilities.schema_tools import validation
@@ -78,3 +82,48 @@ def test_a_schema_is_checked_once_and_a_bad_one_every_time(monkeypatch: pytest.M
         with pytest.raises(ValueError, match="Invalid schema"):
             validation.is_valid_schema({"type": 5}, preprocess=False)
     assert len(calls) == 3
+
+
+NESTED_READ = """
+import asyncio, sys, time
+import sqlalchemy as sa
+from deployments.prefect_server import queue_sqlite_writers
+queue_sqlite_writers()
+from prefect.server.database import provide_database_interface
+
+async def main():
+    db = provide_database_interface()
+    async with db.session_context(begin_transaction=True) as outer:
+        await outer.execute(sa.text("CREATE TABLE t (x int)"))
+    began = time.monotonic()
+    async with db.session_context(begin_transaction=True) as outer:
+        await outer.execute(sa.text("INSERT INTO t VALUES (1)"))
+        async with db.session_context() as inner:
+            await inner.execute(sa.text("SELECT count(*) FROM t"))
+    print(f"{time.monotonic() - began:.2f}")
+
+asyncio.run(main())
+"""
+
+
+def test_a_read_in_a_second_session_inside_a_transaction_does_not_wait_for_it(tmp_path):
+    """Prefect opens a second session inside a transaction (pausing a work queue does); with
+    every transaction IMMEDIATE, that session's read must not begin IMMEDIATE too and wait
+    for the outer transaction until SQLite's busy timeout (60 s, then "database is locked")."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
+        "PREFECT_HOME": str(tmp_path),
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path}/prefect.db",
+        "PREFECT_API_DATABASE_TIMEOUT": "5",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", NESTED_READ],
+        env=env,
+        cwd=Path(prefect_server.__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert float(result.stdout.split()[-1]) < 2.0
