@@ -6,7 +6,9 @@ runs emit `prefect.flow-run.heartbeat` every `PREFECT_FLOWS_HEARTBEAT_FREQUENCY`
 the stack). Per pool:
 
 - **stalled** (proactive): a run of the pool's deployments that sent a heartbeat and then
-  nothing for the queue's lock duration is set Crashed; a Crashed run holds no pool slot.
+  nothing for the queue's lock duration is set Crashed; a Crashed run holds no pool slot. The
+  bootstrap starts the same watch for each run it finds Pending or Running (`WATCH_EVENT`), so
+  a run whose heartbeats died unprocessed with a killed server is crashed too.
 - **re-run** (reactive): a run of the pool that ends Crashed, by the worker (its process died)
   or by the stalled automation, is set Scheduled again, same id, while its run count is below
   the attempts.
@@ -23,12 +25,22 @@ definition, not their enabled switch.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import timedelta
 from functools import lru_cache
 from uuid import UUID
 
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.events import Event, RelatedResource, Resource
 from prefect.events.actions import ChangeFlowRunState
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 from pydantic import Field, model_validator
@@ -37,16 +49,26 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from deployments.catalogue import ALL_DEPLOYMENTS
 from deployments.queues import QUEUES, Queue
 
+#: Runs per read, and events per POST, of `watch_unfinished_runs`.
+_PAGE = 200
 #: Prefect's floor for flow-run heartbeats (`prefect.flow_engine.MINIMUM_HEARTBEAT_INTERVAL`).
 MIN_HEARTBEAT_SECONDS = 30
 #: How much longer than one heartbeat interval a lock duration must be, for late events.
 HEARTBEAT_SLACK_SECONDS = 15
+
+#: Emitted by the bootstrap for each run it finds Pending or Running (`watch_unfinished_runs`):
+#: like a heartbeat, it starts the stalled-run watch of a run whose own heartbeats never reached
+#: the stalled automation, e.g. because they died with a killed server, which keeps unprocessed
+#: events in memory only. A run that lives sends a heartbeat within the lock duration anyway.
+WATCH_EVENT = "medicine-man.flow-run.watched"
 
 #: Events that show a run is alive or no longer running, so its silence is no stall.
 _ALIVE_OR_DONE = {
     f"prefect.flow-run.{name}"
     for name in (
         "heartbeat",
+        "Pending",
+        "Running",
         "Completed",
         "Failed",
         "Crashed",
@@ -118,7 +140,8 @@ GAVE_UP_NAME = "medicine-man: fail runs that crashed on their last attempt"
 def stalled_automation(
     queue: Queue, deployment_ids: list[UUID], settings: SupervisionSettings
 ) -> AutomationCore:
-    """Crash a run of `deployment_ids` silent for the queue's lock duration after a heartbeat."""
+    """Crash a run of `deployment_ids` silent for the queue's lock duration after a heartbeat
+    (or after the bootstrap's `WATCH_EVENT`)."""
     seconds = int(settings.lock_duration(queue).total_seconds())
     return AutomationCore(
         name=stalled_name(queue),
@@ -133,7 +156,7 @@ def stalled_automation(
                 "prefect.resource.role": "deployment",
                 "prefect.resource.id": [f"prefect.deployment.{i}" for i in deployment_ids],
             },
-            after={"prefect.flow-run.heartbeat"},
+            after={"prefect.flow-run.heartbeat", WATCH_EVENT},
             expect=_ALIVE_OR_DONE,
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
@@ -269,3 +292,62 @@ async def ensure_automations(client: PrefectClient, settings: SupervisionSetting
             changes.append(f"updated automation {want.name!r}")
             await client.update_automation(first.id, want)
     return changes
+
+
+def watch_events(runs: Iterable[FlowRun]) -> list[Event]:
+    """One `WATCH_EVENT` per run of a deployment, related to it as its heartbeats are."""
+    return [
+        Event(
+            event=WATCH_EVENT,
+            resource=Resource(
+                {
+                    "prefect.resource.id": f"prefect.flow-run.{run.id}",
+                    "prefect.resource.name": run.name,
+                }
+            ),
+            related=[
+                RelatedResource(
+                    {
+                        "prefect.resource.id": f"prefect.deployment.{run.deployment_id}",
+                        "prefect.resource.role": "deployment",
+                    }
+                )
+            ],
+            payload={"state": run.state_name},
+        )
+        for run in runs
+        if run.deployment_id is not None
+    ]
+
+
+async def watch_unfinished_runs(client: PrefectClient) -> int:
+    """Start the stalled-run watch of every Pending or Running run of our deployments.
+
+    After the whole system was killed, a run whose heartbeat had not been processed yet has no
+    watch, so nothing would ever crash it: it would stay Running and hold its pool slot forever.
+    The bootstrap runs at every start, so this covers a restart; returns how many runs it saw.
+    """
+    ids = [(await client.read_deployment_by_name(d.full_name)).id for d in ALL_DEPLOYMENTS]
+    unfinished = FlowRunFilter(
+        state=FlowRunFilterState(
+            type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING])
+        )
+    )
+    runs: list[FlowRun] = []
+    while True:
+        page = await client.read_flow_runs(
+            flow_run_filter=unfinished,
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=ids)),
+            sort=FlowRunSort.ID_DESC,
+            offset=len(runs),
+            limit=_PAGE,
+        )
+        runs += page
+        if len(page) < _PAGE:
+            break
+    events = watch_events(runs)
+    for start in range(0, len(events), _PAGE):
+        batch = [e.model_dump(mode="json") for e in events[start : start + _PAGE]]
+        response = await client.request("POST", "/events", json=batch)
+        response.raise_for_status()
+    return len(events)

@@ -34,7 +34,11 @@ from prefect.settings import get_current_settings
 from prefect.workers.process import ProcessWorker
 from pydantic import ValidationError
 
-from deployments.automations import ensure_automations, get_supervision_settings
+from deployments.automations import (
+    ensure_automations,
+    get_supervision_settings,
+    watch_unfinished_runs,
+)
 from deployments.catalogue import BACKUP
 from deployments.maintenance import get_maintenance_settings, sync_maintenance_schedule
 from deployments.queues import QUEUES, Priority, Queue
@@ -69,6 +73,11 @@ async def bootstrap(project_dir: Path, inventory: Inventory | None) -> None:
     async with get_client() as client:
         for change in await ensure_automations(client, get_supervision_settings()):
             logger.info("%s", change)
+        # After a restart of everything, runs left Pending or Running may have no stalled
+        # watch (their heartbeats died unprocessed with the server): give them one.
+        watched = await watch_unfinished_runs(client)
+        if watched:
+            logger.info("watching %d unfinished runs for heartbeats", watched)
         schedule_change = await sync_maintenance_schedule(client, get_maintenance_settings())
         if schedule_change is not None:
             logger.info("%s", schedule_change)

@@ -12,6 +12,10 @@ The API's job statistics count flow runs by deployment and state type (24 counts
 Prefect indexes the two columns apart, so each count reads every matching row: 1.4 s for
 `stats/all` on 100,000 runs. One composite index lets a count read the index alone (0.26 s).
 It is created after Prefect's own migrations, under a name of ours, on SQLite and PostgreSQL.
+
+After a restart (embedded mode), the automations' triggers would hold each run's next state
+change back for 15 minutes, waiting for the event of its previous state, which only the process
+before saw: the states stored before this start count as seen (`remember_earlier_states`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ import sys
 from collections import OrderedDict
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +142,8 @@ def remember_schema_checks() -> None:
 
 
 async def prepare_database() -> None:
-    """Prefect's migrations (as the server runs them at start), then our indexes."""
+    """Prefect's migrations (as the server runs them at start), then our indexes; the states
+    stored before this start counted as seen (`remember_earlier_states`)."""
     import sqlalchemy as sa
     from prefect.server.database import provide_database_interface
 
@@ -150,6 +157,7 @@ async def prepare_database() -> None:
         except sa.exc.DBAPIError as exc:
             # Another server process sharing the database may be creating it at this moment.
             logger.warning("could not create an index (%s); counts may be slower", exc)
+    await remember_earlier_events()
     await engine.dispose()
 
 
@@ -163,6 +171,54 @@ BATCHED_SERVICES = {
     "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "200",
     "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "1",
 }
+
+
+#: At most this many earlier states are marked as seen (Prefect's own cache holds 10,000).
+EARLIER_STATES_KEPT = 5000
+
+
+async def earlier_flow_run_states() -> list[UUID]:
+    """Ids of the flow-run states of the last `PRECEDING_EVENT_LOOKBACK`, newest first."""
+    import sqlalchemy as sa
+    from prefect.server.database import provide_database_interface
+    from prefect.server.events.ordering import PRECEDING_EVENT_LOOKBACK
+
+    db = provide_database_interface()
+    since = datetime.now(UTC) - PRECEDING_EVENT_LOOKBACK
+    query = (
+        sa.select(db.FlowRunState.id)
+        .where(db.FlowRunState.timestamp >= since)
+        .order_by(db.FlowRunState.timestamp.desc())
+        .limit(EARLIER_STATES_KEPT)
+    )
+    async with db.session_context() as session:
+        return list((await session.execute(query)).scalars().all())
+
+
+def remember_earlier_states(ordering: Any, state_ids: list[UUID]) -> None:
+    """Count the state-change events of `state_ids` as seen by the triggers' causal ordering.
+
+    A flow run's state-change event names the one of its previous state as the event it
+    follows, and the automations' triggers hold an event back until they have seen that one,
+    for up to 15 minutes. The in-memory bookkeeping of seen events (embedded mode) starts
+    empty with each server process, so after a restart the first state change of every run
+    that was under way waits 15 minutes: a run crashed by the stalled-run automation was run
+    again only then. The events of states stored before this process started went through the
+    triggers of the process before, or died with it; none of them can still arrive here.
+    """
+    for state_id in state_ids:
+        ordering._seen_events[state_id] = True
+
+
+async def remember_earlier_events() -> None:
+    """`remember_earlier_states` for the triggers, if their causal ordering is in memory."""
+    from prefect.server.events.ordering import memory
+    from prefect.settings import get_current_settings
+
+    if get_current_settings().server.events.causal_ordering != memory.__name__:
+        return  # Redis (scaled mode) keeps what it has seen across restarts.
+    triggers = memory.CausalOrdering(scope="triggers")
+    remember_earlier_states(triggers, await earlier_flow_run_states())
 
 
 def main() -> None:

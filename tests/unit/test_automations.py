@@ -6,9 +6,18 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from prefect.client.schemas.objects import FlowRun
+from prefect.states import Running
 from pydantic import ValidationError
 
-from deployments.automations import GAVE_UP_NAME, SupervisionSettings, wanted_automations
+from deployments.automations import (
+    GAVE_UP_NAME,
+    WATCH_EVENT,
+    SupervisionSettings,
+    stalled_automation,
+    wanted_automations,
+    watch_events,
+)
 from deployments.queues import QUEUES, QUEUES_BY_NAME
 
 
@@ -44,3 +53,31 @@ def test_every_pool_gets_a_stalled_and_a_rerun_automation_and_one_gives_up() -> 
     assert counts[:2] == ["2", "3"] and "1" not in counts  # type: ignore[index,operator]
     stalled = next(a for a in automations if a.name.endswith("crash stalled backup runs"))
     assert stalled.trigger.within == timedelta(minutes=5)  # type: ignore[union-attr]
+
+
+def test_a_watched_run_is_covered_by_its_pool_stalled_automation_like_a_heartbeat() -> None:
+    """The bootstrap's watch event starts the stalled-run window of the run's deployment only."""
+    from prefect.server.events.schemas.automations import EventTrigger as ServerTrigger
+    from prefect.server.events.schemas.events import Event as ServerEvent
+
+    deployment_id, other_id = uuid.uuid4(), uuid.uuid4()
+    run = FlowRun(
+        flow_id=uuid.uuid4(), deployment_id=deployment_id, name="backup:manual x", state=Running()
+    )
+    stray = FlowRun(flow_id=uuid.uuid4(), name="no deployment", state=Running())
+    (event,) = watch_events([run, stray])
+    received = ServerEvent.model_validate(event.model_dump(mode="json")).receive()
+    assert received.resource.id == f"prefect.flow-run.{run.id}"
+
+    def stalled_trigger(ids: list[uuid.UUID]) -> ServerTrigger:
+        automation = stalled_automation(QUEUES_BY_NAME["backup"], ids, SupervisionSettings())
+        return ServerTrigger.model_validate(automation.trigger.model_dump())
+
+    trigger = stalled_trigger([deployment_id])
+    assert trigger.covers(received) and trigger.starts_after(WATCH_EVENT)
+    assert trigger.starts_after("prefect.flow-run.heartbeat")
+    # Its state changes count as signs of life, as heartbeats do.
+    assert trigger.expects("prefect.flow-run.Running") and trigger.expects(
+        "prefect.flow-run.Pending"
+    )
+    assert not stalled_trigger([other_id]).covers(received)

@@ -1,4 +1,5 @@
-"""The server launcher's changes to Prefect: transactions in turn, schema checks remembered."""
+"""The server launcher's changes to Prefect: transactions in turn, schema checks remembered,
+states of before a restart counted as seen."""
 
 from __future__ import annotations
 
@@ -6,13 +7,16 @@ import asyncio
 import os
 import subprocess
 import sys
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prefect.utilities.schema_tools import validation
 
 from deployments import prefect_server
-from deployments.prefect_server import _turn, remember_schema_checks
+from deployments.prefect_server import _turn, remember_earlier_states, remember_schema_checks
 
 
 def test_transactions_take_turns_first_come_first_served():
@@ -127,3 +131,30 @@ def test_a_read_in_a_second_session_inside_a_transaction_does_not_wait_for_it(tm
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert float(result.stdout.split()[-1]) < 2.0
+
+
+def test_a_state_change_after_a_restart_does_not_wait_for_its_earlier_state():
+    """Triggers hold an event back until they saw the one it follows; after a restart, a
+    follower of a state stored before the start goes ahead, one of an unknown event waits."""
+    from prefect.server.events.ordering import EventArrivedEarly
+    from prefect.server.events.ordering.memory import CausalOrdering
+    from prefect.server.events.schemas.events import Event
+
+    ordering = CausalOrdering(scope=f"test-{uuid.uuid4()}")
+    earlier, unknown = uuid.uuid4(), uuid.uuid4()
+
+    def crashed_after(leader: uuid.UUID) -> Any:
+        resource = {"prefect.resource.id": f"prefect.flow-run.{uuid.uuid4()}"}
+        return Event(
+            occurred=datetime.now(UTC),
+            event="prefect.flow-run.Crashed",
+            resource=resource,
+            id=uuid.uuid4(),
+            follows=leader,
+        ).receive()
+
+    remember_earlier_states(ordering, [earlier])
+
+    asyncio.run(ordering.wait_for_leader(crashed_after(earlier)))
+    with pytest.raises(EventArrivedEarly):
+        asyncio.run(ordering.wait_for_leader(crashed_after(unknown)))
