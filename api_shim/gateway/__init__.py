@@ -89,8 +89,15 @@ class Gateway:
             finally:
                 await gateway.reaper.close()
 
-    async def call(self, operation: str, awaitable: Awaitable[T]) -> T:
-        """Await one Prefect call with a deadline, translating its errors into ours."""
+    async def call(self, operation: str, awaitable: Awaitable[T], *, create: bool = False) -> T:
+        """Await one Prefect call with a deadline, translating its errors into ours.
+
+        `create`: the call creates something, so an error answer that does not say the request
+        was refused (a 5xx other than 503: Prefect failed mid-request, e.g. with its Redis
+        unreachable; or a proxy gave up waiting) leaves the outcome unknown: `OutcomeUnknown`,
+        for the caller to settle. A 503 stays a refusal: Prefect's answer to database errors
+        that its clients may retry.
+        """
         began = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout):
@@ -113,6 +120,10 @@ class Gateway:
                 raise JobNotFound() from None
             if status == 409:
                 raise JobConflict(detail or None) from None
+            if create and status >= 500 and status != 503:
+                raise OutcomeUnknown(
+                    f"the Prefect API at {self.api_url} failed with {status}: {detail}"
+                ) from None
             raise OrchestratorUnavailable(
                 f"the Prefect API at {self.api_url} answered {status}: {detail}"
             ) from None
@@ -232,6 +243,7 @@ class Gateway:
                 tags=[user_tag(user_id)],
                 idempotency_key=key,
             ),
+            create=True,
         )
 
     async def find(self, job_id: UUID, owner: str | None) -> FlowRun:

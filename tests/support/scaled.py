@@ -24,9 +24,11 @@ POSTGRES_ADMIN_URL = os.environ.get(
 )
 REDIS_HOST = os.environ.get("MEDICINE_MAN_TEST_REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("MEDICINE_MAN_TEST_REDIS_PORT", "6379"))
-#: Redis databases of ours, flushed before and after use: the tests' and the benchmark's.
+#: Redis databases of ours, flushed before and after use: the tests', the benchmark's, and that
+#: of the Redis-outage test's own stack (tests/integration/test_redis_outage.py).
 REDIS_DB_TESTS = 11
 REDIS_DB_BENCH = 12
+REDIS_DB_OUTAGE = 13
 
 
 async def _admin(statement: str) -> None:

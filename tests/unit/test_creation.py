@@ -7,12 +7,14 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
 
+import httpx
 import pytest
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.states import Completed, Running, Scheduled
 
-from api_shim.gateway import creation
+from api_shim.gateway import Gateway, OrchestratorUnavailable, OutcomeUnknown, creation
 from api_shim.gateway.creation import Reaper, settle
+from flows.params import JobType
 
 
 class FakeClient:
@@ -135,3 +137,65 @@ def test_the_reaper_gives_up_after_its_window(fast_reaper, monkeypatch):
 
     asyncio.run(main())
     assert client.states == []
+
+
+def _answer(status: int) -> httpx.HTTPStatusError:
+    request = httpx.Request("POST", "http://prefect/api/deployments/x/create_flow_run")
+    response = httpx.Response(status, request=request, text='{"exception_message":"boom"}')
+    return httpx.HTTPStatusError(f"{status}", request=request, response=response)
+
+
+@pytest.mark.parametrize(
+    ("status", "create", "raised"),
+    [
+        (500, True, OutcomeUnknown),
+        (504, True, OutcomeUnknown),
+        (503, True, OrchestratorUnavailable),
+        (500, False, OrchestratorUnavailable),
+    ],
+)
+def test_a_create_that_failed_mid_request_has_an_unknown_outcome(status, create, raised):
+    """Prefect failing mid-create (500, e.g. its Redis unreachable) may have committed the run,
+    so the gateway settles it; a 503 is Prefect's refusal, and reads are never settled."""
+
+    async def failing() -> None:
+        raise _answer(status)
+
+    async def main() -> None:
+        gateway = Gateway(FakeClient([]), "http://prefect/api", timeout=5)  # type: ignore[arg-type]
+        with pytest.raises(OrchestratorUnavailable) as caught:
+            await gateway.call("create_flow_run", failing(), create=create)
+        assert type(caught.value) is raised
+        assert str(status) in caught.value.message
+
+    asyncio.run(main())
+
+
+def test_a_create_answered_500_is_a_503_saying_the_job_was_not_created(monkeypatch, fast_reaper):
+    client = FakeClient([])
+
+    async def main() -> None:
+        gateway = Gateway(client, "http://prefect/api", timeout=5)  # type: ignore[arg-type]
+
+        async def listening() -> bool:
+            return True
+
+        async def create(*_: Any) -> FlowRun:
+            return await gateway.call("create_flow_run", _raise(_answer(500)), create=True)
+
+        monkeypatch.setattr(gateway, "_listening", listening)
+        monkeypatch.setattr(gateway, "_create", create)
+        with pytest.raises(OrchestratorUnavailable) as caught:
+            await gateway.enqueue(
+                JobType.SCAN_QUICK, {}, user_id="u", priority=None, idempotency_key=None
+            )
+        assert "failed with 500" in caught.value.message
+        assert "the job was not created" in caught.value.message
+        assert client.reads >= 1  # looked for the run before saying so
+        await gateway.reaper.close()
+
+    asyncio.run(main())
+
+
+async def _raise(exc: Exception) -> FlowRun:
+    raise exc
