@@ -35,9 +35,9 @@ class Deployment:
         return self.queue.concurrency if self.limit is None else self.limit
 
 
-BACKUP = Deployment("backup", "backup", "flows/backup.py:backup", QUEUES_BY_NAME["backup"])
-SCAN = Deployment("scan", "scan", "flows/scan.py:scan", QUEUES_BY_NAME["scan"])
-UPDATE = Deployment("update", "update", "flows/update.py:update", QUEUES_BY_NAME["update"])
+BACKUP = Deployment("backup", "backup", "flows.backup:backup", QUEUES_BY_NAME["backup"])
+SCAN = Deployment("scan", "scan", "flows.scan:scan", QUEUES_BY_NAME["scan"])
+UPDATE = Deployment("update", "update", "flows.update:update", QUEUES_BY_NAME["update"])
 
 #: The deployments of the job types: what the API lists and counts as jobs.
 DEPLOYMENTS: tuple[Deployment, ...] = (BACKUP, SCAN, UPDATE)
@@ -47,7 +47,7 @@ DEPLOYMENTS: tuple[Deployment, ...] = (BACKUP, SCAN, UPDATE)
 MAINTENANCE = Deployment(
     "maintenance",
     "maintenance",
-    "flows/maintenance.py:maintenance",
+    "flows.maintenance:maintenance",
     QUEUES_BY_NAME["scan"],
     work_queue=Priority.LOW,
     limit=1,

@@ -76,8 +76,10 @@ def test_each_deployment_serves_one_pool() -> None:
         "scan/scan": "scan",
         "update/update": "update",
     }
+    # Module paths: a forked run finds the flow the fork server imported, instead of executing
+    # its file again as a fresh module (as a `path.py:name` entrypoint would, every run).
     assert {d.entrypoint for d in DEPLOYMENTS} == {
-        "flows/backup.py:backup",
-        "flows/scan.py:scan",
-        "flows/update.py:update",
+        "flows.backup:backup",
+        "flows.scan:scan",
+        "flows.update:update",
     }

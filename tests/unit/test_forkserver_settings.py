@@ -1,0 +1,25 @@
+"""A forked run reads Prefect's settings again only when its sources differ from the fork server's."""
+
+from __future__ import annotations
+
+from deployments.forkserver import _settings_sources
+
+BASE = {"PREFECT_API_URL": "http://127.0.0.1:4200/api", "HOME": "/root", "PATH": "/bin"}
+
+
+def test_the_engine_variables_and_other_programs_variables_do_not_count() -> None:
+    run = {**BASE, "PREFECT__FLOW_RUN_ID": "x", "PREFECT__CONTROL_PORT": "1", "PATH": "/usr/bin"}
+    assert _settings_sources(run, "/project") == _settings_sources(BASE, "/project")
+
+
+def test_a_changed_or_added_setting_counts() -> None:
+    changed = {**BASE, "PREFECT_API_URL": "http://elsewhere/api"}
+    added = {**BASE, "PREFECT_LOGGING_LEVEL": "DEBUG"}
+    lower = {**BASE, "prefect_logging_level": "DEBUG"}
+    for env in (changed, added, lower):
+        assert _settings_sources(env, "/project") != _settings_sources(BASE, "/project")
+
+
+def test_another_working_directory_counts() -> None:
+    # Its .env, prefect.toml and pyproject.toml are settings sources too.
+    assert _settings_sources(BASE, "/elsewhere") != _settings_sources(BASE, "/project")
