@@ -58,8 +58,8 @@ class QuietProgress(Progress):
     def __init__(self) -> None:
         super().__init__(uuid.uuid4())
 
-    def _set(self, percent: float, message: str) -> None:
-        self.percent = percent
+    def _record(self, percent: float, message: str) -> None:
+        pass
 
 
 @dataclass

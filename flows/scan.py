@@ -13,7 +13,7 @@ from flows.params import ScanJob
 from tasks.outcome import publish_result
 from tasks.progress import Progress
 from tasks.scan import create_scan_record, fail_scan_record, scan_server, store_scan_results
-from tasks.servers import find_server, verify_server
+from tasks.servers import find_server
 
 
 @flow(name="scan", flow_run_name="{job_type} {server_id}")
@@ -32,10 +32,8 @@ def scan(
     progress = Progress.start()
     progress.milestone(10, "started")
     server = find_server(server_id)
-    verify_server(server)
-    progress.milestone(20, "server verified")
     record = create_scan_record(server, scan_id, job_id, user_id, job_type)
-    progress.milestone(30, "scan record created")
+    progress.milestone(20, "scan record created")
     try:
         results = scan_server(server, job_type == "scan:quick", progress)
     except BaseException as exc:

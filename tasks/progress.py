@@ -6,6 +6,7 @@ flow run's page of the Prefect UI; `read_progress` is how the API shim and the C
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import cast
@@ -20,17 +21,29 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.sorting import ArtifactSort
 
-#: Fewer updates than this many seconds apart are dropped (except milestones).
+#: At most one update is sent per this many seconds; the latest one waits at most this long.
 MIN_INTERVAL = 0.5
+
+#: The percentage of a finished job: sent at once, whatever was sent just before.
+DONE = 100.0
 
 
 class Progress:
-    """The progress of the running flow; a plain value so it can be handed to tasks."""
+    """The progress of the running flow; a plain value so it can be handed to tasks.
+
+    Each update is a request to Prefect's server, and a quick job passes all its milestones in
+    about a second. Updates closer than MIN_INTERVAL to the last one sent are held and merged:
+    only the latest is sent, by a timer, MIN_INTERVAL after the last one. A reader is never more
+    than MIN_INTERVAL behind, and the job's end (100 %) is sent at once.
+    """
 
     def __init__(self, artifact_id: UUID) -> None:
         self.artifact_id = artifact_id
         self.percent = 0.0
-        self._last_update = 0.0
+        self._last_sent = time.monotonic()
+        self._held: tuple[float, str] | None = None
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
 
     @classmethod
     def start(cls, message: str = "queued") -> Progress:
@@ -38,20 +51,47 @@ class Progress:
         return cls(cast(UUID, create_progress_artifact(progress=0.0, description=message)))
 
     def milestone(self, percent: float, message: str) -> None:
-        """Move to a documented milestone; always recorded."""
-        self._set(percent, message)
+        """Move to a documented milestone."""
+        self._offer(percent, message)
 
     def between(self, low: float, high: float, done: float, total: float, message: str) -> None:
-        """Move within [low, high] by the fraction `done / total`, at most every MIN_INTERVAL s."""
+        """Move within [low, high] by the fraction `done / total`."""
         fraction = min(1.0, done / total) if total > 0 else 0.0
         percent = round(low + (high - low) * fraction, 1)
-        if percent <= self.percent or time.monotonic() - self._last_update < MIN_INTERVAL:
-            return
-        self._set(percent, message)
+        if percent > self.percent:
+            self._offer(percent, message)
 
-    def _set(self, percent: float, message: str) -> None:
-        self.percent = percent
-        self._last_update = time.monotonic()
+    def _offer(self, percent: float, message: str) -> None:
+        with self._lock:
+            self.percent = percent
+            wait = self._last_sent + MIN_INTERVAL - time.monotonic()
+            if percent < DONE and wait > 0:
+                self._held = (percent, message)
+                if self._timer is None:
+                    self._timer = threading.Timer(wait, self._send_held)
+                    self._timer.daemon = True
+                    self._timer.start()
+                return
+            self._held = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._send(percent, message)
+
+    def _send_held(self) -> None:
+        with self._lock:
+            self._timer = None
+            if self._held is not None:
+                self._send(*self._held)
+                self._held = None
+
+    def _send(self, percent: float, message: str) -> None:
+        """Called with the lock held."""
+        self._last_sent = time.monotonic()
+        self._record(percent, message)
+
+    def _record(self, percent: float, message: str) -> None:
+        """Write `percent` into the flow run's progress artifact."""
         update_progress_artifact(self.artifact_id, progress=percent, description=message)
 
 

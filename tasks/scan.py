@@ -1,4 +1,9 @@
-"""Tasks of a scan: record it, ask the server its questions, store and show the answers."""
+"""A scan: record it, ask the server its questions (the task), store and show the answers.
+
+Only the part that talks to the server is a Prefect task, with retries. The records are local
+files written in the flow: as tasks they added six state events per scan to Prefect's server,
+most of the cost of a quick scan.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,6 @@ from tasks.retry import RETRY_POLICY
 from tasks.ssh import connect
 
 
-@task(name="create scan record", cache_policy=NO_CACHE)
 def create_scan_record(
     server: Server, scan_id: UUID, job_id: UUID | None, user_id: str | None, job_type: str
 ) -> ScanRecord:
@@ -37,10 +41,15 @@ def create_scan_record(
 
 @task(name="scan server", cache_policy=NO_CACHE, **RETRY_POLICY)
 def scan_server(server: Server, quick: bool, progress: Progress) -> dict[str, Any]:
-    """Run each probe over one connection; a probe that fails is reported, not fatal."""
+    """Connect (host key checked, key accepted), then run each probe over that connection.
+
+    A probe that fails is reported, not fatal; a connection that fails is the task's failure,
+    retried unless permanent (tasks.errors).
+    """
     probes = QUICK_PROBES if quick else FULL_PROBES
     results: dict[str, Any] = {}
     with connect(server) as ssh:
+        progress.milestone(30, "server verified")
         for done, probe in enumerate(probes, start=1):
             answer = ssh.run(probe.argv, check=False)
             if answer.exit_status == 0:
@@ -53,7 +62,6 @@ def scan_server(server: Server, quick: bool, progress: Progress) -> dict[str, An
     return results
 
 
-@task(name="store scan results", cache_policy=NO_CACHE)
 def store_scan_results(record: ScanRecord, results: dict[str, Any]) -> ScanRecord:
     done = record.model_copy(
         update={"results": results, "status": "completed", "finished_at": utcnow()}
@@ -67,7 +75,6 @@ def store_scan_results(record: ScanRecord, results: dict[str, Any]) -> ScanRecor
     return done
 
 
-@task(name="record scan failure", cache_policy=NO_CACHE)
 def fail_scan_record(record: ScanRecord, error: str) -> None:
     save_scan(
         record.model_copy(update={"status": "failed", "finished_at": utcnow(), "error": error})

@@ -1,4 +1,4 @@
-"""Tasks that find a server in the inventory and check that we can reach it."""
+"""Find a job's server in the inventory, and check that we can reach it (a task)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,12 @@ from tasks.settings import get_settings
 from tasks.ssh import connect
 
 
-@task(name="find server", cache_policy=NO_CACHE)
 def find_server(server_id: UUID) -> Server:
-    """The server of this job from the inventory (read afresh: edits apply to the next job)."""
+    """The server of this job from the inventory (read afresh: edits apply to the next job).
+
+    A plain function, not a task: it reads a local file, an unknown server is no reason to retry,
+    and a task's three state events cost Prefect's server more than the read itself.
+    """
     return load_inventory(get_settings().inventory).get(server_id)
 
 

@@ -28,9 +28,9 @@ def test_dropped_connections_are_retried_with_backoff_then_succeed(
 
     assert run.state.is_completed(), run.state.message
     with stack.sync_client() as client:
-        verify = task_run_named(client, run.id, "verify server")
-        states = sorted(client.read_task_run_states(verify.id), key=lambda s: s.timestamp)
-    assert verify.run_count == 3
+        scan_task = task_run_named(client, run.id, "scan server")
+        states = sorted(client.read_task_run_states(scan_task.id), key=lambda s: s.timestamp)
+    assert scan_task.run_count == 3
     starts = [s.timestamp for s in states if s.type is StateType.RUNNING]
     assert len(starts) == 3
     waits = [(b - a).total_seconds() for a, b in itertools.pairwise(starts)]
@@ -56,7 +56,7 @@ def test_changed_host_key_fails_once_without_retries(
     assert "host key" in (run.state.message or "")
     assert "changed" in (run.state.message or "")
     with stack.sync_client() as client:
-        assert task_run_named(client, run.id, "verify server").run_count == 1
+        assert task_run_named(client, run.id, "scan server").run_count == 1
 
 
 def test_unknown_host_key_and_refused_key_fail_without_retries(
@@ -79,7 +79,7 @@ def test_unknown_host_key_and_refused_key_fail_without_retries(
             run = wait_for_final_state(run_id, timeout=60)
             assert run.state.is_failed()
             assert expected in (run.state.message or "")
-            assert task_run_named(client, run.id, "verify server").run_count == 1
+            assert task_run_named(client, run.id, "scan server").run_count == 1
             assert str(stranger_key.read_text()[40:80]) not in (run.state.message or "")
 
 
