@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +31,7 @@ from api_shim.auth import mint_token
 from bench.report import BenchConfig, Row, table
 from deployments.local_target import LocalTarget, free_port
 from deployments.stack import FORKSERVER, Stack
+from tests.support.burst import wait_final
 from tests.support.runs import max_overlap, running_interval
 
 STOCK = "process"
@@ -59,17 +59,10 @@ def _post_scan(http: httpx.Client, server_id: str) -> tuple[str, datetime]:
 
 
 def _wait_final(stack: Stack, run_ids: list[str], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    pending = set(run_ids)
+    # One query for all of them per poll: a read per run per poll would load the server
+    # being measured.
     with stack.sync_client() as client:
-        while pending:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{len(pending)} of {len(run_ids)} scans not final")
-            for run_id in list(pending):
-                state = client.read_flow_run(uuid.UUID(run_id)).state
-                if state is not None and state.is_final():
-                    pending.discard(run_id)
-            time.sleep(0.25)
+        wait_final(client, [uuid.UUID(run_id) for run_id in run_ids], timeout, poll=0.25)
 
 
 def measure(worker_type: str, samples: int, burst: int, work: Path) -> Measured:

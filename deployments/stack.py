@@ -44,6 +44,8 @@ WORKER_TYPES = (FORKSERVER, ProcessWorker.type)
 #: poll is only the safety net.
 POLL_SECONDS = {FORKSERVER: 5, ProcessWorker.type: 1}
 
+#: How Prefect's settings spell an enabled flag.
+TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
 _FOREIGN = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH")
 
 
@@ -245,6 +247,12 @@ class Stack:
         assert self.backend is not None
         env.update(self.backend.prefect_env())
         env.update(self.extra_env)
+        # Every client (worker, each flow run) would ask the server for its version and a CSRF
+        # token first: two requests per run, to a server of the same install that checks no
+        # CSRF token unless told to.
+        env.setdefault("PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED", "false")
+        if env.get("PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED", "").lower() not in TRUE:
+            env.setdefault("PREFECT_CLIENT_CSRF_SUPPORT_ENABLED", "false")
         # Heartbeats feed the automation that crashes stalled runs (deployments.automations).
         env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = env.get(
             "MM_HEARTBEAT_SECONDS", str(MIN_HEARTBEAT_SECONDS)
