@@ -1,4 +1,4 @@
-"""A forked run reads Prefect's settings again only when its sources differ from the fork server's."""
+"""A forked run reads Prefect's settings again only when their sources differ from its own."""
 
 from __future__ import annotations
 
