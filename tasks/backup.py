@@ -122,7 +122,6 @@ def plan_backup(server: Server, options: BackupOptions) -> BackupPlan:
     )
 
 
-@task(name="create backup record", cache_policy=NO_CACHE)
 def create_backup_record(
     server: Server,
     backup_id: UUID,
@@ -131,7 +130,11 @@ def create_backup_record(
     job_type: str,
     plan: BackupPlan,
 ) -> Manifest:
-    """The manifest of this backup: a completed earlier one is returned as it is."""
+    """The manifest of this backup: a completed earlier one is returned as it is.
+
+    Not a task, as the failure record below: local files, written by the flow itself (three
+    state events each as tasks: what they cost Prefect's server outweighed the work).
+    """
     repo = repository()
     existing = repo.read(server.id, backup_id)
     if existing is not None and existing.status is BackupStatus.COMPLETED:
@@ -216,7 +219,6 @@ def complete_backup_record(manifest: Manifest) -> Manifest:
     return done
 
 
-@task(name="record backup failure", cache_policy=NO_CACHE)
 def fail_backup_record(manifest: Manifest, error: str) -> None:
     """Mark the backup failed; an archive from this attempt never stays behind."""
     repo = repository()
