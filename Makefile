@@ -28,8 +28,8 @@ test: install
 	@test -x /usr/sbin/sshd || { \
 		$(SUDO) apt-get update && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends openssh-server; }
-	$(UV) run pytest
-	$(UV) run pytest --stack-mode=scaled $(SCALED_TESTS)
+	$(UV) run pytest --durations=15
+	$(UV) run pytest --durations=5 --stack-mode=scaled $(SCALED_TESTS)
 
 lint:
 	$(UV) run ruff check .
