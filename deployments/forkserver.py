@@ -27,6 +27,7 @@ import os
 import runpy
 import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -111,8 +112,11 @@ def warm_up() -> None:
 def run_engine(flow_run_id: str, env: Mapping[str, str], cwd: str) -> None:
     """The forked child: Prefect's engine for one flow run, in the run's environment.
 
-    `multiprocessing` ends its children with `os._exit`, which skips `atexit`; Prefect drains
-    its log and event queues there, so they are run here before leaving.
+    `multiprocessing` ends its children with `os._exit`, which skips `atexit`, so the exit
+    hooks are run here, in the interpreter's own order: threading's first (Prefect drains its
+    event and log queues there), then `atexit` (which stops the event loop those queues send
+    on). The other way round, the last events of a run were lost now and then: a task run's
+    final attempt missing from its record in a scaled-mode CI run.
     """
     from prefect.context import refresh_global_settings_context
 
@@ -132,6 +136,7 @@ def run_engine(flow_run_id: str, env: Mapping[str, str], cwd: str) -> None:
     try:
         runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)
     finally:
+        threading._shutdown()  # type: ignore[attr-defined]
         atexit._run_exitfuncs()
 
 
