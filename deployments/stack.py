@@ -247,6 +247,10 @@ class Stack:
         assert self.backend is not None
         env.update(self.backend.prefect_env())
         env.update(self.extra_env)
+        # Our maintenance flow deletes old job records (tasks/job_records.py: Prefect's vacuum
+        # has no "keep the last N"); Prefect's vacuum then deletes what they leave behind (their
+        # logs and artifacts, "orphans", daily) and events older than their retention (7 days).
+        env.setdefault("PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED", "events,orphans")
         # Every client (worker, each flow run) would ask the server for its version and a CSRF
         # token first: two requests per run, to a server of the same install that checks no
         # CSRF token unless told to.
