@@ -14,7 +14,8 @@
     └── TransientError            retried with backoff: the next try may work
         ├── SSHConnectError       refused, unreachable, or dropped during the handshake
         ├── SSHTimeout            connect or read timed out (a hung target)
-        └── SSHDisconnected       the channel dropped in the middle of the work
+        ├── SSHDisconnected       the channel dropped in the middle of the work
+        └── RepositoryFull        the backup repository's disk filled up (pruning may free it)
 
 Each class's docstring is its message when raised without arguments. `tasks.ssh` translates
 paramiko and socket exceptions into this tree in one place; `tasks.openssh` does the same for
@@ -90,6 +91,10 @@ class SSHTimeout(TransientError):
 
 class SSHDisconnected(TransientError):
     """The connection to the server dropped."""
+
+
+class RepositoryFull(TransientError):
+    """The backup repository's disk is full."""
 
 
 def is_retryable(exc: BaseException | None) -> bool:

@@ -34,6 +34,7 @@ from tasks.errors import (
     HostKeyMismatch,
     HostKeyUnknown,
     JobError,
+    RepositoryFull,
     SSHAuthError,
     SSHConnectError,
     SSHDisconnected,
@@ -52,6 +53,9 @@ SSH_FAILED = 255
 #: Seconds between looks at the file when the hash has caught up with ssh.
 POLL = 0.005
 STDERR_KEEP = 64 << 10
+#: Less free space than this where the archive is written, and an ssh that failed mid-stream
+#: failed for want of room (ssh writes up to 64 KiB at a time).
+FULL_BELOW = 1 << 20
 
 
 def client() -> str | None:
@@ -160,8 +164,23 @@ def download(
         process.wait()
         reader.join(timeout=10)
     if process.returncode == SSH_FAILED:
+        if archive.size > 0 and _disk_full(archive.fileno()):
+            # ssh says nothing when it cannot write our file: it just exits 255.
+            raise RepositoryFull(
+                f"the backup repository's disk is full (No space left on device) after "
+                f"{archive.size} bytes of this archive; free space or prune old backups "
+                "(medicine-man clean)"
+            )
         raise _failure(server, bytes(stderr), received=archive.size > 0)
     return process.returncode, bytes(stderr)
+
+
+def _disk_full(fd: int) -> bool:
+    """Whether the filesystem of `fd` has less room than one more write of ssh's."""
+    stat = os.fstatvfs(fd)
+    # root may write into the blocks reserved for it: those count for root only.
+    blocks = stat.f_bfree if os.geteuid() == 0 else stat.f_bavail
+    return blocks * stat.f_frsize < FULL_BELOW
 
 
 def _keep_stderr(pipe: IO[bytes], tail: bytearray) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -80,3 +81,47 @@ def test_sshd_killed_mid_transfer_leaves_no_archive_marked_good(
         assert "connect" in (run.state.message or "")
         assert manifest.status is BackupStatus.FAILED
         assert leftovers == [f"{backup_id}.json"]  # no archive, no temp file
+
+
+@pytest.mark.timeout(240)
+def test_a_full_disk_fails_the_backup_clearly_and_keeps_the_good_archive(
+    stack, target, inventory, run_job, wait_for_final_state, tmp_path
+):
+    """The server's folder of the repository is a 4 MiB tmpfs. A first, small backup fits and
+    completes; a second one of 24 MB runs out of space on every try. It must fail saying the
+    disk is full, leave no archive or temp file of its own, and the first archive must still
+    verify: a failed backup never replaces a good one."""
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "small.bin").write_bytes(os.urandom(100_000))
+    server_id = inventory.add_server(target, backup={"paths": [str(source)]})
+    repo = BackupRepository(stack.backup_root)
+    server_dir = repo.server_dir(server_id)
+    server_dir.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(server_dir)], check=True)
+    try:
+        good_id, full_id = uuid.uuid4(), uuid.uuid4()
+        run = wait_for_final_state(
+            run_job("backup/backup", {"server_id": str(server_id), "backup_id": str(good_id)})
+        )
+        assert run.state.is_completed(), run.state.message
+
+        (source / "big.bin").write_bytes(os.urandom(SOURCE_BYTES))
+        run = wait_for_final_state(
+            run_job("backup/backup", {"server_id": str(server_id), "backup_id": str(full_id)}),
+            timeout=180,
+        )
+        assert run.state.is_failed()
+        assert "RepositoryFull" in (run.state.message or ""), run.state.message
+        assert "disk is full" in (run.state.message or ""), run.state.message
+
+        good = repo.read(server_id, good_id)
+        assert good is not None and good.status is BackupStatus.COMPLETED
+        repo.verify(good)
+        failed = repo.read(server_id, full_id)
+        assert failed is not None and failed.status is BackupStatus.FAILED
+        assert sorted(p.name for p in server_dir.iterdir()) == sorted(
+            [f"{good_id}.json", f"{good_id}.tar", f"{full_id}.json"]
+        )
+    finally:
+        subprocess.run(["umount", "--lazy", str(server_dir)], check=False)

@@ -24,6 +24,7 @@ RETRYABLE: dict[type[JobError], bool] = {
     errors.SSHConnectError: True,
     errors.SSHTimeout: True,
     errors.SSHDisconnected: True,
+    errors.RepositoryFull: True,
 }
 
 
