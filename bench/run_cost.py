@@ -1,0 +1,114 @@
+"""Where a job's CPU goes: each process of the stack, over a burst of quick scans.
+
+    uv run python -m bench.run_cost [--scans 40] [--worker-type process]
+
+Starts the embedded stack with an sshd on loopback, runs one scan to warm up, then POSTs
+`--scans` quick scans through the API shim at once and waits for them all. It reads the CPU
+time (user + system, with ended children's) of the Prefect server, the shim and each worker
+(a worker's runs are its children, or its fork server's) before and after, and prints each
+one's share per scan, with the scans per minute and the most running at once. The CPU figures
+move much less with the machine's load than the times do. Session 3 used it, with
+`py-spy record --gil -p <pid>` on the server and the scan worker, to find what to cut.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import yaml
+
+from api_shim.auth import mint_token
+from bench.dispatch import _post_scan, _wait_final
+from deployments.local_target import LocalTarget, descendants, free_port
+from deployments.stack import FORKSERVER, Stack
+from tests.support.runs import max_overlap, running_interval
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime + cutime + cstime of `pid`; 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(value) for value in fields[11:15]) / TICKS
+
+
+def stack_cpu(stack: Stack) -> dict[str, float]:
+    """CPU seconds so far of the server, the shim and each worker with its live descendants."""
+    parts = {"prefect server": stack.server, "api shim": stack.shim}
+    parts.update({f"worker {key}": child for key, child in stack.workers.items()})
+    out = {}
+    for name, child in parts.items():
+        pid = child.pid if child is not None else None
+        if pid is not None:
+            out[name] = cpu_seconds(pid) + sum(cpu_seconds(p) for p in descendants(pid))
+    return out
+
+
+def measure(scans: int, worker_type: str, work: Path) -> None:
+    target = LocalTarget(home=work / "target").start()
+    try:
+        server_id = str(uuid.uuid4())
+        inventory = work / "inventory.yaml"
+        inventory.write_text(yaml.safe_dump({"servers": [target.server_entry(server_id, "bench")]}))
+        stack = Stack(
+            work / "stack",
+            port=free_port(),
+            inventory=inventory,
+            api_port=free_port(),
+            ui=False,
+            worker_type=worker_type,
+        )
+        with stack:
+            assert stack.shim_url is not None and stack.jwt_secret is not None
+            token = mint_token(stack.jwt_secret, "bench", "admin")
+            headers = {"Authorization": f"Bearer {token}"}
+            with httpx.Client(base_url=stack.shim_url, headers=headers, timeout=30) as http:
+                warm, _ = _post_scan(http, server_id)
+                _wait_final(stack, [warm], 120)
+                before, first = stack_cpu(stack), datetime.now(UTC)
+                run_ids = [_post_scan(http, server_id)[0] for _ in range(scans)]
+                _wait_final(stack, run_ids, 60 + scans * 10)
+                after = stack_cpu(stack)
+            with stack.sync_client() as client:
+                intervals = [
+                    running_interval(client.read_flow_run_states(uuid.UUID(run_id)))
+                    for run_id in run_ids
+                ]
+        span = (max(end for _, end in intervals) - first).total_seconds()
+        print(
+            f"{scans} quick scans ({worker_type}): {scans / span * 60:.0f} a minute, "
+            f"most running at once {max_overlap(intervals)}"
+        )
+        total = 0.0
+        for name in after:
+            spent = after[name] - before.get(name, 0.0)
+            total += spent
+            print(f"  {name:24} {spent:6.1f} CPU-s  {spent / scans * 1000:5.0f} ms a scan")
+        print(f"  {'all':24} {total:6.1f} CPU-s  {total / scans * 1000:5.0f} ms a scan")
+    finally:
+        target.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--scans", type=int, default=40)
+    parser.add_argument("--worker-type", default=FORKSERVER)
+    args = parser.parse_args()
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    with tempfile.TemporaryDirectory(prefix="mm-bench-cost-") as tmp:
+        measure(args.scans, args.worker_type, Path(tmp))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
