@@ -10,12 +10,12 @@
     │   ├── HostKeyMismatch       the server's key differs from the known one
     │   ├── RemotePathMissing     a path to back up does not exist on the server
     │   ├── RemoteCommandFailed   a remote command exited non-zero
-    │   └── ArchiveInvalid        an archive does not match its manifest
+    │   ├── ArchiveInvalid        an archive does not match its manifest
+    │   └── RepositoryFull        the backup repository's disk filled up
     └── TransientError            retried with backoff: the next try may work
         ├── SSHConnectError       refused, unreachable, or dropped during the handshake
         ├── SSHTimeout            connect or read timed out (a hung target)
-        ├── SSHDisconnected       the channel dropped in the middle of the work
-        └── RepositoryFull        the backup repository's disk filled up (pruning may free it)
+        └── SSHDisconnected       the channel dropped in the middle of the work
 
 Each class's docstring is its message when raised without arguments. `tasks.ssh` translates
 paramiko and socket exceptions into this tree in one place; `tasks.openssh` does the same for
@@ -81,6 +81,14 @@ class ArchiveInvalid(PermanentError):
     """The archive does not match its manifest."""
 
 
+class RepositoryFull(PermanentError):
+    """The backup repository's disk is full.
+
+    Not retried: each try would fill the disk again, failing the other backups that write to
+    it meanwhile, and nothing frees room within the retries' 35 s.
+    """
+
+
 class SSHConnectError(TransientError):
     """The server could not be reached."""
 
@@ -91,10 +99,6 @@ class SSHTimeout(TransientError):
 
 class SSHDisconnected(TransientError):
     """The connection to the server dropped."""
-
-
-class RepositoryFull(TransientError):
-    """The backup repository's disk is full."""
 
 
 def is_retryable(exc: BaseException | None) -> bool:

@@ -13,6 +13,7 @@ import pytest
 from deployments.local_target import LocalTarget
 from tasks.repository import BackupRepository, BackupStatus
 from tests.support.proxy import FaultyProxy
+from tests.support.runs import task_run_named
 from tests.support.trees import restored, tree_digest
 
 SOURCE_BYTES = 24_000_000
@@ -88,9 +89,9 @@ def test_a_full_disk_fails_the_backup_clearly_and_keeps_the_good_archive(
     stack, target, inventory, run_job, wait_for_final_state, tmp_path
 ):
     """The server's folder of the repository is a 4 MiB tmpfs. A first, small backup fits and
-    completes; a second one of 24 MB runs out of space on every try. It must fail saying the
-    disk is full, leave no archive or temp file of its own, and the first archive must still
-    verify: a failed backup never replaces a good one."""
+    completes; a second one of 24 MB runs out of space. It must fail at once (a retry would fill
+    the disk again) saying the disk is full, leave no archive or temp file of its own, and the
+    first archive must still verify: a failed backup never replaces a good one."""
     source = tmp_path / "source"
     source.mkdir()
     (source / "small.bin").write_bytes(os.urandom(100_000))
@@ -114,6 +115,8 @@ def test_a_full_disk_fails_the_backup_clearly_and_keeps_the_good_archive(
         assert run.state.is_failed()
         assert "RepositoryFull" in (run.state.message or ""), run.state.message
         assert "disk is full" in (run.state.message or ""), run.state.message
+        with stack.sync_client() as client:
+            assert task_run_named(client, run.id, "transfer archive").run_count == 1
 
         good = repo.read(server_id, good_id)
         assert good is not None and good.status is BackupStatus.COMPLETED

@@ -20,11 +20,11 @@ RETRYABLE: dict[type[JobError], bool] = {
     errors.RemotePathMissing: False,
     errors.RemoteCommandFailed: False,
     errors.ArchiveInvalid: False,
+    errors.RepositoryFull: False,
     errors.TransientError: True,
     errors.SSHConnectError: True,
     errors.SSHTimeout: True,
     errors.SSHDisconnected: True,
-    errors.RepositoryFull: True,
 }
 
 
