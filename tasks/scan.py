@@ -1,8 +1,8 @@
 """A scan: record it, ask the server its questions (the task), store and show the answers.
 
 Only the part that talks to the server is a Prefect task, with retries. The records are local
-files written in the flow: as tasks they added six state events per scan to Prefect's server,
-most of the cost of a quick scan.
+files written in the flow: as tasks they added nine state events per scan for Prefect's server
+to store and evaluate, a large share of what a quick scan cost it.
 """
 
 from __future__ import annotations
