@@ -19,6 +19,8 @@ import argparse
 import os
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,7 +67,11 @@ def _wait_final(stack: Stack, run_ids: list[str], timeout: float) -> None:
         wait_final(client, [uuid.UUID(run_id) for run_id in run_ids], timeout, poll=0.25)
 
 
-def measure(worker_type: str, samples: int, burst: int, work: Path) -> Measured:
+@contextmanager
+def scan_stack(worker_type: str, work: Path) -> Iterator[tuple[Stack, httpx.Client, str]]:
+    """The embedded stack with one server (an sshd on loopback) and an admin client of the
+    shim, after one unmeasured scan: the first run of a fresh stack warms caches on both sides.
+    Yields the stack, the client and the server's id."""
     target = LocalTarget(home=work / "target").start()
     try:
         server_id = str(uuid.uuid4())
@@ -84,32 +90,36 @@ def measure(worker_type: str, samples: int, burst: int, work: Path) -> Measured:
             token = mint_token(stack.jwt_secret, "bench", "admin")
             headers = {"Authorization": f"Bearer {token}"}
             with httpx.Client(base_url=stack.shim_url, headers=headers, timeout=30) as http:
-                # One unmeasured scan: the first run of a fresh stack warms caches on both sides.
                 warm, _ = _post_scan(http, server_id)
                 _wait_final(stack, [warm], 120)
-                latencies = []
-                for _ in range(samples):
-                    run_id, sent = _post_scan(http, server_id)
-                    _wait_final(stack, [run_id], 120)
-                    with stack.sync_client() as client:
-                        states = client.read_flow_run_states(uuid.UUID(run_id))
-                    running = min(s.timestamp for s in states if s.type is StateType.RUNNING)
-                    latencies.append((running - sent).total_seconds())
-                first = datetime.now(UTC)
-                run_ids = [_post_scan(http, server_id)[0] for _ in range(burst)]
-                _wait_final(stack, run_ids, 60 + burst * 10)
-            intervals, ends, completed = [], [], 0
-            with stack.sync_client() as client:
-                for run_id in run_ids:
-                    run = client.read_flow_run(uuid.UUID(run_id))
-                    completed += run.state is not None and run.state.is_completed()
-                    interval = running_interval(client.read_flow_run_states(uuid.UUID(run_id)))
-                    intervals.append(interval)
-                    ends.append(interval[1])
-        span = (max(ends) - first).total_seconds()
-        return Measured(latencies, burst / span * 60, completed, burst, max_overlap(intervals))
+                yield stack, http, server_id
     finally:
         target.stop()
+
+
+def measure(worker_type: str, samples: int, burst: int, work: Path) -> Measured:
+    with scan_stack(worker_type, work) as (stack, http, server_id):
+        latencies = []
+        for _ in range(samples):
+            run_id, sent = _post_scan(http, server_id)
+            _wait_final(stack, [run_id], 120)
+            with stack.sync_client() as client:
+                states = client.read_flow_run_states(uuid.UUID(run_id))
+            running = min(s.timestamp for s in states if s.type is StateType.RUNNING)
+            latencies.append((running - sent).total_seconds())
+        first = datetime.now(UTC)
+        run_ids = [_post_scan(http, server_id)[0] for _ in range(burst)]
+        _wait_final(stack, run_ids, 60 + burst * 10)
+        intervals, ends, completed = [], [], 0
+        with stack.sync_client() as client:
+            for run_id in run_ids:
+                run = client.read_flow_run(uuid.UUID(run_id))
+                completed += run.state is not None and run.state.is_completed()
+                interval = running_interval(client.read_flow_run_states(uuid.UUID(run_id)))
+                intervals.append(interval)
+                ends.append(interval[1])
+    span = (max(ends) - first).total_seconds()
+    return Measured(latencies, burst / span * 60, completed, burst, max_overlap(intervals))
 
 
 def run(config: BenchConfig) -> list[Row]:

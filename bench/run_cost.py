@@ -20,12 +20,8 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
-import yaml
-
-from api_shim.auth import mint_token
-from bench.dispatch import _post_scan, _wait_final
-from deployments.local_target import LocalTarget, descendants, free_port
+from bench.dispatch import _post_scan, _wait_final, scan_stack
+from deployments.local_target import descendants
 from deployments.stack import FORKSERVER, Stack
 from tests.support.runs import max_overlap, running_interval
 
@@ -55,48 +51,27 @@ def stack_cpu(stack: Stack) -> dict[str, float]:
 
 
 def measure(scans: int, worker_type: str, work: Path) -> None:
-    target = LocalTarget(home=work / "target").start()
-    try:
-        server_id = str(uuid.uuid4())
-        inventory = work / "inventory.yaml"
-        inventory.write_text(yaml.safe_dump({"servers": [target.server_entry(server_id, "bench")]}))
-        stack = Stack(
-            work / "stack",
-            port=free_port(),
-            inventory=inventory,
-            api_port=free_port(),
-            ui=False,
-            worker_type=worker_type,
-        )
-        with stack:
-            assert stack.shim_url is not None and stack.jwt_secret is not None
-            token = mint_token(stack.jwt_secret, "bench", "admin")
-            headers = {"Authorization": f"Bearer {token}"}
-            with httpx.Client(base_url=stack.shim_url, headers=headers, timeout=30) as http:
-                warm, _ = _post_scan(http, server_id)
-                _wait_final(stack, [warm], 120)
-                before, first = stack_cpu(stack), datetime.now(UTC)
-                run_ids = [_post_scan(http, server_id)[0] for _ in range(scans)]
-                _wait_final(stack, run_ids, 60 + scans * 10)
-                after = stack_cpu(stack)
-            with stack.sync_client() as client:
-                intervals = [
-                    running_interval(client.read_flow_run_states(uuid.UUID(run_id)))
-                    for run_id in run_ids
-                ]
-        span = (max(end for _, end in intervals) - first).total_seconds()
-        print(
-            f"{scans} quick scans ({worker_type}): {scans / span * 60:.0f} a minute, "
-            f"most running at once {max_overlap(intervals)}"
-        )
-        total = 0.0
-        for name in after:
-            spent = after[name] - before.get(name, 0.0)
-            total += spent
-            print(f"  {name:24} {spent:6.1f} CPU-s  {spent / scans * 1000:5.0f} ms a scan")
-        print(f"  {'all':24} {total:6.1f} CPU-s  {total / scans * 1000:5.0f} ms a scan")
-    finally:
-        target.stop()
+    with scan_stack(worker_type, work) as (stack, http, server_id):
+        before, first = stack_cpu(stack), datetime.now(UTC)
+        run_ids = [_post_scan(http, server_id)[0] for _ in range(scans)]
+        _wait_final(stack, run_ids, 60 + scans * 10)
+        after = stack_cpu(stack)
+        with stack.sync_client() as client:
+            intervals = [
+                running_interval(client.read_flow_run_states(uuid.UUID(run_id)))
+                for run_id in run_ids
+            ]
+    span = (max(end for _, end in intervals) - first).total_seconds()
+    print(
+        f"{scans} quick scans ({worker_type}): {scans / span * 60:.0f} a minute, "
+        f"most running at once {max_overlap(intervals)}"
+    )
+    total = 0.0
+    for name in after:
+        spent = after[name] - before.get(name, 0.0)
+        total += spent
+        print(f"  {name:24} {spent:6.1f} CPU-s  {spent / scans * 1000:5.0f} ms a scan")
+    print(f"  {'all':24} {total:6.1f} CPU-s  {total / scans * 1000:5.0f} ms a scan")
 
 
 def main() -> int:
