@@ -145,8 +145,34 @@ class Inventory(_Model):
         raise ServerNotFound(f"no server with id {wanted} in the inventory")
 
 
+#: The last inventory read, by path, with the file's identity then (see `load_inventory`).
+_read: dict[Path, tuple[tuple[int, int, int, int], Inventory]] = {}
+
+
 def load_inventory(path: Path) -> Inventory:
-    """Read and validate the inventory; errors name the file, the server and the field."""
+    """Read and validate the inventory; errors name the file, the server and the field.
+
+    The file is parsed again only when it changed (inode, size, modification or change time):
+    the API checks the server of every enqueue against it, and parsing the YAML of a few dozen
+    servers was two thirds of the API's CPU in a burst of enqueues. An edited file, or one
+    replaced by a rename, is read on the next call; an invalid one raises on every call.
+    """
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise InventoryError(f"{path}: inventory file not found (set MM_INVENTORY)") from None
+    except OSError as exc:
+        raise InventoryError(f"{path}: cannot read the inventory: {exc}") from None
+    identity = (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    cached = _read.get(path)
+    if cached is not None and cached[0] == identity:
+        return cached[1]
+    inventory = _parse(path)
+    _read[path] = (identity, inventory)
+    return inventory
+
+
+def _parse(path: Path) -> Inventory:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -150,7 +150,7 @@ async def _enqueue(
             "message": f"{job_type.value} is queued and will run shortly",
         }
     )
-    return Envelope[E](message=message, data=data)
+    return Envelope(message=message, data=data)
 
 
 def _priority(value: PriorityValue | None) -> Priority | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -197,3 +198,43 @@ def test_an_unknown_id_is_server_not_found(tmp_path: Path) -> None:
         inventory.get(missing)
     with pytest.raises(ServerNotFound):
         inventory.get("../etc/passwd")
+
+
+def test_an_unchanged_inventory_is_not_parsed_again(tmp_path: Path) -> None:
+    path = write(tmp_path, valid())
+
+    assert load_inventory(path) is load_inventory(path)
+
+
+def test_an_edited_inventory_is_read_again(tmp_path: Path) -> None:
+    path = write(tmp_path, valid())
+    before = load_inventory(path)
+    data = valid()
+    data["servers"][0]["name"] = "web2"  # the same size: only the times tell
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+
+    assert before.servers[0].name == "web1"
+    assert load_inventory(path).servers[0].name == "web2"
+
+
+def test_an_inventory_replaced_by_a_rename_is_read_again(tmp_path: Path) -> None:
+    path = write(tmp_path, valid())
+    load_inventory(path)
+    data = valid()
+    del data["servers"][1]
+    other = tmp_path / "new.yaml"
+    other.write_text(yaml.safe_dump(data), encoding="utf-8")
+    other.replace(path)
+
+    assert [s.name for s in load_inventory(path).servers] == ["web1"]
+
+
+def test_an_inventory_broken_after_a_good_read_fails_every_time(tmp_path: Path) -> None:
+    path = write(tmp_path, valid())
+    load_inventory(path)
+    path.write_text("servers: [", encoding="utf-8")
+
+    for _ in range(2):
+        with pytest.raises(InventoryError, match="cannot read the inventory"):
+            load_inventory(path)
