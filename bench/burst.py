@@ -115,7 +115,9 @@ def _count(path: Path, needle: str) -> int:
         return 0
 
 
-def start(work: Path, worker_type: str | None, scale: float) -> tuple[Bench, LocalTarget]:
+def start(
+    work: Path, worker_type: str | None, scale: float, extra_env: dict[str, str] | None = None
+) -> tuple[Bench, LocalTarget]:
     target = LocalTarget(home=work / "target").start()
     source = work / "source"
     (source / "etc").mkdir(parents=True)
@@ -144,6 +146,7 @@ def start(work: Path, worker_type: str | None, scale: float) -> tuple[Bench, Loc
         inventory=inventory,
         api_port=free_port(),
         ui=False,
+        extra_env=extra_env or {},
         **options,  # type: ignore[arg-type]
     )
     stack.start()

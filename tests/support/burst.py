@@ -15,10 +15,10 @@ import random
 import statistics
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import httpx
@@ -36,6 +36,9 @@ from deployments.catalogue import ALL_DEPLOYMENTS
 
 #: Prefect accepts at most this many runs per read.
 PAGE = 200
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -101,20 +104,30 @@ def post_burst(
 async def _post_burst(
     base_url: str, token: str, posts: Sequence[Post], clients: int, spread: float
 ) -> list[Answer]:
-    answers: list[Answer | None] = [None] * len(posts)
-    turn = iter(range(len(posts)))
+    http = httpx.AsyncClient(
+        base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=60
+    )
+    async with http:
+        return await paced(posts, lambda post: _send(http, post), clients=clients, spread=spread)
+
+
+async def paced(
+    items: Sequence[T], send: Callable[[T], Awaitable[R]], *, clients: int, spread: float
+) -> list[R]:
+    """`send` each of `items` from `clients` concurrent senders, item i due at i/len * `spread`
+    s; a sender that falls behind sends at once. Results come back in the order of `items`."""
+    results: list[R | None] = [None] * len(items)
+    turn = iter(range(len(items)))
     began = time.monotonic()
-    headers = {"Authorization": f"Bearer {token}"}
 
-    async def client() -> None:
-        async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=60) as http:
-            for index in turn:
-                due = began + spread * index / len(posts)
-                await asyncio.sleep(max(0.0, due - time.monotonic()))
-                answers[index] = await _send(http, posts[index])
+    async def sender() -> None:
+        for index in turn:
+            due = began + spread * index / len(items)
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            results[index] = await send(items[index])
 
-    await asyncio.gather(*(client() for _ in range(clients)))
-    return [a for a in answers if a is not None]
+    await asyncio.gather(*(sender() for _ in range(clients)))
+    return [r for r in results if r is not None]
 
 
 async def _send(http: httpx.AsyncClient, post: Post) -> Answer:
