@@ -36,9 +36,26 @@ def complete_models(prefix: str = "prefect.") -> int:
     return built
 
 
+def read_inventory() -> None:
+    """Parse the inventory once here, so that each run only checks the file is unchanged.
+
+    Every run looks its server up in the inventory; parsing a few hundred servers' YAML and
+    validating them costs tens of milliseconds a run. Settings are read without the process's
+    cache (`get_settings`), which the runs must fill from their own environment.
+    """
+    from tasks.inventory import load_inventory
+    from tasks.settings import WorkSettings
+
+    try:
+        load_inventory(WorkSettings().inventory)
+    except Exception:  # Missing or invalid now: each run reports it, as before.
+        return
+
+
 for _name in LAZY_IMPORTS:
     importlib.import_module(_name)
 complete_models()
+read_inventory()
 # What is loaded now stays for every run: out of the collector's sight, a run's collections do
 # not walk it, nor write to its pages, which each child would then copy (copy-on-write).
 gc.freeze()

@@ -238,3 +238,36 @@ def test_an_inventory_broken_after_a_good_read_fails_every_time(tmp_path: Path) 
     for _ in range(2):
         with pytest.raises(InventoryError, match="cannot read the inventory"):
             load_inventory(path)
+
+
+def test_the_fork_server_parses_the_inventory_of_its_settings_for_its_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deployments.forkserver_preload import read_inventory
+    from tasks import inventory as module
+
+    path = write(tmp_path, valid())
+    monkeypatch.setenv("MM_INVENTORY", str(path))
+    monkeypatch.setattr(module, "_read", {})
+
+    read_inventory()
+
+    ((key, (_, inventory)),) = module._read.items()
+    assert key == path.absolute()
+    assert load_inventory(path) is inventory
+
+
+def test_the_fork_server_starts_without_a_readable_inventory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deployments.forkserver_preload import read_inventory
+    from tasks import inventory as module
+
+    monkeypatch.setattr(module, "_read", {})
+    for content in (None, "servers: ["):
+        path = tmp_path / "inventory.yaml"
+        if content is not None:
+            path.write_text(content, encoding="utf-8")
+        monkeypatch.setenv("MM_INVENTORY", str(path))
+        read_inventory()
+    assert module._read == {}
