@@ -112,10 +112,11 @@ async def _post_burst(
 
 
 async def paced(
-    items: Sequence[T], send: Callable[[T], Awaitable[R]], *, clients: int, spread: float
+    items: Sequence[T], send: Callable[[T], Awaitable[R | None]], *, clients: int, spread: float
 ) -> list[R]:
     """`send` each of `items` from `clients` concurrent senders, item i due at i/len * `spread`
-    s; a sender that falls behind sends at once. Results come back in the order of `items`."""
+    s; a sender that falls behind sends at once. Results come back in the order of `items`,
+    without the None ones."""
     results: list[R | None] = [None] * len(items)
     turn = iter(range(len(items)))
     began = time.monotonic()
