@@ -68,7 +68,9 @@ def _wait_final(stack: Stack, run_ids: list[str], timeout: float) -> None:
 
 
 @contextmanager
-def scan_stack(worker_type: str, work: Path) -> Iterator[tuple[Stack, httpx.Client, str]]:
+def scan_stack(
+    worker_type: str, work: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[tuple[Stack, httpx.Client, str]]:
     """The embedded stack with one server (an sshd on loopback) and an admin client of the
     shim, after one unmeasured scan: the first run of a fresh stack warms caches on both sides.
     Yields the stack, the client and the server's id."""
@@ -84,6 +86,7 @@ def scan_stack(worker_type: str, work: Path) -> Iterator[tuple[Stack, httpx.Clie
             api_port=free_port(),
             ui=False,
             worker_type=worker_type,
+            extra_env=extra_env or {},
         )
         with stack:
             assert stack.shim_url is not None and stack.jwt_secret is not None

@@ -1,6 +1,6 @@
 """Where a job's CPU goes: each process of the stack, over a burst of quick scans.
 
-    uv run python -m bench.run_cost [--scans 40] [--worker-type process]
+    uv run python -m bench.run_cost [--scans 40] [--worker-type process] [--requests]
 
 Starts the embedded stack with an sshd on loopback, runs one scan to warm up, then POSTs
 `--scans` quick scans through the API shim at once and waits for them all. It reads the CPU
@@ -9,14 +9,21 @@ time (user + system, with ended children's) of the Prefect server, the shim and 
 one's share per scan, with the scans per minute and the most running at once. The CPU figures
 move much less with the machine's load than the times do. Session 3 used it, with
 `py-spy record --gil -p <pid>` on the server and the scan worker, to find what to cut.
+
+`--requests` also counts the requests Prefect's server answered during the scans, by endpoint
+(bench/request_log), per scan: unlike the times, the same on any machine, so a change that
+spares a request shows in one run. The benchmark's own polling is among them (`flow_runs/filter`,
+`flow_run_states/`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import tempfile
 import uuid
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,6 +33,8 @@ from deployments.stack import FORKSERVER, Stack
 from tests.support.runs import max_overlap, running_interval
 
 TICKS = os.sysconf("SC_CLK_TCK")
+REQUEST_LOG_DIR = Path(__file__).parent / "request_log"
+_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -50,12 +59,24 @@ def stack_cpu(stack: Stack) -> dict[str, float]:
     return out
 
 
-def measure(scans: int, worker_type: str, work: Path) -> None:
-    with scan_stack(worker_type, work) as (stack, http, server_id):
+def request_counts(log: Path, start: int) -> Counter[str]:
+    """Requests in `log` after its first `start` lines, by method and path (ids as `{id}`)."""
+    if not log.exists():
+        return Counter()
+    lines = log.read_text().splitlines()[start:]
+    return Counter(_ID.sub("{id}", line) for line in lines)
+
+
+def measure(scans: int, worker_type: str, work: Path, requests: bool) -> None:
+    log = work / "requests.log"
+    env = {"PYTHONPATH": str(REQUEST_LOG_DIR), "MM_BENCH_REQUEST_LOG": str(log)} if requests else {}
+    with scan_stack(worker_type, work, env) as (stack, http, server_id):
         before, first = stack_cpu(stack), datetime.now(UTC)
+        logged = len(log.read_text().splitlines()) if log.exists() else 0
         run_ids = [_post_scan(http, server_id)[0] for _ in range(scans)]
         _wait_final(stack, run_ids, 60 + scans * 10)
         after = stack_cpu(stack)
+        counts = request_counts(log, logged)
         with stack.sync_client() as client:
             intervals = [
                 running_interval(client.read_flow_run_states(uuid.UUID(run_id)))
@@ -72,16 +93,23 @@ def measure(scans: int, worker_type: str, work: Path) -> None:
         total += spent
         print(f"  {name:24} {spent:6.1f} CPU-s  {spent / scans * 1000:5.0f} ms a scan")
     print(f"  {'all':24} {total:6.1f} CPU-s  {total / scans * 1000:5.0f} ms a scan")
+    if requests:
+        print(f"requests to Prefect's server: {sum(counts.values()) / scans:.1f} a scan")
+        for endpoint, count in counts.most_common():
+            print(f"  {count / scans:5.2f}  {endpoint}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scans", type=int, default=40)
     parser.add_argument("--worker-type", default=FORKSERVER)
+    parser.add_argument(
+        "--requests", action="store_true", help="count the server's requests per scan too"
+    )
     args = parser.parse_args()
     os.environ.setdefault("DO_NOT_TRACK", "1")
     with tempfile.TemporaryDirectory(prefix="mm-bench-cost-") as tmp:
-        measure(args.scans, args.worker_type, Path(tmp))
+        measure(args.scans, args.worker_type, Path(tmp), args.requests)
     return 0
 
 
