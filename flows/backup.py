@@ -19,13 +19,13 @@ from tasks.backup import (
     transfer_archive,
 )
 from tasks.inventory import BackupSpec, Server
-from tasks.outcome import publish_result
+from tasks.outcome import RESULT_OPTIONS, publish_result
 from tasks.progress import Progress
 from tasks.repository import BackupStatus
 from tasks.servers import find_server
 
 
-@flow(name="backup", flow_run_name="{job_type} {server_id}")
+@flow(name="backup", flow_run_name="{job_type} {server_id}", **RESULT_OPTIONS)
 def backup(
     server_id: UUID,
     backup_id: UUID | None = None,

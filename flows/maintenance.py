@@ -12,11 +12,11 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from tasks.maintenance import clean_old_job_records, prune_backup_archives
-from tasks.outcome import publish_result
+from tasks.outcome import RESULT_OPTIONS, publish_result
 from tasks.progress import Progress
 
 
-@flow(name="maintenance", flow_run_name="maintenance")
+@flow(name="maintenance", flow_run_name="maintenance", **RESULT_OPTIONS)
 def maintenance(dry_run: bool = False, user_id: str | None = None) -> dict[str, Any]:
     """Delete old job records, then prune each server's backup archives; a dry run only counts."""
     began = time.monotonic()

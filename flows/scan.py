@@ -10,13 +10,13 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.params import ScanJob
-from tasks.outcome import publish_result
+from tasks.outcome import RESULT_OPTIONS, publish_result
 from tasks.progress import Progress
 from tasks.scan import create_scan_record, fail_scan_record, scan_server, store_scan_results
 from tasks.servers import find_server
 
 
-@flow(name="scan", flow_run_name="{job_type} {server_id}")
+@flow(name="scan", flow_run_name="{job_type} {server_id}", **RESULT_OPTIONS)
 def scan(
     server_id: UUID,
     scan_id: UUID | None = None,

@@ -10,13 +10,13 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from tasks.errors import RemoteCommandFailed
-from tasks.outcome import publish_result
+from tasks.outcome import RESULT_OPTIONS, publish_result
 from tasks.progress import Progress
 from tasks.servers import find_server, verify_server
 from tasks.update import create_update_record, fail_update_record, run_update
 
 
-@flow(name="update", flow_run_name="{job_type} {server_id}")
+@flow(name="update", flow_run_name="{job_type} {server_id}", **RESULT_OPTIONS)
 def update(
     server_id: UUID,
     update_id: UUID | None = None,

@@ -8,6 +8,7 @@ and the UI shows it on the flow run's page. It is the only keyless table artifac
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -20,8 +21,18 @@ from prefect.client.schemas.filters import (
     ArtifactFilterType,
 )
 from prefect.client.schemas.sorting import ArtifactSort
+from prefect.settings import get_current_settings
 
 DESCRIPTION = "Job result"
+
+#: `@flow` options of every job flow: Prefect persists no result of ours (the artifact is the
+#: result). The storage named is where Prefect would fall back to anyway; without a name, each
+#: run asks the server for its default storage once per result store Prefect builds (three
+#: `GET /api/admin/storage` per run, measured in bench/run_cost.py).
+RESULT_OPTIONS: dict[str, Any] = {
+    "persist_result": False,
+    "result_storage": Path(get_current_settings().results.local_storage_path),
+}
 
 
 def publish_result(result: dict[str, Any]) -> dict[str, Any]:
