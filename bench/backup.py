@@ -55,9 +55,6 @@ GOAL_RATIO = 0.9
 class QuietProgress(Progress):
     """Progress that records nothing: the benchmark runs outside a flow run."""
 
-    def __init__(self) -> None:
-        super().__init__(uuid.uuid4())
-
     def _record(self, percent: float, message: str) -> None:
         pass
 

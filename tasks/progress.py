@@ -1,7 +1,8 @@
 """Job progress (0-100 %) as a Prefect progress artifact of the flow run, and reading it back.
 
-The flow creates one progress artifact; its tasks move it forward. The artifact shows in the
-flow run's page of the Prefect UI; `read_progress` is how the API shim and the CLI read it.
+The flow's first update creates one progress artifact; later ones, from its tasks too, move it
+forward. The artifact shows in the flow run's page of the Prefect UI; `read_progress` is how
+the API shim and the CLI read it (no artifact yet reads as 0 %).
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ class Progress:
     than MIN_INTERVAL behind, and the job's end (100 %) is sent at once.
     """
 
-    def __init__(self, artifact_id: UUID) -> None:
-        self.artifact_id = artifact_id
+    def __init__(self) -> None:
+        #: Created with the first update sent: a created artifact at 0 % would be one more
+        #: request per job, which a reader could not tell from no artifact.
+        self.artifact_id: UUID | None = None
         self.percent = 0.0
         self._last_sent = time.monotonic()
         self._held: tuple[float, str] | None = None
@@ -46,9 +49,9 @@ class Progress:
         self._lock = threading.Lock()
 
     @classmethod
-    def start(cls, message: str = "queued") -> Progress:
-        """Create the flow run's progress artifact at 0 %."""
-        return cls(cast(UUID, create_progress_artifact(progress=0.0, description=message)))
+    def start(cls) -> Progress:
+        """The progress of the flow run now starting, at 0 %."""
+        return cls()
 
     def milestone(self, percent: float, message: str) -> None:
         """Move to a documented milestone."""
@@ -91,8 +94,12 @@ class Progress:
         self._record(percent, message)
 
     def _record(self, percent: float, message: str) -> None:
-        """Write `percent` into the flow run's progress artifact."""
-        update_progress_artifact(self.artifact_id, progress=percent, description=message)
+        """Write `percent` into the flow run's progress artifact, created the first time."""
+        if self.artifact_id is None:
+            created = create_progress_artifact(progress=percent, description=message)
+            self.artifact_id = cast(UUID, created)
+        else:
+            update_progress_artifact(self.artifact_id, progress=percent, description=message)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 
 import pytest
 
@@ -15,7 +14,7 @@ class Recorded(Progress):
     """Progress whose sends are recorded instead of going to Prefect's server."""
 
     def __init__(self) -> None:
-        super().__init__(uuid.uuid4())
+        super().__init__()
         self.sent: list[tuple[float, str]] = []
 
     def _record(self, percent: float, message: str) -> None:
