@@ -10,17 +10,18 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import cast
 from uuid import UUID
 
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.client.orchestration import PrefectClient
+from prefect.artifacts import update_progress_artifact
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.actions import ArtifactCreate
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
     ArtifactFilterType,
 )
 from prefect.client.schemas.sorting import ArtifactSort
+from prefect.runtime import flow_run
 
 #: At most one update is sent per this many seconds; the latest one waits at most this long.
 MIN_INTERVAL = 0.5
@@ -38,7 +39,8 @@ class Progress:
     than MIN_INTERVAL behind, and the job's end (100 %) is sent at once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, flow_run_id: UUID | None = None) -> None:
+        self.flow_run_id = flow_run_id
         #: Created with the first update sent: a created artifact at 0 % would be one more
         #: request per job, which a reader could not tell from no artifact.
         self.artifact_id: UUID | None = None
@@ -51,7 +53,8 @@ class Progress:
     @classmethod
     def start(cls) -> Progress:
         """The progress of the flow run now starting, at 0 %."""
-        return cls()
+        run_id = flow_run.get_id()
+        return cls(UUID(run_id) if run_id else None)
 
     def milestone(self, percent: float, message: str) -> None:
         """Move to a documented milestone."""
@@ -96,8 +99,17 @@ class Progress:
     def _record(self, percent: float, message: str) -> None:
         """Write `percent` into the flow run's progress artifact, created the first time."""
         if self.artifact_id is None:
-            created = create_progress_artifact(progress=percent, description=message)
-            self.artifact_id = cast(UUID, created)
+            # Named, not read from the run context: the first send may come from the timer's
+            # thread, which has none (an artifact created there would belong to no run).
+            created = get_client(sync_client=True).create_artifact(
+                ArtifactCreate(
+                    type="progress",
+                    description=message,
+                    flow_run_id=self.flow_run_id,
+                    data=percent,
+                )
+            )
+            self.artifact_id = created.id
         else:
             update_progress_artifact(self.artifact_id, progress=percent, description=message)
 
