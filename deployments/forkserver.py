@@ -12,6 +12,11 @@ It also picks runs up when they happen rather than at its next poll: it follows 
 stream for its pool and polls at once when a run of the pool is scheduled or ends (a slot is
 free). Polling on an interval stays as the safety net, so it can be slow (cheap when idle).
 
+Prefect's run machinery (the cancellation observer, its event streams, the process manager) is
+set up once for the worker's life, as Prefect's Runner does, not once per run as the stock
+process worker does: per run, that was a new client, two websockets to the server and a
+cancellation poll of their own.
+
 It serves the same `process` pools as the stock worker, which stays a drop-in fallback
 (`MM_WORKER_TYPE=process`). Start it with `prefect worker start --type forkserver --pool scan`
 (the `prefect.collections` entry point in pyproject.toml registers the type).
@@ -215,7 +220,16 @@ class ForkServerWorker(ProcessWorker):
     _display_name = "Process (fork server)"
 
     async def setup(self) -> None:
-        await super().setup()
+        # Entered before, and closed after, everything of the worker's own exit stack: its task
+        # groups nest around the worker's, and it outlives the runs in flight. Its observer and
+        # process manager serve any number of runs.
+        self._executors_stack = contextlib.AsyncExitStack()
+        self._executors = await self._executors_stack.enter_async_context(FlowRunExecutorContext())
+        try:
+            await super().setup()
+        except BaseException:
+            await self._executors_stack.aclose()
+            raise
         await anyio.to_thread.run_sync(warm_up)
         self._wake = anyio.Event()
         self._event_loops = await self._exit_stack.enter_async_context(anyio.create_task_group())
@@ -224,7 +238,10 @@ class ForkServerWorker(ProcessWorker):
 
     async def teardown(self, *exc_info: Any) -> None:
         self._event_loops.cancel_scope.cancel()
-        await super().teardown(*exc_info)
+        try:
+            await super().teardown(*exc_info)
+        finally:
+            await self._executors_stack.__aexit__(*exc_info)
 
     async def _follow_events(self) -> None:
         """Wake the poller on each flow-run event of the pool that may mean a run to start."""
@@ -282,30 +299,29 @@ class ForkServerWorker(ProcessWorker):
         execution: FlowRunExecutionResult | None = None
         with working_dir_ctx as working_dir, warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            async with FlowRunExecutorContext() as ctx:
-                starter = ForkServerStarter(
-                    cwd=Path(working_dir).resolve(),
-                    env=configuration.env,
-                    control_channel=ctx.control_channel,
-                )
-                executor = ctx.create_executor(
-                    flow_run,
-                    starter,
-                    resolve_flow=load_flow_from_flow_run,
-                    propose_submitting=False,
-                )
+            starter = ForkServerStarter(
+                cwd=Path(working_dir).resolve(),
+                env=configuration.env,
+                control_channel=self._executors.control_channel,
+            )
+            executor = self._executors.create_executor(
+                flow_run,
+                starter,
+                resolve_flow=load_flow_from_flow_run,
+                propose_submitting=False,
+            )
 
-                async def execute(
-                    *, task_status: anyio.abc.TaskStatus[ProcessHandle] = anyio.TASK_STATUS_IGNORED
-                ) -> None:
-                    nonlocal execution
-                    execution = await executor.submit(task_status=task_status)
+            async def execute(
+                *, task_status: anyio.abc.TaskStatus[ProcessHandle] = anyio.TASK_STATUS_IGNORED
+            ) -> None:
+                nonlocal execution
+                execution = await executor.submit(task_status=task_status)
 
-                async with anyio.create_task_group() as task_group:
-                    handle = await task_group.start(execute)
-                    if handle.pid is None:
-                        raise RuntimeError("Flow run process has no PID")
-                    task_status.started(handle.pid)
+            async with anyio.create_task_group() as task_group:
+                handle = await task_group.start(execute)
+                if handle.pid is None:
+                    raise RuntimeError("Flow run process has no PID")
+                task_status.started(handle.pid)
         # Its slot of this worker's `--limit` is free only now, after the process has ended.
         self._wake.set()
         if execution is None or execution.status_code is None:
