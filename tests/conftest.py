@@ -15,6 +15,16 @@ def _scrub() -> None:
         del os.environ[key]
 
 
+# Prefect reads its settings from the environment when it is imported, and the session's
+# services below import it: scrub first.
+_scrub()
+
+# The session's services, one of each for every tier (a second stack would cost ~30 s).
+from tests.support.session import failover, inventory, stack, target  # noqa: E402
+
+__all__ = ["failover", "inventory", "stack", "target"]
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--stack-mode",
