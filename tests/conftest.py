@@ -33,6 +33,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="integration stack on SQLite (embedded) or on PostgreSQL + Redis with two API"
         " processes and two worker hosts (scaled); tests marked `scaled` need the latter",
     )
+    parser.addoption(
+        "--burst",
+        choices=("ci", "full"),
+        default="ci",
+        help="size of test_burst.py's burst: issue 7's whole one (full) or a sixth of it (ci)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
