@@ -57,7 +57,7 @@ T = TypeVar("T")
 DEPLOYMENT_CACHE_SECONDS = 60.0
 
 #: Finished jobs kept in memory (a few KiB each), so polling one costs one Prefect read.
-FINAL_JOBS_KEPT = 2048
+SETTLED_JOBS_KEPT = 2048
 
 #: The pools the API speaks of, in the queue table's order.
 POOLS: tuple[str, ...] = tuple(queue.name for queue in QUEUES)
@@ -76,8 +76,8 @@ class Gateway:
         self._reading_ids = asyncio.Lock()
         self.reaper = Reaper(client)
         self._deployments_read = -DEPLOYMENT_CACHE_SECONDS - 1.0
-        #: Jobs of runs in a final state, by (run id, state id), least recently read first.
-        self._final_jobs: OrderedDict[tuple[UUID, UUID | None], Job] = OrderedDict()
+        #: Settled jobs (see `job`), by (run id, state id), least recently read first.
+        self._settled_jobs: OrderedDict[tuple[UUID, UUID | None], Job] = OrderedDict()
 
     @classmethod
     @asynccontextmanager
@@ -259,23 +259,24 @@ class Gateway:
     async def job(self, job_id: UUID, owner: str | None) -> Job:
         """One job: one Prefect read for a finished job read before, three otherwise.
 
-        A run in a final state changes only by getting a new state (a retry), so its job is
-        kept by (run id, state id) and served again from the one read of the run itself.
+        A settled job (jobs.settled: the run is final and so are its task runs) changes only
+        when its run gets a new state (a retry), so it is kept by (run id, state id) and served
+        again from the one read of the run itself.
         """
         run = await self.find(job_id, owner)
-        final = run.state is not None and run.state.is_final()
         key = (run.id, run.state.id if run.state is not None else None)
-        if final and (cached := self._final_jobs.get(key)) is not None:
-            self._final_jobs.move_to_end(key)
+        if (cached := self._settled_jobs.get(key)) is not None:
+            self._settled_jobs.move_to_end(key)
             return cached
         # Whether a pool is paused matters only to a scheduled run (deployments.states).
         scheduled = run.state is not None and run.state.type is StateType.SCHEDULED
         paused = await self.paused_pools() if scheduled else set()
-        (job,) = await self.call("read_job_details", JobReader(self.client).jobs([run], paused))
-        if final:
-            self._final_jobs[key] = job
-            while len(self._final_jobs) > FINAL_JOBS_KEPT:
-                self._final_jobs.popitem(last=False)
+        reader = JobReader(self.client)
+        (job,) = await self.call("read_job_details", reader.jobs([run], paused))
+        if run.id in reader.settled:
+            self._settled_jobs[key] = job
+            while len(self._settled_jobs) > SETTLED_JOBS_KEPT:
+                self._settled_jobs.popitem(last=False)
         return job
 
     async def jobs(

@@ -92,11 +92,32 @@ def attempts_of(run: FlowRun, task_runs: Sequence[TaskRun]) -> int:
     return sum(max(1, most.get(n, 0)) for n in range(1, run.run_count + 1)) if run.run_count else 0
 
 
+def settled(run: FlowRun, task_runs: Sequence[TaskRun]) -> bool:
+    """Whether the run's job can now change only with a new state of the run itself.
+
+    Prefect records task runs from their events, a moment after the flow run's own state: a
+    run that has just failed may still show its last try as awaiting a retry (`attempts` one
+    short). Its job is settled once the run is final and so is every task run recorded for its
+    latest run. (A task run of that run with no event recorded at all yet is not seen here; it
+    can only have had one try, which `attempts_of` counts already.)
+    """
+    if run.state is None or not run.state.is_final():
+        return False
+    latest = run.run_count or 1
+    return all(
+        task_run.state is not None and task_run.state.is_final()
+        for task_run in task_runs
+        if (task_run.flow_run_run_count or 1) == latest
+    )
+
+
 class JobReader:
     """Builds `Job`s for a batch of flow runs with a bounded number of queries."""
 
     def __init__(self, client: PrefectClient) -> None:
         self.client = client
+        #: The runs read so far whose job is `settled`.
+        self.settled: set[UUID] = set()
 
     async def jobs(self, runs: Sequence[FlowRun], paused_pools: set[str]) -> list[Job]:
         if not runs:
@@ -106,6 +127,7 @@ class JobReader:
             self._artifacts(ids), self._task_runs(ids)
         )
         now = datetime.now(UTC)
+        self.settled.update(run.id for run in runs if settled(run, task_runs.get(run.id, [])))
         return [
             self._job(run, paused_pools, now, progress, results, task_runs.get(run.id, []))
             for run in runs
