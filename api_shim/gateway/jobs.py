@@ -98,8 +98,10 @@ def settled(run: FlowRun, task_runs: Sequence[TaskRun]) -> bool:
     Prefect records task runs from their events, a moment after the flow run's own state: a
     run that has just failed may still show its last try as awaiting a retry (`attempts` one
     short). Its job is settled once the run is final and so is every task run recorded for its
-    latest run. (A task run of that run with no event recorded at all yet is not seen here; it
-    can only have had one try, which `attempts_of` counts already.)
+    latest run. Not seen here: a task run with no event recorded at all yet (it has had one try,
+    which `attempts_of` counts already, unless its events lag by more than the 5 s before a
+    retry). A run killed mid-task leaves its task run Running for good: its job is never
+    settled, only read afresh each time.
     """
     if run.state is None or not run.state.is_final():
         return False
