@@ -56,7 +56,7 @@ T = TypeVar("T")
 #: Seconds the pool -> deployment ids map is kept.
 DEPLOYMENT_CACHE_SECONDS = 60.0
 
-#: Finished jobs kept in memory (a few KiB each), so polling one costs one Prefect read.
+#: Settled jobs kept in memory (a few KiB each), so polling one costs one Prefect read.
 SETTLED_JOBS_KEPT = 2048
 
 #: The pools the API speaks of, in the queue table's order.
