@@ -1,6 +1,7 @@
 """The API shim: the original job API of Medicine Man, over Prefect flow runs.
 
-    MM_JWT_SECRET=... PREFECT_API_URL=http://127.0.0.1:4200/api uvicorn api_shim.app:app --port 3000
+    MM_JWT_SECRET=... PREFECT_API_URL=http://127.0.0.1:4200/api PREFECT_API_AUTH_STRING=... \
+        uvicorn api_shim.app:app --port 3000
 
 Every answer is in the `{success, message, data}` envelope, errors too; no error leaves as a
 500 with a stack trace.
@@ -16,7 +17,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from prefect.settings import PREFECT_API_URL
+from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
 from starlette.exceptions import HTTPException
 
 from api_shim.auth import AuthError, Forbidden, Role, mint_token
@@ -33,6 +34,7 @@ from api_shim.routes import health, jobs, metrics, queues, servers
 from api_shim.routes.jobs import InvalidQuery
 from api_shim.schemas import ErrorData, ErrorDetail, ErrorEnvelope
 from api_shim.settings import get_settings
+from deployments.csrf import serialize_token_fetches
 from tasks.errors import InventoryError, ServerNotFound
 
 log = logging.getLogger("api_shim")
@@ -45,6 +47,7 @@ class NoPrefectUrl(RuntimeError):
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()  # refuses to start without a secret outside dev mode
+    serialize_token_fetches()  # many requests share the gateway's one Prefect client
     api_url = PREFECT_API_URL.value()
     if not api_url:
         # Without it the Prefect client would start an ephemeral server of its own.
@@ -52,7 +55,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.generated_secret:
         token = mint_token(settings.secret, "dev-admin", Role.ADMIN)
         log.warning("MM_API_DEV: generated a JWT secret; dev admin token: %s", token)
-    async with Gateway.open(api_url, settings.prefect_timeout) as gateway:
+    auth_string = PREFECT_API_AUTH_STRING.value()
+    async with Gateway.open(api_url, settings.prefect_timeout, auth_string) as gateway:
         app.state.gateway = gateway
         yield
 

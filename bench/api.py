@@ -69,7 +69,7 @@ def run(config: BenchConfig, *, samples: int = 41, calls: int = 7) -> list[Row]:
 
 def _dress_a_run(stack: Stack) -> str:
     """A completed run with what a real backup leaves: progress, result, task runs."""
-    with httpx.Client(base_url=stack.api_url, timeout=60) as prefect:
+    with stack.http(timeout=60) as prefect:
         found = prefect.post(
             "/flow_runs/filter",
             json={"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}, "limit": 1},
@@ -103,7 +103,7 @@ def _measure(stack: Stack, job_id: str, runs: int, samples: int, calls: int) -> 
     user = {"Authorization": f"Bearer {mint_token(stack.jwt_secret, USERS[0])}"}
     with (
         httpx.Client(base_url=stack.shim_url, timeout=120) as shim,
-        httpx.Client(base_url=stack.api_url, timeout=120) as prefect,
+        stack.http(timeout=120) as prefect,
     ):
         ours, ref = _alternate(
             lambda: shim.get(f"/api/jobs/{job_id}", headers=admin),

@@ -183,7 +183,7 @@ def measure(
     body = {"limit": 200, "sort": "EXPECTED_START_TIME_DESC"}
     with (
         httpx.Client(base_url=stack.shim_url, timeout=120) as shim,
-        httpx.Client(base_url=stack.api_url, timeout=120) as prefect,
+        stack.http(timeout=120) as prefect,
     ):
         shim_paths = {
             "stats/all (admin)": ("/api/jobs/stats/all", admin),

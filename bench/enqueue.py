@@ -32,7 +32,6 @@ from typing import Any
 from uuid import UUID
 
 import httpx
-from prefect.client.orchestration import PrefectClient
 
 from api_shim.auth import mint_token
 from api_shim.schemas import BackupRequest
@@ -41,6 +40,7 @@ from bench.report import BenchConfig, Row, load, machine, now, table
 from bench.run_cost import cpu_seconds
 from deployments.catalogue import CATALOGUE, user_tag
 from deployments.enqueue import create_job_run
+from deployments.stack import Stack
 from flows.params import JobType
 from tests.support.burst import Post, paced, post_burst, quantile
 
@@ -88,11 +88,11 @@ def _parameters(post: Post) -> tuple[JobType, dict[str, Any]]:
     }
 
 
-async def _direct(api_url: str, deployments: dict[str, UUID], posts: list[Post]) -> list[float]:
+async def _direct(stack: Stack, deployments: dict[str, UUID], posts: list[Post]) -> list[float]:
     """Seconds of each create sent straight to Prefect, as the shim sends it (`create_job_run`,
     our own key); a create that failed has no entry."""
 
-    async with PrefectClient(api=api_url) as client:
+    async with stack.client() as client:
 
         async def send(post: Post) -> float | None:
             job_type, parameters = _parameters(post)
@@ -120,7 +120,7 @@ def _round(bench: Bench, token: str, deployments: dict[str, UUID], direct: bool)
     assert server_pid is not None and shim_pid is not None
     before = cpu_seconds(server_pid), cpu_seconds(shim_pid)
     if direct:
-        seconds = asyncio.run(_direct(stack.api_url, deployments, bench.plan))
+        seconds = asyncio.run(_direct(stack, deployments, bench.plan))
         failures = len(bench.plan) - len(seconds)
     else:
         answers = post_burst(stack.shim_url, token, bench.plan, clients=CLIENTS, spread=SPREAD)
@@ -161,7 +161,7 @@ def measure(rounds: int, scale: float) -> list[tuple[Side, Side]]:
             # Warm both paths (connections, caches) before anything is measured.
             warm = bench.plan[:20]
             post_burst(stack.shim_url, token, warm, clients=CLIENTS, spread=1.0)
-            asyncio.run(_direct(stack.api_url, deployments, warm))
+            asyncio.run(_direct(stack, deployments, warm))
             return [
                 (_round(bench, token, deployments, False), _round(bench, token, deployments, True))
                 for _ in range(rounds)

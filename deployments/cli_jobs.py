@@ -90,6 +90,11 @@ async def prefect_client() -> AsyncIterator[PrefectClient]:
         async with get_client() as client:
             yield client
     except httpx.HTTPStatusError as exc:
+        if exc.response.status_code == 401:
+            raise CliError(
+                f"the Prefect API at {url} refused the credentials: set PREFECT_API_AUTH_STRING"
+                " to its auth string (`make up` keeps it in var/prefect-auth and says so)"
+            ) from None
         detail = exc.response.text.strip()[:300]
         raise CliError(
             f"the Prefect API at {url} answered {exc.response.status_code}: {detail}"

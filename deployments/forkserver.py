@@ -56,6 +56,8 @@ from prefect.runner._process_manager import ProcessHandle
 from prefect.settings import Settings, get_current_settings
 from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, ProcessWorkerResult
 
+from deployments.csrf import serialize_token_fetches
+
 if TYPE_CHECKING:
     from multiprocessing.context import SpawnProcess
 
@@ -76,6 +78,11 @@ PRELOAD = (
     "deployments.forkserver",
     "deployments.forkserver_preload",
 )
+
+# Prefect loads this module in every worker process (the `prefect.collections` entry point),
+# whatever its type, and the fork server preloads it for the runs it forks: all of them send
+# changes concurrently.
+serialize_token_fetches()
 
 _CONTEXT = multiprocessing.get_context("forkserver")
 # Only our modules: the default preload re-imports the parent's `__main__` (Prefect's CLI).

@@ -8,24 +8,27 @@ flow-run processes included (they run in sessions of their own, so a group signa
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
-import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 import httpx
 from prefect.client.orchestration import PrefectClient, SyncPrefectClient
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 from prefect.workers.process import ProcessWorker
 
+from deployments import credentials
 from deployments.automations import MIN_HEARTBEAT_SECONDS
 from deployments.backends import BackendSettings, get_backend_settings
 from deployments.bootstrap import PROJECT_DIR, ensure_pool
@@ -44,9 +47,23 @@ WORKER_TYPES = (FORKSERVER, ProcessWorker.type)
 #: poll is only the safety net.
 POLL_SECONDS = {FORKSERVER: 5, ProcessWorker.type: 1}
 
-#: How Prefect's settings spell an enabled flag.
-TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
 _FOREIGN = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH")
+#: Inherited secrets that only some children may have: each is set again for those that need it
+#: (the server side, the shim), never passed on to workers and flow runs by inheritance.
+_SECRETS = (
+    "MM_JWT_SECRET",
+    "MM_DATABASE_URL",
+    "MM_REDIS_URL",
+    "PREFECT_API_AUTH_STRING",
+    "PREFECT_SERVER_API_AUTH_STRING",
+    "PREFECT_API_DATABASE_CONNECTION_URL",
+    "PREFECT_API_DATABASE_PASSWORD",
+    "PREFECT_REDIS_MESSAGING_PASSWORD",
+    "PREFECT_SERVER_DOCKET_URL",
+)
+#: Files and folders the children make are their user's alone: logs, the SQLite database,
+#: archives and results may all hold what a server keeps private.
+CHILD_UMASK = 0o077
 
 
 class StackError(RuntimeError):
@@ -63,8 +80,7 @@ class Child:
     popen: subprocess.Popen[bytes] | None = None
 
     def start(self, env: dict[str, str], cwd: Path) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
+        with _open_log(self.log_path) as log:
             self.popen = subprocess.Popen(
                 self.argv,
                 env=env,
@@ -73,6 +89,7 @@ class Child:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                umask=CHILD_UMASK,
             )
 
     @property
@@ -139,7 +156,12 @@ class Stack:
         ui: serve the Prefect UI (tests save a little startup without it).
         extra_env: more variables for every child, e.g. PREFECT_* tuning in a test.
         jwt_secret: the shim's MM_JWT_SECRET; default: MM_JWT_SECRET from the environment, or
-            a fresh random one (tokens are then minted with `api_shim.auth.mint_token`).
+            the one kept in `<data_dir>/jwt-secret`, made on first start
+            (`deployments.credentials`; tokens are minted with `api_shim.auth.mint_token`).
+        auth_string: Prefect's API auth string (`user:password`), required by the server of
+            every call but its health check; default: PREFECT_API_AUTH_STRING from the
+            environment, or in embedded mode the one kept in `<data_dir>/prefect-auth`, made on
+            first start. Scaled mode refuses to start without one given: every host needs it.
         backend: embedded (SQLite) or scaled (PostgreSQL + Redis); default: from MM_DATABASE_URL
             and MM_REDIS_URL (`deployments.backends`).
         server_ports: scaled mode only: run one Prefect API process (`--no-services`) per port,
@@ -162,6 +184,7 @@ class Stack:
     ui: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
     jwt_secret: str | None = None
+    auth_string: str | None = None
     #: Seconds `stop()` lets jobs run after SIGTERM before it kills them (hands them back).
     stop_grace: float = 15.0
     backend: BackendSettings | None = None
@@ -183,10 +206,21 @@ class Stack:
         self.project_dir = self.project_dir.resolve()
         if self.inventory is not None:
             self.inventory = self.inventory.resolve()
-        if self.jwt_secret is None:
-            self.jwt_secret = os.environ.get("MM_JWT_SECRET") or secrets.token_urlsafe(32)
         if self.backend is None:
             self.backend = get_backend_settings()
+        if self.auth_string is None:
+            self.auth_string = os.environ.get("PREFECT_API_AUTH_STRING") or None
+        if self.auth_string is None:
+            if self.backend.scaled:
+                raise StackError(
+                    "scaled mode needs Prefect's auth string, the same on every host: set"
+                    " PREFECT_API_AUTH_STRING=user:password (docs/DEPLOYMENT.md)"
+                )
+            self.auth_string = credentials.prefect_auth_string(self.data_dir)
+        if self.jwt_secret is None:
+            self.jwt_secret = os.environ.get("MM_JWT_SECRET") or credentials.jwt_secret(
+                self.data_dir
+            )
         if self.server_ports and not self.backend.scaled:
             raise StackError("several Prefect API processes need scaled mode (PostgreSQL + Redis)")
         if self.hosts < 1:
@@ -219,12 +253,15 @@ class Stack:
         return f"http://127.0.0.1:{self.api_port}" if self.shim is not None else None
 
     def environment(self) -> dict[str, str]:
-        """The environment of every child process."""
-        env = {k: v for k, v in os.environ.items() if k not in _FOREIGN}
+        """The environment of every child process: a client of the Prefect API, no secret but
+        the auth string that every client needs. The server side and the shim get more
+        (`server_environment`, `start_shim`)."""
+        env = {k: v for k, v in os.environ.items() if k not in _FOREIGN and k not in _SECRETS}
         env.update(
             {
                 "PREFECT_HOME": str(self.prefect_home),
                 "PREFECT_API_URL": self.api_url,
+                "PREFECT_API_AUTH_STRING": self.auth_string or "",
                 "PREFECT_UI_URL": self.url,
                 "PREFECT_UI_ENABLED": "true" if self.ui else "false",
                 # No internet here, and no one to report to.
@@ -244,24 +281,42 @@ class Stack:
             env["MM_INVENTORY"] = str(self.inventory)
         if self.api_port is not None:
             env["MM_API_PORT"] = str(self.api_port)
-        assert self.backend is not None
-        env.update(self.backend.prefect_env())
         env.update(self.extra_env)
         # Our maintenance flow deletes old job records (tasks/job_records.py: Prefect's vacuum
         # has no "keep the last N"); Prefect's vacuum then deletes what they leave behind (their
         # logs and artifacts, "orphans", daily) and events older than their retention (7 days).
         env.setdefault("PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED", "events,orphans")
-        # Every client (worker, each flow run) would ask the server for its version and a CSRF
-        # token first: two requests per run, to a server of the same install that checks no
-        # CSRF token unless told to.
+        # Every client (worker, each flow run) would ask the server for its version first: one
+        # request per run, to a server of the same install.
         env.setdefault("PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED", "false")
-        if env.get("PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED", "").lower() not in TRUE:
-            env.setdefault("PREFECT_CLIENT_CSRF_SUPPORT_ENABLED", "false")
         # Heartbeats feed the automation that crashes stalled runs (deployments.automations).
         env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = env.get(
             "MM_HEARTBEAT_SECONDS", str(MIN_HEARTBEAT_SECONDS)
         )
         return env
+
+    def server_environment(self) -> dict[str, str]:
+        """The environment of the Prefect server side (API processes, services): the database
+        and Redis settings, which no other process needs, and the API's own protections."""
+        env = self.environment()
+        assert self.backend is not None and self.auth_string is not None
+        env.update(self.backend.prefect_env())
+        env.update(
+            {
+                "PREFECT_SERVER_API_AUTH_STRING": self.auth_string,
+                # A web page in the operator's browser may not call the API: state changes need
+                # a token from the server (clients fetch one), and only the UI's own origin gets
+                # a CORS answer.
+                "PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED": "true",
+                "PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS": ",".join(self.ui_origins),
+            }
+        )
+        return env
+
+    @property
+    def ui_origins(self) -> tuple[str, ...]:
+        """The origins the Prefect UI is served from, as a browser names them."""
+        return (self.url, f"http://localhost:{self.port}")
 
     def host_dir(self, host: int) -> Path:
         """What would be the worker host's own disk: its HOME and PREFECT_HOME."""
@@ -281,16 +336,32 @@ class Stack:
 
     def client(self) -> PrefectClient:
         """An async Prefect client of this stack: `async with stack.client() as client:`."""
-        return PrefectClient(api=self.api_url)
+        return PrefectClient(api=self.api_url, auth_string=self.auth_string)
 
     def sync_client(self) -> SyncPrefectClient:
         """A sync Prefect client of this stack: `with stack.sync_client() as client:`."""
-        return SyncPrefectClient(api=self.api_url)
+        return SyncPrefectClient(api=self.api_url, auth_string=self.auth_string)
+
+    def http(self, timeout: float = 60.0) -> httpx.Client:
+        """A plain HTTP client of the Prefect API with this stack's credentials and a CSRF token
+        (the server asks one of every request that changes something), e.g. for benchmarks."""
+        assert self.auth_string is not None
+        basic = base64.b64encode(self.auth_string.encode()).decode()
+        client = httpx.Client(
+            base_url=self.api_url, timeout=timeout, headers={"Authorization": f"Basic {basic}"}
+        )
+        csrf_client = str(uuid.uuid4())
+        answer = client.get("/csrf-token", params={"client": csrf_client})
+        answer.raise_for_status()
+        client.headers["Prefect-Csrf-Token"] = answer.json()["token"]
+        client.headers["Prefect-Csrf-Client"] = csrf_client
+        return client
 
     @contextlib.contextmanager
     def prefect_settings(self) -> Iterator[None]:
         """Point Prefect helpers that use the global client (`run_deployment`) at this stack."""
-        with temporary_settings(updates={PREFECT_API_URL: self.api_url}):
+        updates = {PREFECT_API_URL: self.api_url, PREFECT_API_AUTH_STRING: self.auth_string}
+        with temporary_settings(updates=updates):
             yield
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -305,7 +376,7 @@ class Stack:
         return self
 
     def _start(self, timeout: float) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        credentials.private_dir(self.data_dir)
         begin = time.monotonic()
         self.start_server(timeout)
         self.timings["server"] = time.monotonic() - begin
@@ -339,6 +410,7 @@ class Stack:
                 "server",
                 ["--host", "127.0.0.1", "--port", str(self.port)],
                 module="deployments.prefect_server",
+                env=self.server_environment(),
             )
             self.servers = [self.server]
             self._wait(
@@ -351,7 +423,9 @@ class Stack:
         for index in range(len(self.server_ports)):
             # One after the other: the first one migrates a new database.
             self.start_api_server(index, timeout)
-        self.services = self._child("services", ["server", "services", "start"])
+        self.services = self._child(
+            "services", ["server", "services", "start"], env=self.server_environment()
+        )
 
     def start_api_server(self, index: int, timeout: float = 90.0) -> Child:
         """(Re)start the API process on `server_ports[index]`, without background services."""
@@ -361,6 +435,7 @@ class Stack:
             f"server-{index + 1}",
             ["--host", "127.0.0.1", "--port", str(port), "--no-services"],
             module="deployments.prefect_server",
+            env=self.server_environment(),
         )
         while len(self.servers) <= index:
             self.servers.append(child)
@@ -389,9 +464,10 @@ class Stack:
             capture_output=True,
             text=True,
             check=False,
+            umask=CHILD_UMASK,
         )
-        with open(self.logs_dir / "bootstrap.log", "a") as log:
-            log.write(result.stdout + result.stderr)
+        with _open_log(self.logs_dir / "bootstrap.log") as log:
+            log.write((result.stdout + result.stderr).encode())
         if result.returncode != 0:
             tail = result.stderr[-4000:]
             raise StackError(f"bootstrap failed (exit {result.returncode}):\n{tail}")
@@ -557,6 +633,12 @@ class Stack:
                     return
             time.sleep(0.2)
         raise StackError(f"{what} within {timeout:.0f} s; {child.log_path}:\n{child.log_tail()}")
+
+
+def _open_log(path: Path) -> BinaryIO:
+    """`path` for appending, in a folder of its own user's, readable by that user only."""
+    credentials.private_dir(path.parent)
+    return open(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
 
 
 def _http_ok(url: str) -> bool:

@@ -27,6 +27,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from api_shim.auth import Role, mint_token
 from deployments.bootstrap import PROJECT_DIR
 from deployments.catalogue import CATALOGUE
+from deployments.credentials import PREFECT_AUTH_FILE
 from deployments.local_target import LocalTarget
 from deployments.stack import Stack, StackError
 from flows.params import JobType
@@ -120,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             + (f"  Jobs API     {stack.shim_url}\n" if stack.shim_url else "")
             + (f"  dev token    {dev_token(stack)}\n" if stack.shim_url else "")
             + f"  inventory    {inventory}\n"
-            "Ctrl-C stops everything.",
+            + login_help(stack)
+            + "Ctrl-C stops everything.",
             # A wrapped token could not be pasted back whole.
             soft_wrap=True,
         )
@@ -147,6 +149,18 @@ def dev_token(stack: Stack) -> str:
     """An admin token for the shim, valid 12 hours: `curl -H "Authorization: Bearer $TOKEN"`."""
     assert stack.jwt_secret is not None
     return mint_token(stack.jwt_secret, "dev-admin", Role.ADMIN)
+
+
+def login_help(stack: Stack) -> str:
+    """Where Prefect's auth string is kept, for the UI's login and for the CLIs' environment."""
+    if os.environ.get("PREFECT_API_AUTH_STRING"):
+        return "  Prefect login the PREFECT_API_AUTH_STRING you set\n"
+    kept = stack.data_dir / PREFECT_AUTH_FILE
+    return (
+        f"  Prefect login {kept} (the UI asks for its contents)\n"
+        "  for the CLIs  "
+        f'export PREFECT_API_URL={stack.api_url} PREFECT_API_AUTH_STRING="$(cat {kept})"\n'
+    )
 
 
 def supervise(stack: Stack) -> None:

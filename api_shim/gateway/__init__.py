@@ -81,8 +81,10 @@ class Gateway:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, api_url: str, timeout: float) -> AsyncIterator[Gateway]:
-        async with PrefectClient(api=api_url) as client:
+    async def open(
+        cls, api_url: str, timeout: float, auth_string: str | None = None
+    ) -> AsyncIterator[Gateway]:
+        async with PrefectClient(api=api_url, auth_string=auth_string) as client:
             gateway = cls(client, api_url, timeout)
             try:
                 yield gateway

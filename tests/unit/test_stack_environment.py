@@ -1,29 +1,36 @@
-"""The environment every process of the stack gets: Prefect settings we choose, yours win."""
+"""The environment every process of the stack gets: Prefect settings we choose, yours win, and
+each secret only where it is needed."""
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
-from deployments.stack import Stack
+import pytest
+
+from deployments.backends import BackendSettings
+from deployments.credentials import JWT_SECRET_FILE, PREFECT_AUTH_FILE
+from deployments.stack import Stack, StackError
+
+EMBEDDED = BackendSettings(database_url=None, redis_url=None)
+SCALED = BackendSettings(
+    database_url="postgresql+asyncpg://prefect:db-password@db:5432/prefect",
+    redis_url="redis://:redis-password@redis:6379/0",
+)
 
 
 def test_vacuum_and_client_handshakes_by_default(tmp_path: Path) -> None:
-    env = Stack(tmp_path, extra_env={}).environment()
+    env = Stack(tmp_path, extra_env={}, backend=EMBEDDED).environment()
     assert env["PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED"] == "events,orphans"
     assert env["PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED"] == "false"
-    assert env["PREFECT_CLIENT_CSRF_SUPPORT_ENABLED"] == "false"
-
-
-def test_a_server_that_checks_csrf_tokens_gets_clients_that_send_them(tmp_path: Path) -> None:
-    env = Stack(
-        tmp_path, extra_env={"PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED": "True"}
-    ).environment()
+    # The server checks CSRF tokens, so clients must send them (Prefect's default).
     assert "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED" not in env
 
 
 def test_settings_given_explicitly_are_kept(tmp_path: Path) -> None:
     env = Stack(
         tmp_path,
+        backend=EMBEDDED,
         extra_env={
             "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events,flow_runs",
             "PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED": "true",
@@ -31,3 +38,58 @@ def test_settings_given_explicitly_are_kept(tmp_path: Path) -> None:
     ).environment()
     assert env["PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED"] == "events,flow_runs"
     assert env["PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED"] == "true"
+
+
+def test_the_auth_string_is_made_once_and_kept_private(tmp_path: Path) -> None:
+    first = Stack(tmp_path / "data", backend=EMBEDDED)
+    again = Stack(tmp_path / "data", backend=EMBEDDED)
+    assert first.auth_string and first.auth_string == again.auth_string
+    assert first.jwt_secret and first.jwt_secret == again.jwt_secret
+    assert len(first.jwt_secret) >= 32
+    for name in (PREFECT_AUTH_FILE, JWT_SECRET_FILE):
+        assert stat.S_IMODE((tmp_path / "data" / name).stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
+
+
+def test_the_server_side_checks_credentials_csrf_tokens_and_origins(tmp_path: Path) -> None:
+    stack = Stack(tmp_path, port=4321, backend=EMBEDDED)
+    server = stack.server_environment()
+    assert server["PREFECT_SERVER_API_AUTH_STRING"] == stack.auth_string
+    assert server["PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED"] == "true"
+    origins = server["PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS"].split(",")
+    assert origins == ["http://127.0.0.1:4321", "http://localhost:4321"]
+    assert stack.environment()["PREFECT_API_AUTH_STRING"] == stack.auth_string
+
+
+def test_secrets_reach_only_the_processes_that_need_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inherited = {
+        "MM_JWT_SECRET": "j" * 40,
+        "MM_DATABASE_URL": SCALED.database_url,
+        "MM_REDIS_URL": SCALED.redis_url,
+        "PREFECT_API_DATABASE_CONNECTION_URL": SCALED.database_url,
+        "PREFECT_REDIS_MESSAGING_PASSWORD": "redis-password",
+        "PREFECT_SERVER_API_AUTH_STRING": "someone:else",
+    }
+    for key, value in inherited.items():
+        assert value is not None
+        monkeypatch.setenv(key, value)
+    stack = Stack(tmp_path, backend=SCALED, auth_string="admin:" + "a" * 40)
+    clients = stack.environment()
+    # Workers, their flow runs, the bootstrap: no database or Redis password, no JWT secret.
+    assert not any("db-password" in v or "redis-password" in v for v in clients.values())
+    assert "MM_JWT_SECRET" not in clients
+    assert "PREFECT_SERVER_API_AUTH_STRING" not in clients
+    assert clients["PREFECT_API_AUTH_STRING"] == "admin:" + "a" * 40
+    server = stack.server_environment()
+    assert server["PREFECT_API_DATABASE_CONNECTION_URL"] == SCALED.database_url
+    assert server["PREFECT_REDIS_MESSAGING_PASSWORD"] == "redis-password"
+    assert server["PREFECT_SERVER_API_AUTH_STRING"] == "admin:" + "a" * 40
+    assert "MM_JWT_SECRET" not in server
+
+
+def test_scaled_mode_refuses_to_start_without_an_auth_string(tmp_path: Path) -> None:
+    with pytest.raises(StackError, match="PREFECT_API_AUTH_STRING"):
+        Stack(tmp_path, backend=SCALED)
+    assert not (tmp_path / PREFECT_AUTH_FILE).exists()
