@@ -342,20 +342,21 @@ class Stack:
         """A sync Prefect client of this stack: `with stack.sync_client() as client:`."""
         return SyncPrefectClient(api=self.api_url, auth_string=self.auth_string)
 
-    def http(self, timeout: float = 60.0) -> httpx.Client:
+    @contextlib.contextmanager
+    def http(self, timeout: float = 60.0) -> Iterator[httpx.Client]:
         """A plain HTTP client of the Prefect API with this stack's credentials and a CSRF token
         (the server asks one of every request that changes something), e.g. for benchmarks."""
         assert self.auth_string is not None
         basic = base64.b64encode(self.auth_string.encode()).decode()
-        client = httpx.Client(
+        with httpx.Client(
             base_url=self.api_url, timeout=timeout, headers={"Authorization": f"Basic {basic}"}
-        )
-        csrf_client = str(uuid.uuid4())
-        answer = client.get("/csrf-token", params={"client": csrf_client})
-        answer.raise_for_status()
-        client.headers["Prefect-Csrf-Token"] = answer.json()["token"]
-        client.headers["Prefect-Csrf-Client"] = csrf_client
-        return client
+        ) as client:
+            csrf_client = str(uuid.uuid4())
+            answer = client.get("/csrf-token", params={"client": csrf_client})
+            answer.raise_for_status()
+            client.headers["Prefect-Csrf-Token"] = answer.json()["token"]
+            client.headers["Prefect-Csrf-Client"] = csrf_client
+            yield client
 
     @contextlib.contextmanager
     def prefect_settings(self) -> Iterator[None]:

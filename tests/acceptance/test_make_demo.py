@@ -3,12 +3,17 @@ Ctrl-C stops every process it started."""
 
 from __future__ import annotations
 
+import base64
 import os
+import re
 import signal
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import httpx
 
 from deployments.local_target import descendants, free_port
 
@@ -43,6 +48,7 @@ def test_demo_runs_a_scan_and_a_backup_and_ctrl_c_stops_everything(tmp_path):
         text = _wait_for_line(output, "demo jobs done", process, timeout=240)
         assert "Prefect UI" in text
         assert "dev token" in text
+        _check_prefect_login(text, tmp_path / "var")
         assert "failed" not in text.lower()
         backups = list((tmp_path / "var").rglob("*.tar*"))
         assert backups, "the demo backup wrote no archive"
@@ -65,3 +71,21 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _check_prefect_login(text: str, data_dir: Path) -> None:
+    """The UI asks for the auth string, and `make up` says where it is kept (private)."""
+    ui = re.search(r"Prefect UI\s+(\S+)", text)
+    login = re.search(r"Prefect login (\S+)", text)
+    assert ui and login, text
+    kept = Path(login.group(1))
+    assert kept == data_dir / "prefect-auth"
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    settings = httpx.get(f"{ui.group(1)}/ui-settings", timeout=10).raise_for_status().json()
+    assert settings["auth"] == "BASIC" and settings["csrf_enabled"] is True
+    assert httpx.get(f"{ui.group(1)}/api/admin/version", timeout=10).status_code == 401
+    basic = base64.b64encode(kept.read_text().strip().encode()).decode()
+    answer = httpx.get(
+        f"{ui.group(1)}/api/admin/version", headers={"Authorization": f"Basic {basic}"}, timeout=10
+    )
+    assert answer.status_code == 200

@@ -1,6 +1,10 @@
 """Prefect's own API is closed to strangers: every route but the bare health checks wants the
 auth string, changes want a CSRF token too, and only the UI's own origin gets a CORS answer.
 
+A change sent without credentials is refused by whichever check comes first: the CSRF check
+(403 "Missing CSRF token", Prefect runs it around the API app) or the auth string (401). A
+stranger cannot get a CSRF token: `/csrf-token` wants the auth string too.
+
 What it breaks: calls without credentials, with wrong ones, from a foreign web page, and
 without a CSRF token. What must survive: nothing is read or changed; with the stack's
 credentials the same calls work (the rest of the suite runs that way).
@@ -55,15 +59,21 @@ def test_every_prefect_route_wants_the_auth_string(stack: Stack, credentials: st
     }[credentials]
     routes = _prefect_routes(stack)
     assert len(routes) > 150, "Prefect's OpenAPI document lists fewer routes than expected"
+    # A made-up CSRF pair as well, so that changes meet the auth check and not only the CSRF one.
+    forged_csrf = {"Prefect-Csrf-Token": "0" * 64, "Prefect-Csrf-Client": str(uuid.uuid4())}
     opened = []
     with httpx.Client(base_url=stack.api_url, timeout=30, headers=headers) as http:
         for method, path in routes:
-            body = None if method in ("GET", "DELETE") else {}
-            answer = http.request(method, path, json=body)
             if (method, path) in OPEN_FOR_PROBES:
                 continue
-            if answer.status_code != 401:
-                opened.append(f"{method} {path}: {answer.status_code}")
+            body = None if method in ("GET", "DELETE") else {}
+            for extra in ({}, forged_csrf):
+                answer = http.request(method, path, json=body, headers=extra)
+                if answer.status_code == 401 or (
+                    method != "GET" and answer.status_code == 403 and "CSRF" in answer.text
+                ):
+                    continue
+                opened.append(f"{method} {path} {sorted(extra)}: {answer.status_code}")
     assert not opened, "answered without credentials:\n" + "\n".join(opened)
 
 
@@ -83,7 +93,10 @@ def test_the_scan_deployment_cannot_be_run_by_a_stranger(stack: Stack) -> None:
         json={"parameters": {"server_id": str(uuid.uuid4())}, "job_variables": {"command": "id"}},
         timeout=30,
     )
-    assert answer.status_code == 401
+    assert answer.status_code == 403 and "CSRF" in answer.text
+    with httpx.Client(timeout=30) as http:
+        token = http.get(f"{stack.api_url}/csrf-token", params={"client": "stranger"})
+    assert token.status_code == 401
     with stack.sync_client() as client:
         assert len(client.read_flow_runs(limit=200)) == before
 
