@@ -11,6 +11,7 @@ from prefect.client.orchestration import SyncPrefectClient
 
 from deployments.bootstrap import schedule_slug
 from deployments.catalogue import ALL_DEPLOYMENTS, BACKUP, Deployment
+from deployments.job_template import base_job_template
 from deployments.queues import QUEUES, Priority, Queue
 from deployments.stack import Stack
 from tests.integration.conftest import (
@@ -37,6 +38,7 @@ def snapshot(client: SyncPrefectClient) -> dict[str, Any]:
             d.work_queue_name,
             d.entrypoint,
             d.pull_steps,
+            d.job_variables,
             sorted(d.tags),
             d.parameter_openapi_schema,
             d.enforce_parameter_schema,
@@ -56,7 +58,8 @@ def test_pool_has_its_limit_and_priority_queues(stack: Stack, queue: Queue) -> N
         queues = {q.name: q.priority for q in client.read_work_queues(work_pool_name=queue.name)}
     assert pool.type == "process"
     assert pool.concurrency_limit == queue.concurrency
-    assert pool.base_job_template["job_configuration"]["command"] == "{{ command }}"
+    # Ours, with every value fixed: no run chooses its command, env or working directory.
+    assert pool.base_job_template == base_job_template(stack.project_dir)
     assert {name: queues[name] for name in ("critical", "high", "normal", "low")} == {
         "critical": 1,
         "high": 2,
@@ -80,9 +83,9 @@ def test_deployment_is_as_prefect_yaml_says(stack: Stack, deployment: Deployment
     assert d.work_queue_name == deployment.priority.queue_name
     assert d.entrypoint == deployment.entrypoint
     assert "medicine-man" in d.tags
-    # No pull step: runs start in the project directory through a job variable.
+    # No pull step, no job variables: runs start in the directory the pool's template fixes.
     assert not d.pull_steps
-    assert d.job_variables == {"working_dir": str(stack.project_dir)}
+    assert not d.job_variables
 
 
 def test_every_worker_is_registered(stack: Stack) -> None:
