@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.actions import DeploymentUpdate, WorkPoolUpdate
+from prefect.workers.process import ProcessWorker
 
 from deployments.bootstrap import schedule_slug
-from deployments.catalogue import ALL_DEPLOYMENTS, BACKUP, Deployment
+from deployments.catalogue import ALL_DEPLOYMENTS, BACKUP, UPDATE, Deployment
 from deployments.job_template import base_job_template
 from deployments.queues import QUEUES, Priority, Queue
 from deployments.stack import Stack
@@ -109,9 +111,22 @@ def test_backup_schedule_comes_from_the_inventory(stack: Stack) -> None:
     assert schedule.active
 
 
-def test_bootstrap_again_changes_nothing(stack: Stack) -> None:
+def test_bootstrap_again_changes_nothing_but_takes_back_what_the_api_changed(
+    stack: Stack,
+) -> None:
+    """Idempotent, and the pools' template is ours and the deployments' job variables are
+    prefect.yaml's (none): what a caller of the API changed there, the next bootstrap undoes."""
     with stack.sync_client() as client:
         before = snapshot(client)
+        client.update_work_pool(
+            "update",
+            WorkPoolUpdate(base_job_template=ProcessWorker.get_default_base_job_template()),
+        )
+        deployment = client.read_deployment_by_name(UPDATE.full_name)
+        client.update_deployment(
+            deployment.id, DeploymentUpdate(job_variables={"command": "sh -c id"})
+        )
+        assert snapshot(client) != before  # Both changes took.
     stack.bootstrap()
     with stack.sync_client() as client:
         after = snapshot(client)
