@@ -1,7 +1,8 @@
 """The one idempotent step that makes a Prefect server ready for our jobs.
 
-Against the API in PREFECT_API_URL it creates or updates the work pools and their priority work
-queues from the queue table, applies prefect.yaml with `prefect deploy --all`, creates the
+Against the API in PREFECT_API_URL it creates or updates the work pools (with our fixed job
+template, deployments/job_template.py) and their priority work queues from the queue table,
+applies prefect.yaml with `prefect deploy --all`, creates the
 automations that crash stalled runs and re-run crashed ones (`deployments.automations`), and
 makes the backup deployment's schedules match the inventory. Running it again changes nothing;
 what an operator sets at run time (a paused pool, a deactivated schedule) survives it.
