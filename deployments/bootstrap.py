@@ -2,10 +2,10 @@
 
 Against the API in PREFECT_API_URL it creates or updates the work pools (with our fixed job
 template, deployments/job_template.py) and their priority work queues from the queue table,
-applies prefect.yaml with `prefect deploy --all`, creates the
-automations that crash stalled runs and re-run crashed ones (`deployments.automations`), and
-makes the backup deployment's schedules match the inventory. Running it again changes nothing;
-what an operator sets at run time (a paused pool, a deactivated schedule) survives it.
+applies prefect.yaml with `prefect deploy --all`, creates the automations that crash stalled
+runs and re-run crashed ones (`deployments.automations`), and makes the backup deployment's
+schedules match the inventory. Running it again changes nothing; what an operator sets at run
+time (a paused pool, a deactivated schedule) survives it.
 
     python -m deployments.bootstrap [--project-dir DIR] [--inventory FILE]
 """
