@@ -1,10 +1,11 @@
 """The one idempotent step that makes a Prefect server ready for our jobs.
 
-Against the API in PREFECT_API_URL it creates or updates the work pools and their priority work
-queues from the queue table, applies prefect.yaml with `prefect deploy --all`, creates the
-automations that crash stalled runs and re-run crashed ones (`deployments.automations`), and
-makes the backup deployment's schedules match the inventory. Running it again changes nothing;
-what an operator sets at run time (a paused pool, a deactivated schedule) survives it.
+Against the API in PREFECT_API_URL it creates or updates the work pools (with our fixed job
+template, deployments/job_template.py) and their priority work queues from the queue table,
+applies prefect.yaml with `prefect deploy --all`, creates the automations that crash stalled
+runs and re-run crashed ones (`deployments.automations`), and makes the backup deployment's
+schedules match the inventory. Running it again changes nothing; what an operator sets at run
+time (a paused pool, a deactivated schedule) survives it.
 
     python -m deployments.bootstrap [--project-dir DIR] [--inventory FILE]
 """
@@ -31,7 +32,6 @@ from prefect.client.schemas.objects import WorkQueue
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import get_current_settings
-from prefect.workers.process import ProcessWorker
 from pydantic import ValidationError
 
 from deployments.automations import (
@@ -40,6 +40,7 @@ from deployments.automations import (
     watch_unfinished_runs,
 )
 from deployments.catalogue import BACKUP
+from deployments.job_template import base_job_template
 from deployments.maintenance import get_maintenance_settings, sync_maintenance_schedule
 from deployments.queues import QUEUES, Priority, Queue
 from flows.params import JobType
@@ -68,7 +69,7 @@ async def bootstrap(project_dir: Path, inventory: Inventory | None) -> None:
     schedules."""
     async with get_client() as client:
         for queue in QUEUES:
-            await ensure_pool(client, queue)
+            await ensure_pool(client, queue, project_dir)
     await deploy(project_dir)
     async with get_client() as client:
         for change in await ensure_automations(client, get_supervision_settings()):
@@ -85,9 +86,10 @@ async def bootstrap(project_dir: Path, inventory: Inventory | None) -> None:
             await sync_backup_schedules(client, inventory)
 
 
-async def ensure_pool(client: PrefectClient, queue: Queue) -> None:
-    """The queue's process work pool with its limit and the four priority work queues."""
-    template = ProcessWorker.get_default_base_job_template()
+async def ensure_pool(client: PrefectClient, queue: Queue, project_dir: Path) -> None:
+    """The queue's process work pool with its limit, our fixed job template for runs in
+    `project_dir`, and the four priority work queues."""
+    template = base_job_template(project_dir)
     try:
         pool = await client.read_work_pool(queue.name)
     except ObjectNotFound:
@@ -149,7 +151,6 @@ async def deploy(project_dir: Path) -> None:
     """Apply prefect.yaml as `prefect deploy --all` does, because it is that command."""
     env = {
         **os.environ,
-        "MM_PROJECT_DIR": str(project_dir),
         # The API this process was pointed at, even if that came from a settings context.
         "PREFECT_API_URL": str(get_current_settings().api.url),
     }

@@ -137,9 +137,10 @@ def run_engine(flow_run_id: str, env: Mapping[str, str], cwd: str) -> None:
     os.environ.update(env)
     os.chdir(cwd)
     # Settings were read when the fork server imported Prefect. Reading them again costs about
-    # 0.2 s of CPU, a third of a quick scan's process: only when the run's sources differ (e.g.
-    # a deployment's job variables set a PREFECT_ variable). Like the worker itself, a run does
-    # not see edits to the Prefect profile made after the worker started.
+    # 0.2 s of CPU, a third of a quick scan's process: only when the run's sources differ (the
+    # pools' template sets no environment and no working directory of its own, so they rarely
+    # do). Like the worker itself, a run does not see edits to the Prefect profile made after
+    # the worker started.
     if _settings_sources(env, cwd) != _SETTINGS_READ_FROM:
         refresh_global_settings_context()
     sys.argv = ["prefect.engine", flow_run_id]
@@ -295,6 +296,7 @@ class ForkServerWorker(ProcessWorker):
     ) -> ProcessWorkerResult:
         if configuration._command_configured:
             # A custom command is a program of its own, not Prefect's engine: start it as usual.
+            # Only a pool template edited by hand has one (ours fixes none: job_template.py).
             return await super().run(flow_run, configuration, task_status)
         if task_status is None:
             task_status = anyio.TASK_STATUS_IGNORED

@@ -272,7 +272,6 @@ class Stack:
                 "PREFECT_WORKER_PREFETCH_SECONDS": "5",
                 "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
                 "PYTHONUNBUFFERED": "1",
-                "MM_PROJECT_DIR": str(self.project_dir),
                 "MM_BACKUP_ROOT": str(self.backup_root or self.data_dir / "backups"),
                 "MM_RESULTS_ROOT": str(self.results_root or self.data_dir / "results"),
             }
@@ -401,7 +400,7 @@ class Stack:
     async def _ensure_pools(self) -> None:
         async with self.client() as client:
             for queue in QUEUES:
-                await ensure_pool(client, queue)
+                await ensure_pool(client, queue, self.project_dir)
 
     def start_server(self, timeout: float = 90.0) -> None:
         """The Prefect server; with `server_ports`, its API processes and its services."""

@@ -9,6 +9,7 @@ from uuid import UUID
 from prefect import flow
 from prefect.runtime import flow_run
 
+from flows.job_variables import refuse_job_variables
 from flows.params import BackupJob, BackupOptions
 from tasks.backup import (
     complete_backup_record,
@@ -34,6 +35,7 @@ def backup(
     options: BackupOptions | None = None,
 ) -> dict[str, Any]:
     """Back up a server's paths into the repository; one archive per backup id, ever."""
+    refuse_job_variables()
     began = time.monotonic()
     options = options or BackupOptions()
     job_id = UUID(flow_run.get_id()) if flow_run.get_id() else None

@@ -11,6 +11,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from flows.job_variables import refuse_job_variables
 from tasks.maintenance import clean_old_job_records, prune_backup_archives
 from tasks.outcome import RESULT_OPTIONS, publish_result
 from tasks.progress import Progress
@@ -19,6 +20,7 @@ from tasks.progress import Progress
 @flow(name="maintenance", flow_run_name="maintenance", **RESULT_OPTIONS)
 def maintenance(dry_run: bool = False, user_id: str | None = None) -> dict[str, Any]:
     """Delete old job records, then prune each server's backup archives; a dry run only counts."""
+    refuse_job_variables()
     began = time.monotonic()
     if user_id:
         get_run_logger().info("asked for by %s%s", user_id, " (dry run)" if dry_run else "")

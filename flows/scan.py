@@ -9,6 +9,7 @@ from uuid import UUID
 from prefect import flow
 from prefect.runtime import flow_run
 
+from flows.job_variables import refuse_job_variables
 from flows.params import ScanJob
 from tasks.outcome import RESULT_OPTIONS, publish_result
 from tasks.progress import Progress
@@ -24,6 +25,7 @@ def scan(
     job_type: ScanJob = "scan:full",
 ) -> dict[str, Any]:
     """Collect a server's inventory (full) or check that it answers (quick)."""
+    refuse_job_variables()
     began = time.monotonic()
     job_id = UUID(flow_run.get_id()) if flow_run.get_id() else None
     scan_id = scan_id or job_id

@@ -9,6 +9,7 @@ from uuid import UUID
 from prefect import flow
 from prefect.runtime import flow_run
 
+from flows.job_variables import refuse_job_variables
 from tasks.errors import RemoteCommandFailed
 from tasks.outcome import RESULT_OPTIONS, publish_result
 from tasks.progress import Progress
@@ -24,6 +25,7 @@ def update(
     job_type: Literal["update:server"] = "update:server",
 ) -> dict[str, Any]:
     """Run a server's update command; fails with its exit status and the tail of stderr."""
+    refuse_job_variables()
     began = time.monotonic()
     job_id = UUID(flow_run.get_id()) if flow_run.get_id() else None
     update_id = update_id or job_id

@@ -5,6 +5,7 @@
     │   ├── InventoryError        the inventory file is missing or invalid
     │   ├── ServerNotFound        no server with that id in the inventory
     │   ├── InvalidOptions        the job's options cannot be honoured
+    │   ├── JobVariablesRefused   the run carries job variables, which would choose what runs
     │   ├── SSHAuthError          the server refused our key
     │   ├── HostKeyUnknown        the server's key is not in the known-hosts file
     │   ├── HostKeyMismatch       the server's key differs from the known one
@@ -50,6 +51,10 @@ class ServerNotFound(PermanentError):
 
 class InvalidOptions(PermanentError):
     """The job's options cannot be honoured."""
+
+
+class JobVariablesRefused(PermanentError):
+    """The run carries job variables, which would choose what the worker runs; none is accepted."""
 
 
 class SSHAuthError(PermanentError):

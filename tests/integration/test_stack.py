@@ -8,9 +8,12 @@ from typing import Any
 
 import pytest
 from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.actions import DeploymentUpdate, WorkPoolUpdate
+from prefect.workers.process import ProcessWorker
 
 from deployments.bootstrap import schedule_slug
-from deployments.catalogue import ALL_DEPLOYMENTS, BACKUP, Deployment
+from deployments.catalogue import ALL_DEPLOYMENTS, BACKUP, UPDATE, Deployment
+from deployments.job_template import base_job_template
 from deployments.queues import QUEUES, Priority, Queue
 from deployments.stack import Stack
 from tests.integration.conftest import (
@@ -37,6 +40,7 @@ def snapshot(client: SyncPrefectClient) -> dict[str, Any]:
             d.work_queue_name,
             d.entrypoint,
             d.pull_steps,
+            d.job_variables,
             sorted(d.tags),
             d.parameter_openapi_schema,
             d.enforce_parameter_schema,
@@ -56,7 +60,8 @@ def test_pool_has_its_limit_and_priority_queues(stack: Stack, queue: Queue) -> N
         queues = {q.name: q.priority for q in client.read_work_queues(work_pool_name=queue.name)}
     assert pool.type == "process"
     assert pool.concurrency_limit == queue.concurrency
-    assert pool.base_job_template["job_configuration"]["command"] == "{{ command }}"
+    # Ours, with every value fixed: no run chooses its command, env or working directory.
+    assert pool.base_job_template == base_job_template(stack.project_dir)
     assert {name: queues[name] for name in ("critical", "high", "normal", "low")} == {
         "critical": 1,
         "high": 2,
@@ -80,9 +85,9 @@ def test_deployment_is_as_prefect_yaml_says(stack: Stack, deployment: Deployment
     assert d.work_queue_name == deployment.priority.queue_name
     assert d.entrypoint == deployment.entrypoint
     assert "medicine-man" in d.tags
-    # No pull step: runs start in the project directory through a job variable.
+    # No pull step, no job variables: runs start in the directory the pool's template fixes.
     assert not d.pull_steps
-    assert d.job_variables == {"working_dir": str(stack.project_dir)}
+    assert not d.job_variables
 
 
 def test_every_worker_is_registered(stack: Stack) -> None:
@@ -106,9 +111,22 @@ def test_backup_schedule_comes_from_the_inventory(stack: Stack) -> None:
     assert schedule.active
 
 
-def test_bootstrap_again_changes_nothing(stack: Stack) -> None:
+def test_bootstrap_again_changes_nothing_but_takes_back_what_the_api_changed(
+    stack: Stack,
+) -> None:
+    """Idempotent, and the pools' template is ours and the deployments' job variables are
+    prefect.yaml's (none): what a caller of the API changed there, the next bootstrap undoes."""
     with stack.sync_client() as client:
         before = snapshot(client)
+        client.update_work_pool(
+            "update",
+            WorkPoolUpdate(base_job_template=ProcessWorker.get_default_base_job_template()),
+        )
+        deployment = client.read_deployment_by_name(UPDATE.full_name)
+        client.update_deployment(
+            deployment.id, DeploymentUpdate(job_variables={"command": "sh -c id"})
+        )
+        assert snapshot(client) != before  # Both changes took.
     stack.bootstrap()
     with stack.sync_client() as client:
         after = snapshot(client)

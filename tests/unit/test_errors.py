@@ -14,6 +14,7 @@ RETRYABLE: dict[type[JobError], bool] = {
     errors.InventoryError: False,
     errors.ServerNotFound: False,
     errors.InvalidOptions: False,
+    errors.JobVariablesRefused: False,
     errors.SSHAuthError: False,
     errors.HostKeyUnknown: False,
     errors.HostKeyMismatch: False,

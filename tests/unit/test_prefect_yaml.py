@@ -62,7 +62,13 @@ def test_runs_start_in_the_project_directory_with_nothing_to_build_or_pull(
     assert config["pull"] == []  # Explicitly empty, or `prefect deploy` adds a default step.
     for entry in config["deployments"]:
         assert "pull" not in entry and "build" not in entry
-        assert entry["work_pool"]["job_variables"] == {"working_dir": "{{ $MM_PROJECT_DIR }}"}
+
+
+def test_no_deployment_sets_job_variables(config: dict[str, Any]) -> None:
+    # The pools' template fixes the working directory and offers no variable to override.
+    assert "definitions" not in config
+    for entry in config["deployments"]:
+        assert "job_variables" not in entry and "job_variables" not in entry["work_pool"]
 
 
 def test_no_schedules_in_the_yaml(config: dict[str, Any]) -> None:
