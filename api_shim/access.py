@@ -9,6 +9,7 @@ nobody else's business.
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 from uuid import UUID
 
@@ -17,7 +18,25 @@ from fastapi import Depends
 from api_shim.auth import Caller, CurrentCaller
 from api_shim.gateway import Scope
 from api_shim.settings import get_settings
+from tasks.errors import InventoryError
 from tasks.inventory import Inventory, Server, load_inventory, server_not_found
+
+log = logging.getLogger("api_shim")
+
+
+def inventory_for(caller: Caller) -> Inventory:
+    """The inventory; when it cannot be read, only an admin is told why.
+
+    The reason can quote the file (a YAML error shows the lines around it), hook commands
+    included: a user's answer says only that it is unreadable, and the log has the rest.
+    """
+    try:
+        return load_inventory(get_settings().inventory)
+    except InventoryError as exc:
+        if caller.is_admin:
+            raise
+        log.error("the server inventory cannot be read: %s", exc)
+        raise InventoryError("an operator must fix it (the shim's log says how)") from None
 
 
 def usable_servers(caller: Caller, inventory: Inventory) -> list[Server]:
@@ -45,7 +64,7 @@ async def caller_scope(caller: CurrentCaller) -> Scope | None:
     """The caller's `scope_of`; an admin's needs no inventory, so it works while it is broken."""
     if caller.is_admin:
         return None
-    return scope_of(caller, load_inventory(get_settings().inventory))
+    return scope_of(caller, inventory_for(caller))
 
 
 CallerScope = Annotated[Scope | None, Depends(caller_scope)]

@@ -8,7 +8,7 @@ from uuid import UUID, uuid4
 
 from fastapi import APIRouter, Body, Header, Request, status
 
-from api_shim.access import usable_server, usable_servers
+from api_shim.access import inventory_for, usable_server, usable_servers
 from api_shim.auth import Caller, CurrentCaller
 from api_shim.metrics import JOBS_ENQUEUED
 from api_shim.routes import GatewayDep, errors
@@ -25,10 +25,9 @@ from api_shim.schemas import (
     UpdateEnqueued,
     UpdateRequest,
 )
-from api_shim.settings import get_settings
 from deployments.queues import Priority
 from flows.params import JobType
-from tasks.inventory import Server, load_inventory
+from tasks.inventory import Server
 
 router = APIRouter(prefix="/api/servers", tags=["servers"])
 
@@ -48,8 +47,7 @@ RESPONSES = errors(401, 404, 422, 503)
 @router.get("", response_model=Envelope[list[ServerInfo]], responses=errors(401, 503))
 async def list_servers(caller: CurrentCaller) -> Envelope[list[ServerInfo]]:
     """The servers the caller may run jobs on (an admin: all, with how they are reached)."""
-    inventory = load_inventory(get_settings().inventory)
-    servers = [_info(s, caller.is_admin) for s in usable_servers(caller, inventory)]
+    servers = [_info(s, caller.is_admin) for s in usable_servers(caller, inventory_for(caller))]
     return Envelope(message="Servers retrieved successfully", data=servers)
 
 
@@ -154,7 +152,7 @@ async def _enqueue(
     message: str,
 ) -> Envelope[E]:
     # An unknown server (or another's) is refused here, not by a job that fails later.
-    usable_server(caller, load_inventory(get_settings().inventory), server_id)
+    usable_server(caller, inventory_for(caller), server_id)
     parameters: dict[str, Any] = {
         "server_id": str(server_id),
         id_name: str(uuid4()),

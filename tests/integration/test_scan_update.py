@@ -98,7 +98,7 @@ def test_update_streams_its_output_into_the_flow_run_log(
     assert "stdout: upgrading-packages" in log
 
 
-def test_failed_update_reports_exit_status_and_stderr_tail_without_retry(
+def test_failed_update_reports_exit_status_and_records_stderr_tail_without_retry(
     stack, target, inventory, run_job, wait_for_final_state
 ):
     server_id = inventory.add_server(

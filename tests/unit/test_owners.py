@@ -133,3 +133,19 @@ def test_a_users_server_list_has_no_host_key_or_command() -> None:
     assert "10.9.8.7" in text
     for secret in ("secret_key", "known_hosts", "tok-123", "tok-456"):
         assert secret not in text
+
+
+def test_a_broken_inventory_is_explained_to_admins_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from api_shim import access
+
+    path = tmp_path / "inventory.yaml"
+    path.write_text(yaml.safe_dump({"servers": [entry(A, backup={"pre": "curl tok-789"})]}))
+    monkeypatch.setattr(access, "get_settings", lambda: type("S", (), {"inventory": path})())
+    with pytest.raises(InventoryError) as admins:
+        access.inventory_for(ADMIN)
+    assert "backup.paths" in str(admins.value)
+    with pytest.raises(InventoryError) as users:
+        access.inventory_for(ALICE)
+    assert "backup" not in str(users.value) and "operator" in str(users.value)
