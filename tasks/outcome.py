@@ -87,6 +87,18 @@ def full_reason(message: str, failures: Iterable[Any]) -> str:
     return message
 
 
+async def read_failures(client: PrefectClient, flow_run_id: UUID) -> list[Any]:
+    """The data of a flow run's `FAILURE` artifacts, newest first, for `full_reason`."""
+    artifacts = await client.read_artifacts(
+        artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+            type=ArtifactFilterType(any_=[FAILURE]),
+        ),
+        sort=ArtifactSort.UPDATED_DESC,
+    )
+    return [artifact.data for artifact in artifacts]
+
+
 async def read_result(client: PrefectClient, flow_run_id: UUID) -> dict[str, Any] | None:
     """The published result of a flow run, or None if it has none (yet)."""
     artifacts = await client.read_artifacts(

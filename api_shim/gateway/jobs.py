@@ -194,7 +194,7 @@ class JobReader:
                 continue
             if artifact.type == FAILURE:
                 failures[run_id].append(artifact.data)
-            if artifact.type == "progress" and run_id not in progress:
+            elif artifact.type == "progress" and run_id not in progress:
                 data = artifact.data
                 progress[run_id] = float(data) if isinstance(data, int | float) else 0.0
             elif artifact.type == "table" and artifact.key is None and run_id not in results:
