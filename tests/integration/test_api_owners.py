@@ -4,12 +4,14 @@ the command text an admin wrote into the inventory; an admin sees and uses every
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 
 import pytest
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
+from deployments.cli_jobs import snapshot
 from deployments.local_target import LocalTarget
 from deployments.stack import Stack
 from tests.integration.conftest import InventoryFile
@@ -173,3 +175,10 @@ def test_a_failed_hook_or_update_shows_its_command_to_admins_only(
     text = "\n".join(log.message for log in logs)
     assert "running the pre command" in text
     assert TOKEN not in text
+
+    # The operator's CLI shows what an admin sees.
+    async def cli_view(job_id: str) -> str | None:
+        async with stack.client() as client:
+            return (await snapshot(client, uuid.UUID(job_id))).message
+
+    assert TOKEN in (asyncio.run(cli_view(jobs[0])) or "")
