@@ -53,7 +53,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Without it the Prefect client would start an ephemeral server of its own.
         raise NoPrefectUrl()
     if settings.generated_secret:
-        token = mint_token(settings.secret, "dev-admin", Role.ADMIN)
+        token = mint_token(
+            settings.secret,
+            "dev-admin",
+            Role.ADMIN,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+        )
         log.warning("MM_API_DEV: generated a JWT secret; dev admin token: %s", token)
     auth_string = PREFECT_API_AUTH_STRING.value()
     async with Gateway.open(api_url, settings.prefect_timeout, auth_string) as gateway:

@@ -1,6 +1,9 @@
 """Bearer JWTs (HS256) with the claims `sub`, `role` and `exp`; PyJWT checks signature and expiry.
 
-Only HS256 is accepted, so a token signed with another algorithm (or `alg: none`) is forged.
+Only HS256 is accepted, so a token signed with another algorithm (or `alg: none`) is forged. A
+token without `exp` is refused. With MM_JWT_ISSUER or MM_JWT_AUDIENCE set, tokens must carry
+`iss` or `aud` and match it: tokens minted for another service with the same secret are no
+good here.
 """
 
 from __future__ import annotations
@@ -62,26 +65,51 @@ class Caller:
 
 
 def mint_token(
-    secret: str, user_id: str, role: Role | str = Role.USER, ttl: timedelta = timedelta(hours=12)
+    secret: str,
+    user_id: str,
+    role: Role | str = Role.USER,
+    ttl: timedelta = timedelta(hours=12),
+    *,
+    issuer: str | None = None,
+    audience: str | None = None,
 ) -> str:
-    """A signed token, for `make up`'s dev token and for tests."""
-    claims = {"sub": user_id, "role": str(role), "exp": datetime.now(UTC) + ttl}
+    """A signed token, for `make up`'s dev token and for tests; `issuer` and `audience` as the
+    shim's MM_JWT_ISSUER and MM_JWT_AUDIENCE, when those are set."""
+    claims: dict[str, object] = {"sub": user_id, "role": str(role), "exp": datetime.now(UTC) + ttl}
+    if issuer is not None:
+        claims["iss"] = issuer
+    if audience is not None:
+        claims["aud"] = audience
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
-def verify_token(token: str, secret: str) -> Caller:
-    """The caller a token names, or `AuthError` saying what is wrong with it."""
+def verify_token(
+    token: str, secret: str, *, issuer: str | None = None, audience: str | None = None
+) -> Caller:
+    """The caller a token names, or `AuthError` saying what is wrong with it.
+
+    `issuer`, `audience`: when given, the token's `iss`, `aud` must be there and match.
+    """
+    required = ["sub", "role", "exp"]
+    required += ["iss"] if issuer is not None else []
+    required += ["aud"] if audience is not None else []
     try:
         claims = jwt.decode(
             token,
             secret,
             algorithms=[ALGORITHM],
-            options={"require": ["sub", "role", "exp"]},
+            issuer=issuer,
+            audience=audience,
+            options={"require": required},
         )
     except jwt.ExpiredSignatureError:
         raise AuthError("token expired") from None
     except jwt.MissingRequiredClaimError as exc:
         raise AuthError(f"token lacks the {exc.claim!r} claim") from None
+    except jwt.InvalidIssuerError:
+        raise AuthError("token's 'iss' claim is not this API's issuer") from None
+    except jwt.InvalidAudienceError:
+        raise AuthError("token's 'aud' claim is not this API's audience") from None
     except jwt.InvalidTokenError:
         raise AuthError("invalid token: bad signature, algorithm or format") from None
     sub, role = claims.get("sub"), claims.get("role")
@@ -111,7 +139,13 @@ async def current_caller(
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthError("Authorization header must be 'Bearer <token>'")
-    return verify_token(token.strip(), get_settings().secret)
+    settings = get_settings()
+    return verify_token(
+        token.strip(),
+        settings.secret,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+    )
 
 
 async def admin_caller(caller: Annotated[Caller, Depends(current_caller)]) -> Caller:

@@ -93,6 +93,32 @@ class CleanRequest(BaseModel):
     keep_completed: int = Field(1000, ge=0, le=1_000_000)
 
 
+# -- servers --------------------------------------------------------------------------------
+
+#: What can be asked of a server: the `POST /api/servers/:id/<action>` endpoints.
+ServerAction = Literal["backup", "scan", "update"]
+
+
+class ServerAccess(Schema):
+    """How the workers reach a server and who may use it; for admins only."""
+
+    host: str
+    port: int
+    username: str
+    owners: list[str]
+
+
+class ServerInfo(Schema):
+    """A server the caller may run jobs on. Never key material, paths or command text."""
+
+    id: str
+    name: str
+    #: What it can run: `backup` with backup paths, `scan` always, `update` with a command.
+    actions: list[ServerAction]
+    #: Null for users.
+    access: ServerAccess | None = None
+
+
 # -- jobs -----------------------------------------------------------------------------------
 
 

@@ -20,6 +20,20 @@ class InsecureSettings(RuntimeError):
         super().__init__((self.__doc__ or "").strip())
 
 
+#: Bytes an HS256 key needs at least: the hash's output size (RFC 7518, section 3.2).
+MIN_SECRET_BYTES = 32
+
+
+class WeakSecret(RuntimeError):
+    """MM_JWT_SECRET is too short to sign tokens safely."""
+
+    def __init__(self, length: int) -> None:
+        super().__init__(
+            f"MM_JWT_SECRET is {length} bytes long; HS256 needs at least {MIN_SECRET_BYTES} "
+            "(e.g. `openssl rand -base64 48`)"
+        )
+
+
 class ApiSettings(BaseSettings):
     """How the shim authenticates callers and where it finds the inventory."""
 
@@ -28,6 +42,10 @@ class ApiSettings(BaseSettings):
     jwt_secret: SecretStr | None = Field(None, description="HS256 key of the callers' tokens.")
     api_port: int = Field(3000, ge=1, le=65535, description="Port the shim listens on.")
     api_dev: bool = Field(False, description="Development mode: a generated secret if none.")
+    #: When set, tokens must carry this `iss` claim (and `mint_token` is given it).
+    jwt_issuer: str | None = Field(None, min_length=1)
+    #: When set, tokens must carry this `aud` claim.
+    jwt_audience: str | None = Field(None, min_length=1)
     inventory: Path = Field(Path("inventory.yaml"), description="Server inventory (YAML).")
     #: Seconds one Prefect call may take before the orchestrator counts as unavailable;
     #: bounds the Prefect client's own retries, so a dead server answers 503 promptly.
@@ -45,8 +63,12 @@ class ApiSettings(BaseSettings):
         if self.jwt_secret is None or not self.jwt_secret.get_secret_value():
             if not self.api_dev:
                 raise InsecureSettings()
-            self.jwt_secret = SecretStr(secrets.token_urlsafe(32))
+            self.jwt_secret = SecretStr(secrets.token_urlsafe(MIN_SECRET_BYTES))
             self.generated_secret = True
+        # Dev mode too: a short secret given is a mistake worth hearing about at once.
+        length = len(self.jwt_secret.get_secret_value().encode())
+        if length < MIN_SECRET_BYTES:
+            raise WeakSecret(length)
         return self
 
     @property

@@ -115,8 +115,16 @@ def _count(path: Path, needle: str) -> int:
         return 0
 
 
+#: The user whose token sends the burst; the inventory's servers are theirs.
+USER = "bench-burst"
+
+
 def start(
-    work: Path, worker_type: str | None, scale: float, extra_env: dict[str, str] | None = None
+    work: Path,
+    worker_type: str | None,
+    scale: float,
+    extra_env: dict[str, str] | None = None,
+    user: str = USER,
 ) -> tuple[Bench, LocalTarget]:
     target = LocalTarget(home=work / "target").start()
     source = work / "source"
@@ -126,14 +134,15 @@ def start(
     scan_ids = [uuid.uuid4() for _ in range(SERVERS)]
     backup_ids = [uuid.uuid4() for _ in range(SERVERS)]
     update_ids = [uuid.uuid4() for _ in range(2)]
+    mine: dict[str, object] = {"owners": [user]}
     servers = (
-        [target.server_entry(str(i), f"scan-{n}") for n, i in enumerate(scan_ids)]
+        [target.server_entry(str(i), f"scan-{n}", **mine) for n, i in enumerate(scan_ids)]
         + [
-            target.server_entry(str(i), f"backup-{n}", backup={"paths": [str(source)]})
+            target.server_entry(str(i), f"backup-{n}", backup={"paths": [str(source)]}, **mine)
             for n, i in enumerate(backup_ids)
         ]
         + [
-            target.server_entry(str(i), f"update-{n}", update={"command": "true"})
+            target.server_entry(str(i), f"update-{n}", update={"command": "true"}, **mine)
             for n, i in enumerate(update_ids)
         ]
     )
@@ -151,7 +160,7 @@ def start(
     )
     stack.start()
     assert stack.jwt_secret is not None
-    token = mint_token(stack.jwt_secret, "bench-burst", "user", ttl=timedelta(hours=6))
+    token = mint_token(stack.jwt_secret, user, "user", ttl=timedelta(hours=6))
     plan = burst_plan(
         scan_ids,
         backup_ids,

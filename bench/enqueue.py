@@ -140,7 +140,7 @@ def measure(rounds: int, scale: float) -> list[tuple[Side, Side]]:
     """`rounds` pairs (through the shim, straight to Prefect), alternating, on one stack."""
     env = {"PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false"}
     with tempfile.TemporaryDirectory(prefix="mm-bench-enqueue-") as tmp:
-        bench, target = start(Path(tmp), None, scale, extra_env=env)
+        bench, target = start(Path(tmp), None, scale, extra_env=env, user=USER)
         try:
             stack = bench.stack
             assert stack.jwt_secret is not None and stack.shim_url is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from uuid import UUID
 
 from deployments.queues import QUEUES_BY_NAME, Priority, Queue
 from flows.params import JobType
@@ -96,3 +97,12 @@ USER_TAG_PREFIX = "user:"
 
 def user_tag(user_id: str) -> str:
     return f"{USER_TAG_PREFIX}{user_id}"
+
+
+#: Tag on every job's flow run naming its server, so a user's view can be cut to the servers
+#: they own (the inventory's `owners`) in the same query as their user tag.
+SERVER_TAG_PREFIX = "server:"
+
+
+def server_tag(server_id: UUID | str) -> str:
+    return f"{SERVER_TAG_PREFIX}{server_id}"

@@ -27,7 +27,7 @@ from deployments.maintenance import create_maintenance_run
 from deployments.queues import Priority
 from deployments.states import JobState, job_state
 from flows.params import JobType
-from tasks.outcome import read_result
+from tasks.outcome import full_reason, read_failures, read_result
 from tasks.progress import read_progress
 
 #: Seconds between two looks at a watched job.
@@ -154,10 +154,14 @@ async def snapshot(client: PrefectClient, job_id: UUID) -> Snapshot:
         raise JobNotFound(f"no job {job_id}") from None
     reading = await read_progress(client, job_id)
     state = run.state
+    message = state.message if state is not None else None
+    if message is not None and state is not None and state.is_failed():
+        # The operator's view, as an admin's in the API: the command that failed and its output.
+        message = full_reason(message, await read_failures(client, job_id))
     return Snapshot(
         state=await _job_state(client, run),
         state_name=(state.name if state is not None else None) or "Pending",
-        message=state.message if state is not None else None,
+        message=message,
         percent=reading.percent if reading is not None else 0.0,
         step=reading.message if reading is not None else None,
         final=state is not None and state.is_final(),

@@ -13,7 +13,7 @@ from uuid import UUID
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import FlowRun
 
-from deployments.catalogue import CATALOGUE, job_type_tag
+from deployments.catalogue import CATALOGUE, job_type_tag, server_tag
 from deployments.queues import Priority
 from flows.params import JobType
 
@@ -31,6 +31,7 @@ async def create_job_run(
     """Create the flow run of a job; with an `idempotency_key` seen before, return that run.
 
     `deployment_id`: the job's deployment, if the caller knows it (saves a read).
+    The run is tagged with its job type and its server (`parameters["server_id"]`).
     """
     job = CATALOGUE[job_type]
     if deployment_id is None:
@@ -39,6 +40,6 @@ async def create_job_run(
         deployment_id,
         parameters=parameters,
         work_queue_name=(priority or job.default_priority).queue_name,
-        tags=[job_type_tag(job_type), *tags],
+        tags=[job_type_tag(job_type), server_tag(parameters["server_id"]), *tags],
         idempotency_key=idempotency_key,
     )

@@ -58,7 +58,8 @@ def backup(
                 run_hook(server, "pre", spec.pre)
             manifest = transfer_archive(server, manifest, plan, progress)
         except BaseException as exc:
-            fail_backup_record(manifest, str(exc))
+            # The manifest is the operator's: the whole story, command text included.
+            fail_backup_record(manifest, getattr(exc, "detail", None) or str(exc))
             _run_post(server, spec)
             raise
         # Restart what pre stopped before the (slower) verification.

@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.params import BackupOptions
 from tasks.errors import InvalidOptions, RemoteCommandFailed, RemotePathMissing
 from tasks.inventory import Server
+from tasks.outcome import failure_published
 from tasks.progress import Progress
 from tasks.repository import BackupRepository, BackupStatus, Compression, Manifest, utcnow
 from tasks.retry import RETRY_POLICY
@@ -161,12 +162,14 @@ def create_backup_record(
 def run_hook(server: Server, which: str, command: str) -> None:
     """Run the inventory's pre or post command on the server."""
     logger = get_run_logger()
-    logger.info("%s: running %s command", server.name, which)
-    with connect(server) as ssh:
+    # Never the command's text: it may hold a token, and logs reach more eyes than admins'.
+    logger.info("%s: running the %s command", server.name, which)
+    with failure_published(), connect(server) as ssh:
         ssh.run_lines(
             command,
             lambda stream, line: logger.info("%s %s: %s", which, stream, line),
             timeout=get_settings().ssh_idle_timeout,
+            label=f"the {which} command",
         )
 
 

@@ -21,6 +21,11 @@
 Each class's docstring is its message when raised without arguments. `tasks.ssh` translates
 paramiko and socket exceptions into this tree in one place; `tasks.openssh` does the same for
 the system ssh client's failures (its exit status 255 and message).
+
+The message of an error about an operator's command (a backup hook, an update) names the step
+and the exit status only: it becomes the run's state message and its logs, which users of the
+API read. The command text and its output go into `detail`, which `tasks.outcome` publishes for
+admins only.
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ from __future__ import annotations
 class JobError(Exception):
     """A job failed."""
 
-    def __init__(self, message: str | None = None) -> None:
+    def __init__(self, message: str | None = None, *, detail: str | None = None) -> None:
         super().__init__(message or (self.__doc__ or type(self).__name__).strip())
+        #: The message with what only admins may see (command text, output); None: no more.
+        self.detail = detail
 
 
 class PermanentError(JobError):
@@ -76,8 +83,15 @@ class RemotePathMissing(PermanentError):
 class RemoteCommandFailed(PermanentError):
     """A remote command exited with a non-zero status."""
 
-    def __init__(self, message: str, exit_status: int, stderr_tail: str = "") -> None:
-        super().__init__(message)
+    def __init__(
+        self,
+        message: str,
+        exit_status: int,
+        stderr_tail: str = "",
+        *,
+        detail: str | None = None,
+    ) -> None:
+        super().__init__(message, detail=detail)
         self.exit_status = exit_status
         self.stderr_tail = stderr_tail
 

@@ -45,6 +45,15 @@ def _cron(expression: str) -> str:
     return expression
 
 
+def _user_id(user_id: str) -> str:
+    """An owner is a token's `sub` as it is: not blank, no control characters."""
+    if not user_id.strip():
+        raise ValueError("an owner must be a non-empty user id (a token's `sub`)")
+    if _CONTROL.search(user_id):
+        raise ValueError(f"owner {user_id!r} contains a control character")
+    return user_id
+
+
 def _timezone(name: str) -> str:
     from prefect.client.schemas.schedules import CronSchedule
 
@@ -56,6 +65,7 @@ def _timezone(name: str) -> str:
 
 
 RemotePath = Annotated[str, AfterValidator(_remote_path)]
+UserId = Annotated[str, Field(max_length=256), AfterValidator(_user_id)]
 LocalPath = Annotated[Path, AfterValidator(lambda p: p.expanduser())]
 
 
@@ -109,6 +119,8 @@ class Server(_Model):
     known_hosts_file: LocalPath = Path("~/.ssh/known_hosts").expanduser()
     backup: BackupSpec | None = None
     update: UpdateSpec | None = None
+    #: The users (tokens' `sub`) who may run jobs on it through the API; none: only admins.
+    owners: list[UserId] = Field(default_factory=list)
 
     @field_validator("name", "host", "username")
     @classmethod
@@ -142,7 +154,16 @@ class Inventory(_Model):
         for server in self.servers:
             if str(server.id) == wanted:
                 return server
-        raise ServerNotFound(f"no server with id {wanted} in the inventory")
+        raise server_not_found(server_id)
+
+    def owned_by(self, user_id: str) -> list[Server]:
+        """The servers whose `owners` name this user, in the file's order."""
+        return [server for server in self.servers if user_id in server.owners]
+
+
+def server_not_found(server_id: UUID | str) -> ServerNotFound:
+    """The one answer for a server that is not there, or not the caller's to use."""
+    return ServerNotFound(f"no server with id {server_id} in the inventory")
 
 
 #: The last inventory read, by path, with the file's identity then (see `load_inventory`).

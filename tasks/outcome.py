@@ -1,18 +1,25 @@
-"""A job's result, published as a table artifact of its flow run and read back by the API.
+"""A job's result, published as a table artifact of its flow run and read back by the API;
+and the admins' part of its failure, as an artifact of the `FAILURE` type.
 
 Flow return values are only kept by Prefect when results are persisted to storage that every
 reader can reach; an artifact lives in Prefect's database, so the shim reads it in both modes,
 and the UI shows it on the flow run's page. It is the only keyless table artifact of a run.
+
+A failure about an operator's command says in its message (the run's state message, which users
+read) only which step failed and how; the command text and output are in its `detail`
+(`tasks.errors`), published beside it for the shim to show admins (`full_reason`).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import Artifact, create_table_artifact
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import (
     ArtifactFilter,
@@ -22,6 +29,8 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.sorting import ArtifactSort
 from prefect.settings import get_current_settings
+
+from tasks.errors import JobError
 
 DESCRIPTION = "Job result"
 
@@ -39,6 +48,55 @@ def publish_result(result: dict[str, Any]) -> dict[str, Any]:
     """Attach `result` to the running flow run; returns it for the flow to return."""
     create_table_artifact(table=[result], description=DESCRIPTION)
     return result
+
+
+#: Artifact type of a failure's detail: `{"summary": message, "detail": message for admins}`.
+FAILURE = "failure"
+
+
+@contextmanager
+def failure_published() -> Iterator[None]:
+    """Publish the `detail` of a `JobError` raised inside, then let it go on."""
+    try:
+        yield
+    except JobError as exc:
+        if exc.detail is not None:
+            Artifact(
+                type=FAILURE,
+                description="Job failure, as admins see it",
+                data={"summary": str(exc), "detail": exc.detail},
+            ).create()
+        raise
+
+
+def full_reason(message: str, failures: Iterable[Any]) -> str:
+    """An admin's view of a failed run's state `message`, given the data of its `FAILURE`
+    artifacts, newest first: the summary of the newest one in the message replaced by its detail.
+
+    Matched by summary, since a backup can publish two (a failed pre, then a failed post) and a
+    run retried since a failure may have failed otherwise: then the message stays as it is.
+    """
+    for failure in failures:
+        try:
+            published = json.loads(failure) if isinstance(failure, str) else failure
+            summary, detail = published["summary"], published["detail"]
+        except (ValueError, TypeError, KeyError):
+            continue
+        if isinstance(summary, str) and isinstance(detail, str) and summary and summary in message:
+            return message.replace(summary, detail, 1)
+    return message
+
+
+async def read_failures(client: PrefectClient, flow_run_id: UUID) -> list[Any]:
+    """The data of a flow run's `FAILURE` artifacts, newest first, for `full_reason`."""
+    artifacts = await client.read_artifacts(
+        artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+            type=ArtifactFilterType(any_=[FAILURE]),
+        ),
+        sort=ArtifactSort.UPDATED_DESC,
+    )
+    return [artifact.data for artifact in artifacts]
 
 
 async def read_result(client: PrefectClient, flow_run_id: UUID) -> dict[str, Any] | None:

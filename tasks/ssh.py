@@ -245,11 +245,14 @@ class SSHSession:
         *,
         timeout: float,
         check: bool = True,
+        label: str | None = None,
     ) -> CommandResult:
         """Run a shell command, passing each output line to `on_line(stream, line)`.
 
         Fails with `SSHTimeout` when the command runs longer than `timeout` seconds, and with
         `RemoteCommandFailed` (exit status and stderr tail) when `check` and it exits non-zero.
+        `label` (e.g. "the pre command"): an operator's command, which error messages name by
+        this label only, its text and output going into their `detail` (`tasks.errors`).
         """
         deadline = time.monotonic() + timeout
         with _translated(self.server, connected=True):
@@ -282,7 +285,7 @@ class SSHSession:
                 for name, rest in pending.items():
                     if rest:
                         on_line(name, rest.decode("utf-8", "replace"))
-                return self._finish(channel, command, b"", stderr, check=check)
+                return self._finish(channel, command, b"", stderr, check=check, label=label)
             finally:
                 channel.close()
 
@@ -314,30 +317,44 @@ class SSHSession:
         stderr: bytearray,
         *,
         check: bool,
+        label: str | None = None,
     ) -> CommandResult:
+        name = self.server.name
         while channel.recv_stderr_ready():
             _keep_tail(stderr, channel.recv_stderr(READ_SIZE))
         if not channel.status_event.wait(self._idle_timeout):
-            raise SSHTimeout(f"{self.server.name}: no exit status for {_short(command)}")
+            raise SSHTimeout(
+                f"{name}: no exit status for {label or _short(command)}",
+                detail=f"{name}: no exit status for {_short(command)}" if label else None,
+            )
         status = channel.exit_status
         if status == -1:
             # The channel closed without an exit status: the server or the link died.
             raise SSHDisconnected(
-                f"{self.server.name}: connection dropped during {_short(command)}"
+                f"{name}: connection dropped during {label or _short(command)}",
+                detail=f"{name}: connection dropped during {_short(command)}" if label else None,
             )
         result = CommandResult(status, stdout, bytes(stderr))
         if check and status != 0:
-            raise _failed(self.server, command, status, bytes(stderr))
+            raise _failed(self.server, command, status, bytes(stderr), label)
         return result
 
 
-def _failed(server: Server, command: str, status: int, stderr: bytes) -> RemoteCommandFailed:
+def _failed(
+    server: Server, command: str, status: int, stderr: bytes, label: str | None
+) -> RemoteCommandFailed:
     tail = "\n".join(stderr.decode("utf-8", "replace").splitlines()[-20:])
+    full = f"{server.name}: {_short(command)} exited with status {status}" + (
+        f": {tail}" if tail else ""
+    )
+    if label is None:
+        return RemoteCommandFailed(full, exit_status=status, stderr_tail=tail)
+    # Its output may echo what the command holds (`set -x`, a failing curl with a token).
     return RemoteCommandFailed(
-        f"{server.name}: {_short(command)} exited with status {status}"
-        + (f": {tail}" if tail else ""),
+        f"{server.name}: {label} exited with status {status}",
         exit_status=status,
         stderr_tail=tail,
+        detail=full,
     )
 
 

@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.errors import InvalidOptions, RemoteCommandFailed
 from tasks.inventory import Server
+from tasks.outcome import failure_published
 from tasks.repository import utcnow
 from tasks.results import UpdateRecord, save_update
 from tasks.retry import RETRY_POLICY
@@ -53,9 +54,14 @@ def run_update(server: Server, record: UpdateRecord) -> UpdateRecord:
         (logger.warning if stream == "stderr" else logger.info)("%s", line)
 
     assert server.update is not None
-    with connect(server) as ssh:
+    with failure_published(), connect(server) as ssh:
         try:
-            result = ssh.run_lines(record.command, on_line, timeout=server.update.timeout)
+            result = ssh.run_lines(
+                record.command,
+                on_line,
+                timeout=server.update.timeout,
+                label="the update command",
+            )
         except RemoteCommandFailed as exc:
             save_update(
                 record.model_copy(
@@ -64,7 +70,8 @@ def run_update(server: Server, record: UpdateRecord) -> UpdateRecord:
                         "finished_at": utcnow(),
                         "exit_status": exc.exit_status,
                         "stderr_tail": exc.stderr_tail,
-                        "error": str(exc),
+                        # The operator's own record: the whole story.
+                        "error": exc.detail or str(exc),
                     }
                 ),
                 log="\n".join(lines) + "\n",

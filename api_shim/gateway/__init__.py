@@ -32,7 +32,7 @@ from api_shim.gateway.errors import (
     OutcomeUnknown,
 )
 from api_shim.gateway.jobs import PAGE, JobReader, state_of
-from api_shim.gateway.selection import Slice, slices_for
+from api_shim.gateway.selection import Scope, Slice, slices_for
 from api_shim.metrics import PREFECT_SECONDS
 from api_shim.schemas import Job, JobList, PrefectStatus, QueueCounts
 from deployments.catalogue import CATALOGUE, DEPLOYMENTS, user_tag
@@ -49,6 +49,7 @@ __all__ = [
     "JobNotFound",
     "OrchestratorUnavailable",
     "OutcomeUnknown",
+    "Scope",
 ]
 
 T = TypeVar("T")
@@ -76,8 +77,9 @@ class Gateway:
         self._reading_ids = asyncio.Lock()
         self.reaper = Reaper(client)
         self._deployments_read = -DEPLOYMENT_CACHE_SECONDS - 1.0
-        #: Settled jobs (see `job`), by (run id, state id), least recently read first.
-        self._settled_jobs: OrderedDict[tuple[UUID, UUID | None], Job] = OrderedDict()
+        #: Settled jobs (see `job`), by (run id, state id, for an admin), least recently read
+        #: first.
+        self._settled_jobs: OrderedDict[tuple[UUID, UUID | None, bool], Job] = OrderedDict()
 
     @classmethod
     @asynccontextmanager
@@ -248,32 +250,33 @@ class Gateway:
             create=True,
         )
 
-    async def find(self, job_id: UUID, owner: str | None) -> FlowRun:
+    async def find(self, job_id: UUID, scope: Scope | None) -> FlowRun:
         """The flow run of a job the caller may see; others' jobs are as absent as unknown ones."""
         try:
             run = await self.call("read_flow_run", self.client.read_flow_run(job_id))
         except JobNotFound:
             raise JobNotFound(f"no job {job_id}") from None
-        if owner is not None and user_tag(owner) not in run.tags:
+        if scope is not None and not scope.allows(run):
             raise JobNotFound(f"no job {job_id}")
         return run
 
-    async def job(self, job_id: UUID, owner: str | None) -> Job:
+    async def job(self, job_id: UUID, scope: Scope | None) -> Job:
         """One job: one Prefect read for a finished job read before, three otherwise.
 
         A settled job (jobs.settled: the run is final and so are its task runs) changes only
         when its run gets a new state (a retry), so it is kept by (run id, state id) and served
         again from the one read of the run itself.
         """
-        run = await self.find(job_id, owner)
-        key = (run.id, run.state.id if run.state is not None else None)
+        run = await self.find(job_id, scope)
+        # An admin's job has the failure in full, a user's not: each is kept apart.
+        key = (run.id, run.state.id if run.state is not None else None, scope is None)
         if (cached := self._settled_jobs.get(key)) is not None:
             self._settled_jobs.move_to_end(key)
             return cached
         # Whether a pool is paused matters only to a scheduled run (deployments.states).
         scheduled = run.state is not None and run.state.type is StateType.SCHEDULED
         paused = await self.paused_pools() if scheduled else set()
-        reader = JobReader(self.client)
+        reader = JobReader(self.client, admin=scope is None)
         (job,) = await self.call("read_job_details", reader.jobs([run], paused))
         if run.id in reader.settled:
             self._settled_jobs[key] = job
@@ -283,7 +286,7 @@ class Gateway:
 
     async def jobs(
         self,
-        owner: str | None,
+        scope: Scope | None,
         queue: str | None,
         state: JobState | None,
         limit: int,
@@ -293,23 +296,24 @@ class Gateway:
         paused = await self.paused_pools()
         pools = (queue,) if queue else POOLS
         slices = slices_for(state, pools, paused, datetime.now(UTC))
-        totals = await asyncio.gather(*(self._count(s, owner) for s in slices))
+        totals = await asyncio.gather(*(self._count(s, scope) for s in slices))
         if len(slices) == 1:
-            runs = await self._read(slices[0], owner, offset, limit)
+            runs = await self._read(slices[0], scope, offset, limit)
         else:
             # A union: the first offset+limit of each slice, merged in the same order.
             wanted = offset + limit
             reads = [
-                self._read(part, owner, 0, min(wanted, n))
+                self._read(part, scope, 0, min(wanted, n))
                 for part, n in zip(slices, totals, strict=True)
             ]
             parts = await asyncio.gather(*reads)
             merged = sorted((run for part in parts for run in part), key=_due, reverse=True)
             runs = merged[offset : offset + limit]
-        page = await self.call("read_job_details", JobReader(self.client).jobs(runs, paused))
+        reader = JobReader(self.client, admin=scope is None)
+        page = await self.call("read_job_details", reader.jobs(runs, paused))
         return JobList(jobs=page, count=len(page), total=sum(totals), limit=limit, offset=offset)
 
-    async def counts(self, owner: str | None) -> dict[str, QueueCounts]:
+    async def counts(self, scope: Scope | None) -> dict[str, QueueCounts]:
         """Jobs per queue and state, by count queries run side by side."""
         paused = await self.paused_pools()
         now = datetime.now(UTC)
@@ -319,7 +323,7 @@ class Gateway:
             for state in JobState:
                 for part in slices_for(state, (pool,), paused, now):
                     keys.append((pool, state))
-                    queries.append(self._count(part, owner))
+                    queries.append(self._count(part, scope))
         found = await asyncio.gather(*queries)
         counts = {pool: QueueCounts() for pool in POOLS}
         for (pool, state), n in zip(keys, found, strict=True):
@@ -341,9 +345,9 @@ class Gateway:
             for pool, workers in zip(POOLS, found, strict=True)
         }
 
-    async def retry(self, job_id: UUID, owner: str | None) -> None:
+    async def retry(self, job_id: UUID, scope: Scope | None) -> None:
         """Run a failed job again under the same id; its attempts go on counting."""
-        run, state = await self._run_and_state(job_id, owner)
+        run, state = await self._run_and_state(job_id, scope)
         if state is not JobState.FAILED:
             raise JobConflict(f"only failed jobs can be retried; job {job_id} is {state}")
         # Forced: Prefect refuses Failed -> Scheduled otherwise; the worker then runs the same
@@ -352,9 +356,9 @@ class Gateway:
             "set_flow_run_state", self.client.set_flow_run_state(run.id, Scheduled(), force=True)
         )
 
-    async def cancel(self, job_id: UUID, owner: str | None) -> JobState:
+    async def cancel(self, job_id: UUID, scope: Scope | None) -> JobState:
         """Cancel a job that has not ended; returns the state it is in now."""
-        run, state = await self._run_and_state(job_id, owner)
+        run, state = await self._run_and_state(job_id, scope)
         if run.state is not None and run.state.is_final():
             raise JobConflict(f"job {job_id} has already ended ({state})")
         started = run.state is not None and run.state.type in _STARTED
@@ -364,25 +368,27 @@ class Gateway:
         await self.call("set_flow_run_state", self.client.set_flow_run_state(run.id, new_state))
         return JobState.ACTIVE if started else JobState.CANCELLED
 
-    async def delete(self, job_id: UUID, owner: str | None) -> None:
+    async def delete(self, job_id: UUID, scope: Scope | None) -> None:
         """Delete a job that is not running (BullMQ refused to remove active jobs too)."""
-        run, state = await self._run_and_state(job_id, owner)
+        run, state = await self._run_and_state(job_id, scope)
         if run.state is not None and run.state.type in _STARTED:
             raise JobConflict(f"job {job_id} is {state}; cancel it before removing it")
         await self.call("delete_flow_run", self.client.delete_flow_run(run.id))
 
-    async def _run_and_state(self, job_id: UUID, owner: str | None) -> tuple[FlowRun, JobState]:
-        run, paused = await asyncio.gather(self.find(job_id, owner), self.paused_pools())
+    async def _run_and_state(self, job_id: UUID, scope: Scope | None) -> tuple[FlowRun, JobState]:
+        run, paused = await asyncio.gather(self.find(job_id, scope), self.paused_pools())
         return run, state_of(run, paused, datetime.now(UTC))
 
     # -- helpers ----------------------------------------------------------------------------
 
-    async def _count(self, part: Slice, owner: str | None) -> int:
+    async def _count(self, part: Slice, scope: Scope | None) -> int:
+        if scope is not None and scope.empty:
+            return 0
         deployments = await self.deployments_of(part.pools)
         return await self.call(
             "count_flow_runs",
             self.client.count_flow_runs(
-                flow_run_filter=part.flow_run_filter(owner, deployments=deployments)
+                flow_run_filter=part.flow_run_filter(scope, deployments=deployments)
             ),
         )
 
@@ -413,8 +419,12 @@ class Gateway:
         )
         self._deployments_read = time.monotonic()
 
-    async def _read(self, part: Slice, owner: str | None, offset: int, limit: int) -> list[FlowRun]:
+    async def _read(
+        self, part: Slice, scope: Scope | None, offset: int, limit: int
+    ) -> list[FlowRun]:
         """Up to `limit` runs of a slice from `offset`, in pages Prefect accepts."""
+        if scope is not None and scope.empty:
+            return []
         deployments = await self.deployments_of(part.pools)
         runs: list[FlowRun] = []
         while len(runs) < limit:
@@ -422,7 +432,7 @@ class Gateway:
             page = await self.call(
                 "read_flow_runs",
                 self.client.read_flow_runs(
-                    flow_run_filter=part.flow_run_filter(owner, deployments=deployments),
+                    flow_run_filter=part.flow_run_filter(scope, deployments=deployments),
                     sort=FlowRunSort.EXPECTED_START_TIME_DESC,
                     limit=wanted,
                     offset=offset + len(runs),

@@ -28,6 +28,7 @@ from prefect.client.schemas.sorting import ArtifactSort, TaskRunSort
 from api_shim.schemas import Job, JobData
 from deployments.catalogue import JOB_TYPE_TAG_PREFIX
 from deployments.states import JobState, job_state
+from tasks.outcome import FAILURE, full_reason
 
 #: One try plus three retries (the tasks' `retries=3`).
 MAX_ATTEMPTS = 4
@@ -114,10 +115,15 @@ def settled(run: FlowRun, task_runs: Sequence[TaskRun]) -> bool:
 
 
 class JobReader:
-    """Builds `Job`s for a batch of flow runs with a bounded number of queries."""
+    """Builds `Job`s for a batch of flow runs with a bounded number of queries.
 
-    def __init__(self, client: PrefectClient) -> None:
+    `admin`: failure reasons in full, with the command text and output that the runs' state
+    messages leave out (`tasks.outcome.full_reason`); users get the state message alone.
+    """
+
+    def __init__(self, client: PrefectClient, *, admin: bool) -> None:
         self.client = client
+        self.admin = admin
         #: The runs read so far whose job is `settled`.
         self.settled: set[UUID] = set()
 
@@ -125,13 +131,21 @@ class JobReader:
         if not runs:
             return []
         ids = [run.id for run in runs]
-        (progress, results), task_runs = await asyncio.gather(
+        (progress, results, failures), task_runs = await asyncio.gather(
             self._artifacts(ids), self._task_runs(ids)
         )
         now = datetime.now(UTC)
         self.settled.update(run.id for run in runs if settled(run, task_runs.get(run.id, [])))
         return [
-            self._job(run, paused_pools, now, progress, results, task_runs.get(run.id, []))
+            self._job(
+                run,
+                paused_pools,
+                now,
+                progress,
+                results,
+                task_runs.get(run.id, []),
+                failures.get(run.id, []),
+            )
             for run in runs
         ]
 
@@ -143,8 +157,12 @@ class JobReader:
         progress: dict[UUID, float],
         results: dict[UUID, dict[str, Any]],
         task_runs: list[TaskRun],
+        failures: list[Any],
     ) -> Job:
         state = state_of(run, paused_pools, now)
+        reason = run.state.message if run.state is not None else None
+        if reason is not None and self.admin:
+            reason = full_reason(reason, failures)
         return Job(
             id=str(run.id),
             name=job_name(run),
@@ -158,23 +176,25 @@ class JobReader:
             finished_on=epoch_ms(run.end_time),
             result=results.get(run.id),
             queue=run.work_pool_name,
-            failed_reason=(run.state.message if run.state else None)
-            if state is JobState.FAILED
-            else None,
+            failed_reason=reason if state is JobState.FAILED else None,
         )
 
     async def _artifacts(
         self, ids: list[UUID]
-    ) -> tuple[dict[UUID, float], dict[UUID, dict[str, Any]]]:
-        """Each run's progress (its newest progress artifact: a re-run starts a new one) and
-        result (its newest keyless table artifact, tasks/outcome.py), in one query."""
+    ) -> tuple[dict[UUID, float], dict[UUID, dict[str, Any]], dict[UUID, list[Any]]]:
+        """Each run's progress (its newest progress artifact: a re-run starts a new one),
+        result (its newest keyless table artifact, tasks/outcome.py) and, for an admin, the
+        data of its failure artifacts, newest first; in one query."""
         progress: dict[UUID, float] = {}
         results: dict[UUID, dict[str, Any]] = {}
+        failures: dict[UUID, list[Any]] = defaultdict(list)
         for artifact in await self._read_artifacts(ids):
             run_id = artifact.flow_run_id
             if run_id is None:
                 continue
-            if artifact.type == "progress" and run_id not in progress:
+            if artifact.type == FAILURE:
+                failures[run_id].append(artifact.data)
+            elif artifact.type == "progress" and run_id not in progress:
                 data = artifact.data
                 progress[run_id] = float(data) if isinstance(data, int | float) else 0.0
             elif artifact.type == "table" and artifact.key is None and run_id not in results:
@@ -183,16 +203,18 @@ class JobReader:
                 )
                 if isinstance(rows, list) and rows and isinstance(rows[0], dict):
                     results[run_id] = rows[0]
-        return progress, results
+        return progress, results, failures
 
     async def _read_artifacts(self, ids: list[UUID]) -> list[Artifact]:
-        """The runs' progress and table artifacts, newest first, all pages."""
+        """The runs' progress and table artifacts (and failures, for an admin), newest first,
+        all pages."""
+        types = ["progress", "table", FAILURE] if self.admin else ["progress", "table"]
         found: list[Artifact] = []
         while True:
             page = await self.client.read_artifacts(
                 artifact_filter=ArtifactFilter(
                     flow_run_id=ArtifactFilterFlowRunId(any_=ids),
-                    type=ArtifactFilterType(any_=["progress", "table"]),
+                    type=ArtifactFilterType(any_=types),
                 ),
                 sort=ArtifactSort.UPDATED_DESC,
                 limit=PAGE,

@@ -23,10 +23,36 @@ from prefect.client.schemas.filters import (
     WorkPoolFilter,
     WorkPoolFilterName,
 )
-from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.objects import FlowRun, StateType
 
-from deployments.catalogue import user_tag
+from deployments.catalogue import server_tag, user_tag
 from deployments.states import STATE_TABLE, JobState, state_types_for
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The jobs a user sees: those they enqueued, on servers they own now (an admin has none:
+    None stands for everything). A server whose ownership is withdrawn takes its jobs along."""
+
+    user_id: str
+    #: Ids of the servers whose inventory `owners` name the user.
+    servers: frozenset[str]
+
+    @property
+    def empty(self) -> bool:
+        """Whether no run can be in it: Prefect is not asked about a user owning no server."""
+        return not self.servers
+
+    def tags(self) -> FlowRunFilterTags:
+        # all_ and any_ are ANDed by Prefect: the user's tag and one of their servers' tags.
+        return FlowRunFilterTags(
+            all_=[user_tag(self.user_id)], any_=sorted(server_tag(s) for s in self.servers)
+        )
+
+    def allows(self, run: FlowRun) -> bool:
+        """Whether `run` is in it: the same rule as `tags`, for a run read by id."""
+        tags = set(run.tags)
+        return user_tag(self.user_id) in tags and any(server_tag(s) in tags for s in self.servers)
 
 
 @dataclass(frozen=True)
@@ -40,11 +66,11 @@ class Slice:
 
     def flow_run_filter(
         self,
-        owner: str | None,
+        scope: Scope | None,
         ids: Iterable[UUID] | None = None,
         deployments: Iterable[UUID] | None = None,
     ) -> FlowRunFilter:
-        """Prefect's filter for this slice, limited to `owner`'s runs unless None (an admin).
+        """Prefect's filter for this slice, limited to a user's `scope` unless None (an admin).
 
         With the ids of the pools' `deployments`, the filter stands for the pools by itself: an
         indexed column of the run instead of a join through work queues to pools, which makes
@@ -57,7 +83,7 @@ class Slice:
                 if deployments is not None
                 else None
             ),
-            tags=FlowRunFilterTags(all_=[user_tag(owner)]) if owner is not None else None,
+            tags=scope.tags() if scope is not None else None,
             state=(
                 FlowRunFilterState(type=FlowRunFilterStateType(any_=list(self.types)))
                 if self.types is not None

@@ -12,8 +12,9 @@ from uuid import UUID
 from fastapi import APIRouter, Body, Query
 from fastapi.responses import StreamingResponse
 
-from api_shim.auth import AdminCaller, CurrentCaller
-from api_shim.gateway import POOLS, Gateway, GatewayError
+from api_shim.access import CallerScope
+from api_shim.auth import AdminCaller
+from api_shim.gateway import POOLS, Gateway, GatewayError, Scope
 from api_shim.gateway.admin import clean as clean_jobs
 from api_shim.metrics import JOB_OPERATIONS
 from api_shim.routes import GatewayDep, errors
@@ -56,7 +57,7 @@ def _choice(field: str, value: str | None, allowed: list[str]) -> str | None:
 
 @router.get("", response_model=Envelope[JobList], responses=errors(400, 401, 422, 503))
 async def list_jobs(
-    caller: CurrentCaller,
+    scope: CallerScope,
     gateway: GatewayDep,
     queue: Annotated[str | None, Query(description=f"One of {', '.join(POOLS)}.")] = None,
     state: Annotated[
@@ -65,21 +66,20 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> Envelope[JobList]:
-    """The caller's jobs (an admin's: all), newest first; `total` counts all that match."""
+    """The caller's jobs on the servers they own (an admin's: all), newest first; `total`
+    counts all that match."""
     queue = _choice("queue", queue, list(POOLS))
     wanted = _choice("state", state, [s.value for s in JobState])
-    page = await gateway.jobs(
-        caller.owner, queue, JobState(wanted) if wanted else None, limit, offset
-    )
+    page = await gateway.jobs(scope, queue, JobState(wanted) if wanted else None, limit, offset)
     return Envelope(message="Jobs retrieved successfully", data=page)
 
 
 @router.get(
     "/stats/all", response_model=Envelope[dict[str, QueueCounts]], responses=errors(401, 503)
 )
-async def stats(caller: CurrentCaller, gateway: GatewayDep) -> Envelope[dict[str, QueueCounts]]:
+async def stats(scope: CallerScope, gateway: GatewayDep) -> Envelope[dict[str, QueueCounts]]:
     """Jobs per queue and state: the caller's (an admin's: everyone's)."""
-    counts = await gateway.counts(caller.owner)
+    counts = await gateway.counts(scope)
     return Envelope(message="Job statistics retrieved successfully", data=counts)
 
 
@@ -100,17 +100,17 @@ async def clean(
 
 
 @router.get("/{job_id}", response_model=Envelope[Job], responses=errors(401, 404, 422, 503))
-async def get_job(job_id: UUID, caller: CurrentCaller, gateway: GatewayDep) -> Envelope[Job]:
-    job = await gateway.job(job_id, caller.owner)
+async def get_job(job_id: UUID, scope: CallerScope, gateway: GatewayDep) -> Envelope[Job]:
+    job = await gateway.job(job_id, scope)
     return Envelope(message="Job status retrieved successfully", data=job)
 
 
 @router.delete(
     "/{job_id}", response_model=Envelope[None], responses=errors(401, 404, 409, 422, 503)
 )
-async def remove_job(job_id: UUID, caller: CurrentCaller, gateway: GatewayDep) -> Envelope[None]:
+async def remove_job(job_id: UUID, scope: CallerScope, gateway: GatewayDep) -> Envelope[None]:
     """Remove a job that is not running (409 for an active one)."""
-    await gateway.delete(job_id, caller.owner)
+    await gateway.delete(job_id, scope)
     JOB_OPERATIONS.labels("delete").inc()
     return Envelope(message="Job removed successfully", data=None)
 
@@ -118,9 +118,9 @@ async def remove_job(job_id: UUID, caller: CurrentCaller, gateway: GatewayDep) -
 @router.post(
     "/{job_id}/retry", response_model=Envelope[JobRef], responses=errors(401, 404, 409, 422, 503)
 )
-async def retry_job(job_id: UUID, caller: CurrentCaller, gateway: GatewayDep) -> Envelope[JobRef]:
+async def retry_job(job_id: UUID, scope: CallerScope, gateway: GatewayDep) -> Envelope[JobRef]:
     """Run a failed job again under the same id (409 unless it failed)."""
-    await gateway.retry(job_id, caller.owner)
+    await gateway.retry(job_id, scope)
     JOB_OPERATIONS.labels("retry").inc()
     return Envelope(message="Job retry initiated successfully", data=JobRef(job_id=str(job_id)))
 
@@ -130,11 +130,9 @@ async def retry_job(job_id: UUID, caller: CurrentCaller, gateway: GatewayDep) ->
     response_model=Envelope[Cancelled],
     responses=errors(401, 404, 409, 422, 503),
 )
-async def cancel_job(
-    job_id: UUID, caller: CurrentCaller, gateway: GatewayDep
-) -> Envelope[Cancelled]:
+async def cancel_job(job_id: UUID, scope: CallerScope, gateway: GatewayDep) -> Envelope[Cancelled]:
     """Cancel a job that has not ended: a running one is stopped by its worker (409 if ended)."""
-    state = await gateway.cancel(job_id, caller.owner)
+    state = await gateway.cancel(job_id, scope)
     JOB_OPERATIONS.labels("cancel").inc()
     data = Cancelled(job_id=str(job_id), state=state)
     return Envelope(message="Job cancellation requested", data=data)
@@ -148,11 +146,11 @@ async def cancel_job(
         **errors(401, 404, 422, 503),
     },
 )
-async def job_events(job_id: UUID, caller: CurrentCaller, gateway: GatewayDep) -> StreamingResponse:
+async def job_events(job_id: UUID, scope: CallerScope, gateway: GatewayDep) -> StreamingResponse:
     """Server-Sent Events: a `job` event whenever the state or progress changes, an `end`
     event once the job is final (or an `error` event if it can no longer be read)."""
-    first = await gateway.job(job_id, caller.owner)  # 404 before the stream starts
-    stream = _events(gateway, job_id, caller.owner, first, get_settings().events_poll)
+    first = await gateway.job(job_id, scope)  # 404 before the stream starts
+    stream = _events(gateway, job_id, scope, first, get_settings().events_poll)
     return StreamingResponse(
         stream,
         media_type="text/event-stream",
@@ -161,7 +159,7 @@ async def job_events(job_id: UUID, caller: CurrentCaller, gateway: GatewayDep) -
 
 
 async def _events(
-    gateway: Gateway, job_id: UUID, owner: str | None, job: Job, poll: float
+    gateway: Gateway, job_id: UUID, scope: Scope | None, job: Job, poll: float
 ) -> AsyncIterator[str]:
     last: tuple[JobState, float] | None = None
     quiet = 0.0
@@ -186,7 +184,7 @@ async def _events(
         await asyncio.sleep(poll)
         quiet += poll
         try:
-            job = await gateway.job(job_id, owner)
+            job = await gateway.job(job_id, scope)
         except GatewayError as exc:
             yield _sse("error", json.dumps({"message": exc.message}))
             return

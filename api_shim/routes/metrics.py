@@ -10,8 +10,8 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api_shim.auth import CurrentCaller
-from api_shim.gateway import Gateway, GatewayError, OrchestratorUnavailable
+from api_shim.access import CallerScope
+from api_shim.gateway import Gateway, GatewayError, OrchestratorUnavailable, Scope
 from api_shim.metrics import record_queues, verdict
 from api_shim.routes import GatewayDep, errors
 from api_shim.schemas import (
@@ -31,11 +31,17 @@ router = APIRouter(tags=["metrics"])
 STARTED = time.monotonic()
 
 
-async def _queues(gateway: Gateway) -> tuple[dict[str, QueueCounts], dict[str, int], set[str]]:
+async def _queues(
+    gateway: Gateway, scope: Scope | None
+) -> tuple[dict[str, QueueCounts], dict[str, int], set[str]]:
+    """The counts of the jobs `scope` sees, live workers and paused pools.
+
+    Only everyone's counts go to the Prometheus gauges, which stand for the whole system.
+    """
     counts, workers, paused = await asyncio.gather(
-        gateway.counts(None), gateway.workers_online(), gateway.paused_pools()
+        gateway.counts(scope), gateway.workers_online(), gateway.paused_pools()
     )
-    record_queues(counts, workers)
+    record_queues(counts if scope is None else {}, workers)
     return counts, workers, paused
 
 
@@ -47,10 +53,11 @@ def _unhealthy(exc: GatewayError) -> JSONResponse:
 @router.get(
     "/api/metrics/queues", response_model=Envelope[QueueMetrics], responses=errors(401, 503)
 )
-async def queue_metrics(caller: CurrentCaller, gateway: GatewayDep) -> Any:
-    """Jobs per queue and state for all users, with a health verdict; 503 if Prefect is down."""
+async def queue_metrics(scope: CallerScope, gateway: GatewayDep) -> Any:
+    """Jobs per queue and state (a user's on their servers; an admin's: all), with a health
+    verdict over those; 503 if Prefect is down."""
     try:
-        counts, workers, _ = await _queues(gateway)
+        counts, workers, _ = await _queues(gateway, scope)
     except OrchestratorUnavailable as exc:
         return _unhealthy(exc)
     data = QueueMetrics.model_validate({**counts, "health": verdict(counts, workers)})
@@ -60,14 +67,14 @@ async def queue_metrics(caller: CurrentCaller, gateway: GatewayDep) -> Any:
 @router.get(
     "/api/metrics/system", response_model=Envelope[SystemMetrics], responses=errors(401, 503)
 )
-async def system_metrics(caller: CurrentCaller, gateway: GatewayDep) -> Any:
-    """The shim, Prefect, the workers and the queues in one health report."""
+async def system_metrics(scope: CallerScope, gateway: GatewayDep) -> Any:
+    """The shim, Prefect, the workers and the queues (the jobs the caller sees) in one report."""
     prefect = await gateway.status()
     uptime = round(time.monotonic() - STARTED, 3)
     if not prefect.reachable:
         return _unhealthy(OrchestratorUnavailable(prefect.message))
     try:
-        counts, workers, paused = await _queues(gateway)
+        counts, workers, paused = await _queues(gateway, scope)
     except OrchestratorUnavailable as exc:
         return _unhealthy(exc)
     health: Health = verdict(counts, workers)
@@ -94,7 +101,7 @@ async def system_metrics(caller: CurrentCaller, gateway: GatewayDep) -> Any:
 async def prometheus(gateway: GatewayDep) -> Response:
     """Prometheus exposition; queue gauges are refreshed unless Prefect is down."""
     try:
-        await _queues(gateway)
+        await _queues(gateway, None)
     except OrchestratorUnavailable:
         pass  # the gauges keep their last values; mm_prefect_call_seconds shows the failures
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,4 +1,5 @@
-"""POST /api/servers/:id/backup|scan|update: enqueue a job and answer at once with its ids."""
+"""GET /api/servers: the caller's servers; POST /api/servers/:id/backup|scan|update: enqueue a
+job on one of them and answer at once with its ids."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from uuid import UUID, uuid4
 
 from fastapi import APIRouter, Body, Header, Request, status
 
+from api_shim.access import inventory_for, usable_server, usable_servers
 from api_shim.auth import Caller, CurrentCaller
 from api_shim.metrics import JOBS_ENQUEUED
 from api_shim.routes import GatewayDep, errors
@@ -17,13 +19,15 @@ from api_shim.schemas import (
     PriorityValue,
     ScanEnqueued,
     ScanRequest,
+    ServerAccess,
+    ServerAction,
+    ServerInfo,
     UpdateEnqueued,
     UpdateRequest,
 )
-from api_shim.settings import get_settings
 from deployments.queues import Priority
 from flows.params import JobType
-from tasks.inventory import load_inventory
+from tasks.inventory import Server
 
 router = APIRouter(prefix="/api/servers", tags=["servers"])
 
@@ -38,6 +42,31 @@ IdempotencyKey = Annotated[
     ),
 ]
 RESPONSES = errors(401, 404, 422, 503)
+
+
+@router.get("", response_model=Envelope[list[ServerInfo]], responses=errors(401, 503))
+async def list_servers(caller: CurrentCaller) -> Envelope[list[ServerInfo]]:
+    """The servers the caller may run jobs on (an admin: all, with how they are reached)."""
+    servers = [_info(s, caller.is_admin) for s in usable_servers(caller, inventory_for(caller))]
+    return Envelope(message="Servers retrieved successfully", data=servers)
+
+
+def _info(server: Server, admin: bool) -> ServerInfo:
+    actions: list[ServerAction] = ["backup"] if server.backup is not None else []
+    actions.append("scan")
+    if server.update is not None and server.update.command:
+        actions.append("update")
+    access = (
+        ServerAccess(
+            host=server.host,
+            port=server.port,
+            username=server.username,
+            owners=list(server.owners),
+        )
+        if admin
+        else None
+    )
+    return ServerInfo(id=str(server.id), name=server.name, actions=actions, access=access)
 
 
 @router.post(
@@ -122,8 +151,8 @@ async def _enqueue(
     answer: type[E],
     message: str,
 ) -> Envelope[E]:
-    # An unknown server is refused here, not by a job that fails later.
-    load_inventory(get_settings().inventory).get(server_id)
+    # An unknown server (or another's) is refused here, not by a job that fails later.
+    usable_server(caller, inventory_for(caller), server_id)
     parameters: dict[str, Any] = {
         "server_id": str(server_id),
         id_name: str(uuid4()),

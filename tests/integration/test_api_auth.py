@@ -72,6 +72,7 @@ PROTECTED = [
     ("POST", "/api/queues/resume"),
     ("GET", "/api/metrics/queues"),
     ("GET", "/api/metrics/system"),
+    ("GET", "/api/servers"),
 ]
 
 
@@ -136,7 +137,7 @@ def test_a_user_sees_and_touches_only_their_own_jobs(
 def check_ownership(
     owner: Api, other: Api, admin: Api, target: LocalTarget, inventory: InventoryFile
 ) -> None:
-    server_id = inventory.add_server(target)
+    server_id = inventory.add_server(target, owners=[owner.user_id, other.user_id])
     job_id = ok(owner.post(f"/api/servers/{server_id}/scan", json={"scan_type": "quick"}), 202)[
         "jobId"
     ]

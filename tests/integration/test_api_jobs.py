@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from prefect.states import Scheduled
 
-from deployments.catalogue import SCAN, job_type_tag, user_tag
+from deployments.catalogue import SCAN, job_type_tag, server_tag, user_tag
 from deployments.local_target import LocalTarget, free_port
 from deployments.stack import Stack
 from flows.params import JobType
@@ -53,7 +53,8 @@ def failing_scan(alice: Api, target: LocalTarget, inventory: InventoryFile) -> d
     """A quick scan of a server whose SSH port refuses connections: retried after 5, 10 and
     20 s, then failed (~40 s). Enqueued by the first test so it fails while others run."""
     port = free_port()
-    server_id = inventory.add({**target.server_entry(str(uuid.uuid4()), "refusing"), "port": port})
+    entry = target.server_entry(str(uuid.uuid4()), "refusing", owners=[alice.user_id])
+    server_id = inventory.add({**entry, "port": port})
     response = alice.post(f"/api/servers/{server_id}/scan", json={"scan_type": "quick"})
     data: dict[str, Any] = ok(response, 202)
     return {**data, "enqueuedServerId": str(server_id), "refusedPort": port}
@@ -75,7 +76,9 @@ def test_completed_backup_shows_every_field(
     alice: Api, target: LocalTarget, inventory: InventoryFile, tmp_path
 ):
     source = make_tree(tmp_path / "source", big_bytes=10_000)
-    server_id = inventory.add_server(target, backup={"paths": [str(source)]})
+    server_id = inventory.add_server(
+        target, backup={"paths": [str(source)]}, owners=[alice.user_id]
+    )
     before = int(time.time() * 1000)
     body = {"backup_type": "full", "compression": True, "encryption": False, "priority": "high"}
     enqueued = ok(alice.post(f"/api/servers/{server_id}/backup", json=body), 202)
@@ -118,7 +121,7 @@ def test_completed_backup_shows_every_field(
 def test_idempotency_key_returns_the_same_job_per_user(
     alice: Api, bob: Api, target: LocalTarget, inventory: InventoryFile
 ):
-    server_id = inventory.add_server(target)
+    server_id = inventory.add_server(target, owners=[alice.user_id, bob.user_id])
     path = f"/api/servers/{server_id}/scan"
     headers = {"Idempotency-Key": f"k-{uuid.uuid4()}"}
     first = ok(alice.post(path, json={"scan_type": "quick"}, headers=headers), 202)
@@ -147,7 +150,7 @@ def test_unknown_server_is_404_and_bad_bodies_name_the_field(alice: Api):
 def test_active_job_streams_events_refuses_removal_and_cancels(
     alice: Api, target: LocalTarget, inventory: InventoryFile
 ):
-    server_id = inventory.add_server(target, update={"command": "sleep 30"})
+    server_id = inventory.add_server(target, update={"command": "sleep 30"}, owners=[alice.user_id])
     enqueued = ok(alice.post(f"/api/servers/{server_id}/update"), 202)
     job_id = enqueued["jobId"]
     uuid.UUID(enqueued["updateId"])
@@ -173,9 +176,11 @@ def test_active_job_streams_events_refuses_removal_and_cancels(
 
 
 def test_delayed_job_shows_as_delayed_then_paused_with_its_pool(
-    stack: Stack, alice: Api, admin: Api
+    stack: Stack, alice: Api, admin: Api, inventory: InventoryFile
 ):
-    job_id = create_delayed_scan(stack, alice.user_id)
+    # Never reached: the scan is deleted before it is due.
+    server_id = inventory.add_server(name="unreached", owners=[alice.user_id], **UNREACHED)
+    job_id = create_delayed_scan(stack, alice.user_id, server_id)
     job = alice.job(job_id)
     assert job["state"] == "delayed"
     assert job["processedOn"] is None and job["finishedOn"] is None and job["attempts"] == 0
@@ -262,19 +267,23 @@ def test_failed_job_after_retries_shows_its_reason_and_can_be_retried(
     alice.wait_for_state(job_id, "failed", "cancelled", timeout=60)
 
 
-def create_delayed_scan(stack: Stack, user_id: str) -> str:
+#: An inventory entry's connection fields for a server no job reaches.
+UNREACHED = {"host": "127.0.0.1", "username": "nobody", "private_key_file": "/nonexistent/key"}
+
+
+def create_delayed_scan(stack: Stack, user_id: str, server_id: uuid.UUID) -> str:
     """A scan due in an hour, created through the Prefect client as the scheduler would."""
     with stack.sync_client() as client:
         deployment = client.read_deployment_by_name(SCAN.full_name)
         run = client.create_flow_run_from_deployment(
             deployment.id,
             parameters={
-                "server_id": str(uuid.uuid4()),
+                "server_id": str(server_id),
                 "scan_id": str(uuid.uuid4()),
                 "user_id": user_id,
                 "job_type": JobType.SCAN_FULL.value,
             },
             state=Scheduled(scheduled_time=datetime.now(UTC) + timedelta(hours=1)),
-            tags=[job_type_tag(JobType.SCAN_FULL), user_tag(user_id)],
+            tags=[job_type_tag(JobType.SCAN_FULL), server_tag(server_id), user_tag(user_id)],
         )
     return str(run.id)

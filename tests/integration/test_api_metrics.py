@@ -46,8 +46,11 @@ def test_queue_metrics_count_every_state_and_judge_health(stack: Stack, admin: A
         assert sum(v for k, v in data[queue].items() if k != "total") == data[queue]["total"]
     assert data["health"]["status"] in {"healthy", "degraded"}
     assert data["health"]["message"]
+    # A user's counts are of their jobs on their servers: none for one who owns none.
     with Api(stack.shim_url or "", stack.jwt_secret or "", "someone") as user:
-        assert ok(user.get("/api/metrics/queues"))["backup"] == data["backup"]
+        counts = ok(user.get("/api/metrics/queues"))
+        assert all(counts[q]["total"] == 0 for q in ("backup", "scan", "update"))
+        assert all(q["total"] == 0 for q in ok(user.get("/api/metrics/system"))["queues"].values())
 
 
 def test_system_metrics_report_prefect_workers_and_queues(admin: Api):
@@ -131,11 +134,13 @@ def test_without_prefect_the_shim_answers_503_saying_so(orphan_shim):
         assert "cannot be reached" in error(client.get(f"/api/jobs/{uuid.uuid4()}"), 503)
 
 
-def test_the_shim_refuses_to_start_without_a_secret(tmp_path):
+@pytest.mark.parametrize(("secret", "says"), [(None, "not set"), ("change-me", "at least 32")])
+def test_the_shim_refuses_to_start_without_a_strong_secret(tmp_path, secret, says):
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MM_"))},
         "PREFECT_API_URL": "http://127.0.0.1:9/api",
         "PREFECT_HOME": str(tmp_path),
+        **({"MM_JWT_SECRET": secret} if secret else {}),
     }
     argv = [sys.executable, "-m", "uvicorn", "api_shim.app:app", "--port", str(free_port())]
     result = subprocess.run(
@@ -143,3 +148,4 @@ def test_the_shim_refuses_to_start_without_a_secret(tmp_path):
     )
     assert result.returncode != 0
     assert "MM_JWT_SECRET" in result.stderr
+    assert says in result.stderr

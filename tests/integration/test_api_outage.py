@@ -49,7 +49,7 @@ def refused(response: Any) -> str:
 def test_prefect_stopped_then_started_503_with_retry_after_then_the_job_runs(
     stack: Stack, api: Api, target: LocalTarget, inventory: InventoryFile
 ):
-    server_id = inventory.add_server(target)
+    server_id = inventory.add_server(target, owners=[api.user_id])
     path = f"/api/servers/{server_id}/scan"
     assert stack.server is not None
     stack.server.stop(15)

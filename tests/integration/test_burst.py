@@ -56,14 +56,20 @@ def test_a_burst_of_jobs_all_complete_within_the_limits(
 ):
     scans, backups, updates = BURSTS[pytestconfig.getoption("--burst")]
     source = tiny_source(tmp_path / "source")
-    scan_ids = [inventory.add_server(target) for _ in range(10)]
-    backup_ids = [inventory.add_server(target, backup={"paths": [str(source)]}) for _ in range(10)]
-    update_ids = [inventory.add_server(target, update={"command": "true"}) for _ in range(2)]
+    user = f"burst-{uuid.uuid4().hex[:6]}"
+    mine = {"owners": [user]}
+    scan_ids = [inventory.add_server(target, **mine) for _ in range(10)]
+    backup_ids = [
+        inventory.add_server(target, backup={"paths": [str(source)]}, **mine) for _ in range(10)
+    ]
+    update_ids = [
+        inventory.add_server(target, update={"command": "true"}, **mine) for _ in range(2)
+    ]
     plan = burst_plan(
         scan_ids, backup_ids, update_ids, scans=scans, backups=backups, updates=updates
     )
     assert stack.shim_url and stack.jwt_secret
-    token = mint_token(stack.jwt_secret, f"burst-{uuid.uuid4().hex[:6]}", "user")
+    token = mint_token(stack.jwt_secret, user, "user")
 
     began_at, began = datetime.now(UTC), time.monotonic()
     # As fast as 10 clients go: the shim answers each once Prefect has stored the run.

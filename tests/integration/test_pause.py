@@ -56,8 +56,8 @@ def _started_at(stack: Stack, job_id: str) -> float:
 def test_paused_pool_holds_new_jobs_and_resumes_by_priority(
     stack: Stack, api: Api, target: LocalTarget, inventory: InventoryFile
 ):
-    slow = inventory.add_server(target, update={"command": "sleep 2"})
-    quick = inventory.add_server(target, update={"command": "true"})
+    slow = inventory.add_server(target, update={"command": "sleep 2"}, owners=[api.user_id])
+    quick = inventory.add_server(target, update={"command": "true"}, owners=[api.user_id])
     running = ok(api.post(f"/api/servers/{slow}/update"), 202)["jobId"]
     api.wait_for_state(running, "active", "completed", timeout=60)
     try:
@@ -102,7 +102,7 @@ def _state_type(stack: Stack, job_id: str) -> StateType | None:
 def test_paused_work_queue_holds_its_jobs_while_the_pool_runs_others(
     stack: Stack, api: Api, target: LocalTarget, inventory: InventoryFile
 ):
-    server = inventory.add_server(target, update={"command": "true"})
+    server = inventory.add_server(target, update={"command": "true"}, owners=[api.user_id])
     took = _set_queue_paused(stack, "update", "critical", paused=True)
     try:
         assert took < PATCH_SECONDS, f"pausing one work queue took {took:.1f} s"

@@ -102,11 +102,12 @@ def test_redis_cut_then_back_503_not_created_then_a_new_job_completes(
 ):
     stack, proxy = redis_behind_proxy
     assert stack.shim_url and stack.jwt_secret
-    server_id = inventory.add_server(target)
+    user = f"redis-{uuid.uuid4().hex[:6]}"
+    server_id = inventory.add_server(target, owners=[user])
     path = f"/api/servers/{server_id}/scan"
     pids = _pids(stack)
     assert None not in pids.values(), pids
-    with Api(stack.shim_url, stack.jwt_secret, f"redis-{uuid.uuid4().hex[:6]}") as api:
+    with Api(stack.shim_url, stack.jwt_secret, user) as api:
         # A job first, so that every process holds Redis connections when they are cut.
         before = ok(api.post(path, json={"scan_type": "quick"}), 202)["jobId"]
         assert api.wait_for_state(before, "completed", "failed")["state"] == "completed"

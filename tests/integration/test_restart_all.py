@@ -152,12 +152,17 @@ def enqueue(api: Api, world: World) -> list[Job]:
             port=world.proxy.port,
             known_hosts_file=str(world.known_hosts),
             backup={"paths": [str(world.source)]},
+            owners=[api.user_id],
         )
         for _ in range(3)
     ]
-    scan_servers = [world.inventory.add_server(world.target) for _ in range(3)]
+    scan_servers = [
+        world.inventory.add_server(world.target, owners=[api.user_id]) for _ in range(3)
+    ]
     # Long enough to be running at the kill; run again, it just sleeps again.
-    update_server = world.inventory.add_server(world.target, update={"command": "sleep 4"})
+    update_server = world.inventory.add_server(
+        world.target, update={"command": "sleep 4"}, owners=[api.user_id]
+    )
     kinds = ["backup"] * 6 + ["scan:full"] * 5 + ["scan:quick"] * 6 + ["update"] * 3
     random.Random(4).shuffle(kinds)  # As users would send them: kinds mixed, the same each run.
     jobs = []

@@ -83,6 +83,14 @@ class InventoryFile:
             entry = {"id": str(server_id), "name": name, **fields}
         return self.add(entry)
 
+    def set_owners(self, server_id: UUID | str, owners: list[str]) -> None:
+        """Change who owns a server, as an operator editing the file would."""
+        with self._lock:
+            self._servers = [
+                {**s, "owners": owners} if s["id"] == str(server_id) else s for s in self._servers
+            ]
+            self._write()
+
     def remove(self, server_id: UUID | str) -> None:
         with self._lock:
             self._servers = [s for s in self._servers if s["id"] != str(server_id)]
