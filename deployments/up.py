@@ -148,7 +148,10 @@ def main(argv: list[str] | None = None) -> int:
 def dev_token(stack: Stack) -> str:
     """An admin token for the shim, valid 12 hours: `curl -H "Authorization: Bearer $TOKEN"`."""
     assert stack.jwt_secret is not None
-    return mint_token(stack.jwt_secret, "dev-admin", Role.ADMIN)
+    # The shim checks these claims when they are set (its MM_JWT_ISSUER and MM_JWT_AUDIENCE).
+    issuer = os.environ.get("MM_JWT_ISSUER") or None
+    audience = os.environ.get("MM_JWT_AUDIENCE") or None
+    return mint_token(stack.jwt_secret, "dev-admin", Role.ADMIN, issuer=issuer, audience=audience)
 
 
 def login_help(stack: Stack) -> str:
