@@ -110,6 +110,16 @@ def test_changes_want_a_csrf_token_as_well(stack: Stack) -> None:
     assert "CSRF" in answer.text
     with stack.http() as http:
         assert http.post("/flow_runs/filter", json={"limit": 1}).status_code == 200
+        # The server keeps the token it checked (deployments/prefect_server.py): another one
+        # for the same client, or the same one for another client, is still refused.
+        client = http.headers["Prefect-Csrf-Client"]
+        for token, for_client in (("0" * 64, client), (http.headers["Prefect-Csrf-Token"], "x")):
+            answer = http.post(
+                "/flow_runs/filter",
+                json={"limit": 1},
+                headers={"Prefect-Csrf-Token": token, "Prefect-Csrf-Client": for_client},
+            )
+            assert answer.status_code == 403, (token, for_client)
 
 
 @pytest.mark.parametrize("origin", ["https://evil.example", "null", "http://127.0.0.1:1"])
