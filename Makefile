@@ -31,10 +31,12 @@ test: install
 	$(UV) run pytest --durations=15
 	$(UV) run pytest --durations=5 --stack-mode=scaled $(SCALED_TESTS)
 
+# lint-imports checks the layers contract in pyproject.toml: an upward import fails it.
 lint:
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
 	$(UV) run mypy
+	$(UV) run lint-imports
 
 # Every goal of issue 6 in one run and one table (bench/run_all.py), written into BENCHMARKS.md;
 # about 10 minutes. `make bench BENCH=--quick` is a smoke run on small data that writes nothing;

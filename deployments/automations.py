@@ -1,7 +1,8 @@
 """Stalled and crashed jobs: two Prefect automations per pool, created by the bootstrap.
 
 Stock Prefect has no zombie detection on a self-hosted server: when a worker dies together with
-its flow-run process, the run stays Running forever and keeps its pool slot (FACTS.md). Flow
+its flow-run process, the run stays Running forever and keeps its pool slot (docs/DESIGN.md,
+"The crash and re-run automations"). Flow
 runs emit `prefect.flow-run.heartbeat` every `PREFECT_FLOWS_HEARTBEAT_FREQUENCY` seconds (set by
 the stack). Per pool:
 

@@ -1,7 +1,8 @@
 """A Prefect worker that starts each flow run from a pre-warmed fork server.
 
 The stock process worker starts `python -m prefect.engine` for every run: 3-5 s of importing
-Prefect, paramiko and our flows on 2 cores (FACTS.md), most of a scan's life. This worker keeps
+Prefect, paramiko and our flows on 2 cores (docs/DESIGN.md, "The fork-server worker"), most of
+a scan's life. This worker keeps
 the isolation (every run is a process of its own, killed, timed and reported like the stock
 ones) and removes the import: the standard library's `multiprocessing` fork server imports those
 modules once, single-threaded, and forks a copy for each run, as Celery's prefork and RQ's fork

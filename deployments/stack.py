@@ -43,8 +43,8 @@ SERVER_GRACE = 5.0
 FORKSERVER = ForkServerWorker.type
 WORKER_TYPES = (FORKSERVER, ProcessWorker.type)
 #: Seconds between a worker's polls for runs. The stock worker: pickup in 0.6 s instead of 4 s
-#: (FACTS.md) for ~13 % of a core on an idle server. Ours is woken by the pool's events, so its
-#: poll is only the safety net.
+#: for ~13 % of a core on an idle server (docs/DESIGN.md, "The fork-server worker", Polling).
+#: Ours is woken by the pool's events, so its poll is only the safety net.
 POLL_SECONDS = {FORKSERVER: 5, ProcessWorker.type: 1}
 
 _FOREIGN = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH")
@@ -510,7 +510,8 @@ class Stack:
                 worker_type or self.worker_type,
                 "--name",
                 self.worker_name(pool, host),
-                # A second guard: the pool's own limit can overshoot (FACTS.md).
+                # A second guard: the pool's own limit can overshoot (docs/DESIGN.md,
+                # "Prefect behaviour the code relies on").
                 "--limit",
                 str(queue.concurrency),
                 # Pools are the bootstrap's; a worker must not create an empty-template one.

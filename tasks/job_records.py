@@ -34,7 +34,8 @@ from prefect.client.schemas.sorting import FlowRunSort
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-#: The most runs Prefect deletes in one bulk call (FACTS.md).
+#: The most runs Prefect deletes in one bulk call (docs/DESIGN.md, "Prefect behaviour the code
+#: relies on").
 BATCH = 50
 
 _FAILED = [StateType.FAILED, StateType.CRASHED]

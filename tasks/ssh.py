@@ -37,7 +37,8 @@ from tasks.errors import (
 from tasks.inventory import Server
 from tasks.settings import WorkSettings, get_settings
 
-# Measured in FACTS.md: these make paramiko stream at ~0.97x of OpenSSH instead of ~0.54x.
+# These make paramiko stream at ~0.97x of OpenSSH instead of ~0.54x (measured: docs/DESIGN.md,
+# "Backups stream through OpenSSH").
 WINDOW_SIZE = 8 << 20
 MAX_PACKET_SIZE = 256 << 10
 READ_SIZE = 1 << 20

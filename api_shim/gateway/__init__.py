@@ -351,7 +351,8 @@ class Gateway:
         if state is not JobState.FAILED:
             raise JobConflict(f"only failed jobs can be retried; job {job_id} is {state}")
         # Forced: Prefect refuses Failed -> Scheduled otherwise; the worker then runs the same
-        # flow-run id again with run_count + 1 (FACTS.md).
+        # flow-run id again with run_count + 1 (docs/DESIGN.md, "Prefect behaviour the code
+        # relies on").
         await self.call(
             "set_flow_run_state", self.client.set_flow_run_state(run.id, Scheduled(), force=True)
         )
@@ -363,7 +364,8 @@ class Gateway:
             raise JobConflict(f"job {job_id} has already ended ({state})")
         started = run.state is not None and run.state.type in _STARTED
         # A run with a process must be killed by its worker (Cancelling); one without a process
-        # has nothing to kill, and Cancelling would leave it hanging (FACTS.md).
+        # has nothing to kill, and Cancelling would leave it hanging (docs/DESIGN.md, "Prefect
+        # behaviour the code relies on").
         new_state: State[None] = Cancelling() if started else Cancelled()
         await self.call("set_flow_run_state", self.client.set_flow_run_state(run.id, new_state))
         return JobState.ACTIVE if started else JobState.CANCELLED

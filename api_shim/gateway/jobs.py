@@ -83,8 +83,9 @@ def job_data(run: FlowRun) -> JobData:
 def attempts_of(run: FlowRun, task_runs: Sequence[TaskRun]) -> int:
     """Tries so far: per run of the flow, the most tries of one of its tasks (at least one).
 
-    Task retries leave the flow run's `run_count` at 1 (FACTS.md); a retry through the API runs
-    the flow again, and its tasks' `flow_run_run_count` says which run they belong to.
+    Task retries leave the flow run's `run_count` at 1 (docs/DESIGN.md, "Prefect behaviour the
+    code relies on"); a retry through the API runs the flow again, and its tasks'
+    `flow_run_run_count` says which run they belong to.
     """
     most: dict[int, int] = defaultdict(int)
     for task_run in task_runs:

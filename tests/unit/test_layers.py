@@ -1,0 +1,85 @@
+"""The layers contract in pyproject.toml holds on the repository and catches an upward import."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+# The console script beside this interpreter: `uv run` puts it there, PATH may not.
+LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
+
+
+def lint_imports(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # PYTHONPATH first, so the fake packages below shadow the real ones installed in the venv.
+    env = {**os.environ, "PYTHONPATH": str(cwd)}
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-logo", "--no-cache", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def contract() -> dict[str, Any]:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    [layers] = [c for c in config["contracts"] if c["type"] == "layers"]
+    assert isinstance(layers, dict)
+    return layers
+
+
+def test_the_contract_passes_on_the_repository() -> None:
+    result = lint_imports(ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 kept, 0 broken" in result.stdout
+
+
+def test_the_top_layers_import_down_only(contract: dict[str, Any]) -> None:
+    # The order docs/ARCHITECTURE.md draws; bench and tests stay outside the contract.
+    assert contract["layers"] == ["api_shim", "deployments", "flows", "tasks"]
+
+
+def test_every_ignored_import_says_it_goes_away() -> None:
+    # Each exception carries a comment naming the re-layering that removes it.
+    text = (ROOT / "pyproject.toml").read_text()
+    block = text.split("ignore_imports = [", 1)[1].split("]", 1)[0]
+    lines = [line.strip() for line in block.splitlines() if line.strip()]
+    for previous, line in pairwise(lines):
+        if line.startswith('"'):
+            assert previous.startswith("# To be removed by the re-layering"), line
+
+
+@pytest.mark.parametrize(
+    ("importer", "imported"),
+    [("tasks", "flows"), ("flows", "deployments"), ("deployments", "api_shim")],
+)
+def test_an_upward_import_breaks_the_contract(
+    tmp_path: Path, contract: dict[str, Any], importer: str, imported: str
+) -> None:
+    # A tiny tree with the same layers: each package has one module, and one of them imports up.
+    for package in contract["layers"]:
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+        (tmp_path / package / "core.py").write_text("")
+    (tmp_path / importer / "core.py").write_text(f"from {imported} import core\n")
+    layers = ", ".join(f'"{layer}"' for layer in contract["layers"])
+    (tmp_path / ".importlinter.toml").write_text(
+        f"[tool.importlinter]\nroot_packages = [{layers}]\n\n"
+        f'[[tool.importlinter.contracts]]\nname = "layers"\ntype = "layers"\n'
+        f"layers = [{layers}]\n"
+    )
+    result = lint_imports(tmp_path, ".importlinter.toml")
+    assert result.returncode != 0
+    assert "BROKEN" in result.stdout
+    assert f"{importer}.core -> {imported}.core" in result.stdout
