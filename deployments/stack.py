@@ -367,7 +367,8 @@ class Stack:
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self, timeout: float = 90.0) -> Stack:
-        """Start everything and return once the workers are registered; stop all on failure."""
+        """Start everything and return once the workers are registered and the shim's /health
+        says ready (an enqueue would be accepted); stop all on failure."""
         try:
             self._start(timeout)
         except BaseException:
@@ -395,6 +396,8 @@ class Stack:
             for queue in QUEUES:
                 self.wait_for_worker(queue.name, timeout, host=host)
         self.timings["workers"] = time.monotonic() - mark
+        if self.shim is not None:
+            self.wait_for_shim_ready(timeout)
         self.timings["total"] = time.monotonic() - begin
 
     async def _ensure_pools(self) -> None:
@@ -573,6 +576,26 @@ class Stack:
         self.shim.start(env, self.project_dir)
         port = self.api_port
         self._wait(self.shim, lambda: _port_open(port), timeout, f"API shim not on port {port}")
+
+    def wait_for_shim_ready(self, timeout: float = 60.0) -> None:
+        """Until the shim's /health answers 200: Prefect has the pools, queues and deployments
+        it needs to accept a job (api_shim.gateway.readiness)."""
+        assert self.shim is not None
+        url = f"{self.shim_url}/health"
+        said: list[str] = []
+
+        def ready() -> bool:
+            answer = httpx.get(url, timeout=5)
+            try:
+                said[:] = [str(answer.json()["message"])]
+            except (ValueError, KeyError, TypeError):
+                said[:] = [answer.text[:200]]
+            return answer.status_code == 200
+
+        try:
+            self._wait(self.shim, ready, timeout, f"the API shim did not get ready ({url})")
+        except StackError as exc:
+            raise StackError(f"{exc}\nlast answer: {said[0] if said else 'none'}") from None
 
     def stop(self, grace: float | None = None) -> None:
         """Stop everything within about one grace period (`stop_grace` unless given); safe to
