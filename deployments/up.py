@@ -32,6 +32,7 @@ from deployments.catalogue import CATALOGUE
 from deployments.credentials import PREFECT_AUTH_FILE
 from deployments.local_target import LocalTarget
 from deployments.stack import Stack, StackError
+from deployments.stack_lock import DataDirLock, StackRunning
 from deployments.stack_settings import get_stack_settings
 from flows.params import JobType
 from tasks.atomic import write_atomic
@@ -86,6 +87,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     data_dir: Path = args.data_dir.resolve()
+    # Before anything binds a port: a second `make up` here names the first instead of
+    # failing on whichever port it reaches first.
+    try:
+        lock = DataDirLock(data_dir).acquire()
+    except StackRunning as exc:
+        console.print(f"[red]{exc}[/]", soft_wrap=True)
+        return 1
+    try:
+        return run(args, data_dir)
+    finally:
+        lock.release()
+
+
+def run(args: argparse.Namespace, data_dir: Path) -> int:
+    """The stack of `main`'s arguments, in the foreground until Ctrl-C or SIGTERM."""
 
     # SIGTERM ends the stack like Ctrl-C does.
     def interrupt(signum: int, frame: FrameType | None) -> None:
