@@ -32,7 +32,7 @@ from api_shim.gateway.errors import (
     OutcomeUnknown,
 )
 from api_shim.gateway.jobs import PAGE, JobReader, state_of
-from api_shim.gateway.readiness import ReadyMark, missing_parts
+from api_shim.gateway.readiness import ReadyMark, missing_parts, work_queues
 from api_shim.gateway.selection import Scope, Slice, slices_for
 from api_shim.metrics import PREFECT_SECONDS
 from api_shim.schemas import Job, JobList, PrefectStatus, QueueCounts, ServiceHealth
@@ -192,7 +192,7 @@ class Gateway:
         if not self._ready.due(time.monotonic()):
             return []
         pools, found = await asyncio.gather(
-            self._work_queues(),
+            work_queues(self.call, self.client, POOLS),
             asyncio.gather(*(self._deployment_id(d.full_name) for d in ALL_DEPLOYMENTS)),
         )
         names = {d.full_name for d, i in zip(ALL_DEPLOYMENTS, found, strict=True) if i is not None}
@@ -200,21 +200,6 @@ class Gateway:
         if not missing:
             self._ready.seen(time.monotonic())
         return missing
-
-    async def _work_queues(self) -> dict[str, set[str]]:
-        """The names of the work queues of each of our pools that exist."""
-        pools = await self.call("read_work_pools", self.client.read_work_pools())
-        ours = [p.name for p in pools if p.name in POOLS]
-
-        async def queues_of(pool: str) -> set[str] | None:
-            try:
-                read = self.client.read_work_queues(work_pool_name=pool)
-                return {q.name for q in await self.call("read_work_queues", read)}
-            except JobNotFound:  # deleted since the pools were read
-                return None
-
-        found = await asyncio.gather(*(queues_of(pool) for pool in ours))
-        return {pool: q for pool, q in zip(ours, found, strict=True) if q is not None}
 
     async def _deployment_id(self, full_name: str) -> UUID | None:
         """The deployment's id, kept for creating runs; None when it is not registered."""

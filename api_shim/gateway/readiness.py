@@ -1,14 +1,19 @@
 """Whether Prefect has what a job needs to be accepted: the pools of the queue table, their
 priority work queues, and every deployment of the catalogue.
 
-Pure logic; the gateway reads Prefect and keeps one `ReadyMark`.
+The gateway's `health` asks; it keeps one `ReadyMark` and the reads go through its `call`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+import asyncio
+from collections.abc import Awaitable, Collection, Mapping
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
+from prefect.client.orchestration import PrefectClient
+
+from api_shim.gateway.errors import JobNotFound
 from deployments.catalogue import ALL_DEPLOYMENTS
 from deployments.queues import QUEUES, Priority
 
@@ -17,6 +22,8 @@ from deployments.queues import QUEUES, Priority
 #: (the reachability check) instead of eight; a half-minute bounds how long /health may miss
 #: such a loss, and an enqueue that finds its deployment missing forgets the mark at once.
 READY_RECHECK_SECONDS = 30.0
+
+T = TypeVar("T")
 
 #: The work queues every pool has, by name.
 WORK_QUEUES: tuple[str, ...] = tuple(p.queue_name for p in Priority)
@@ -57,3 +64,29 @@ class ReadyMark:
 
     def forget(self) -> None:
         self.seen_at = None
+
+
+class Call(Protocol):
+    """`Gateway.call`: one Prefect call with a deadline, its errors translated into ours."""
+
+    def __call__(
+        self, operation: str, awaitable: Awaitable[T], *, create: bool = False
+    ) -> Awaitable[T]: ...
+
+
+async def work_queues(
+    call: Call, client: PrefectClient, pools: Collection[str]
+) -> dict[str, set[str]]:
+    """The names of the work queues of each of `pools` that exists."""
+    found = await call("read_work_pools", client.read_work_pools())
+    ours = [p.name for p in found if p.name in pools]
+
+    async def queues_of(pool: str) -> set[str] | None:
+        try:
+            read = await call("read_work_queues", client.read_work_queues(work_pool_name=pool))
+        except JobNotFound:  # deleted since the pools were read
+            return None
+        return {q.name for q in read}
+
+    queues = await asyncio.gather(*(queues_of(pool) for pool in ours))
+    return {pool: q for pool, q in zip(ours, queues, strict=True) if q is not None}
