@@ -27,6 +27,7 @@ import httpx
 from prefect.client.orchestration import PrefectClient, SyncPrefectClient
 from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 from prefect.workers.process import ProcessWorker
+from pydantic import ValidationError
 
 from deployments import credentials
 from deployments.automations import MIN_HEARTBEAT_SECONDS
@@ -213,7 +214,10 @@ class Stack:
         self.project_dir = self.project_dir.resolve()
         # What the environment sets means the same here as for the workers and the CLI; only
         # what it leaves unset falls back to the data directory.
-        work = WorkSettings()
+        try:
+            work = WorkSettings()
+        except ValidationError as exc:
+            raise StackError(f"invalid MM_* setting: {exc}") from None
         given = work.model_fields_set
         if self.inventory is None and "inventory" in given:
             self.inventory = work.inventory

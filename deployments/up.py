@@ -21,7 +21,7 @@ from uuid import UUID
 import yaml
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import arun_deployment
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
@@ -73,7 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=PROJECT_DIR / "var")
     parser.add_argument("--project-dir", type=Path, default=PROJECT_DIR, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=4200, help="Prefect API and UI")
-    settings = get_stack_settings()
+    try:
+        settings = get_stack_settings()
+    except ValidationError as exc:
+        console.print(f"[red]invalid MM_* setting: {exc}[/]", soft_wrap=True)
+        return 2
     parser.add_argument("--api-port", type=int, default=settings.api_port, help="MM_API_PORT")
     parser.add_argument(
         "--stop-grace",

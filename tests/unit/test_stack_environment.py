@@ -146,3 +146,11 @@ def test_port_grace_and_worker_type_come_from_the_environment(
         get_stack_settings.cache_clear()
     assert (stack.api_port, stack.stop_grace, stack.worker_type) == (3456, 4.5, "process")
     assert stack.environment()["MM_API_PORT"] == "3456"
+
+
+def test_an_invalid_setting_is_a_stack_error_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MM_SSH_CLIENT", "telnet")
+    with pytest.raises(StackError, match="ssh_client"):
+        Stack(tmp_path, backend=EMBEDDED)
