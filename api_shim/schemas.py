@@ -256,8 +256,21 @@ class PrefectStatus(Schema):
 
 
 class ServiceHealth(Schema):
-    status: Literal["ok", "unavailable"]
+    """Readiness: `ok` once Prefect answers and has all that jobs need."""
+
+    #: ok: an enqueue would be accepted; unavailable: Prefect does not answer; not_ready: it
+    #: answers but lacks some of `missing` (the bootstrap has not run, or they were deleted).
+    status: Literal["ok", "unavailable", "not_ready"]
     prefect: PrefectStatus
+    #: What Prefect lacks, e.g. `deployment backup/backup`, `work queue scan/low`.
+    missing: list[str] = Field(default_factory=list)
+
+
+class Liveness(Schema):
+    """The shim's process answers; says nothing of Prefect."""
+
+    status: Literal["alive"] = "alive"
+    uptime_seconds: float
 
 
 class WorkerCount(Schema):

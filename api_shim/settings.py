@@ -7,7 +7,7 @@ import secrets
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger("api_shim")
@@ -40,7 +40,6 @@ class ApiSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MM_", extra="ignore")
 
     jwt_secret: SecretStr | None = Field(None, description="HS256 key of the callers' tokens.")
-    api_port: int = Field(3000, ge=1, le=65535, description="Port the shim listens on.")
     api_dev: bool = Field(False, description="Development mode: a generated secret if none.")
     #: When set, tokens must carry this `iss` claim (and `mint_token` is given it).
     jwt_issuer: str | None = Field(None, min_length=1)
@@ -55,8 +54,9 @@ class ApiSettings(BaseSettings):
     #: Bytes a request body may have; a larger one is refused with 413 before it is parsed.
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
 
-    #: True when the secret was generated here (dev mode): tokens die with the process.
-    generated_secret: bool = Field(False, exclude=True)
+    #: True when the secret was generated here (dev mode): tokens die with the process. Private,
+    #: so that no MM_GENERATED_SECRET in the environment can make the shim log a token.
+    _generated_secret: bool = PrivateAttr(False)
 
     @model_validator(mode="after")
     def _secret_or_dev(self) -> ApiSettings:
@@ -64,12 +64,16 @@ class ApiSettings(BaseSettings):
             if not self.api_dev:
                 raise InsecureSettings()
             self.jwt_secret = SecretStr(secrets.token_urlsafe(MIN_SECRET_BYTES))
-            self.generated_secret = True
+            self._generated_secret = True
         # Dev mode too: a short secret given is a mistake worth hearing about at once.
         length = len(self.jwt_secret.get_secret_value().encode())
         if length < MIN_SECRET_BYTES:
             raise WeakSecret(length)
         return self
+
+    @property
+    def generated_secret(self) -> bool:
+        return self._generated_secret
 
     @property
     def secret(self) -> str:

@@ -27,6 +27,7 @@ import httpx
 from prefect.client.orchestration import PrefectClient, SyncPrefectClient
 from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 from prefect.workers.process import ProcessWorker
+from pydantic import ValidationError
 
 from deployments import credentials
 from deployments.automations import MIN_HEARTBEAT_SECONDS
@@ -35,6 +36,8 @@ from deployments.bootstrap import PROJECT_DIR, ensure_pool
 from deployments.forkserver import ForkServerWorker
 from deployments.local_target import descendants
 from deployments.queues import QUEUES, Queue, get_queue
+from deployments.stack_settings import get_stack_settings
+from tasks.settings import WorkSettings
 
 #: Seconds the Prefect server side gets after the workers, at least, to take their last reports.
 SERVER_GRACE = 5.0
@@ -151,8 +154,12 @@ class Stack:
         data_dir: PREFECT_HOME (with the SQLite database), logs, and default repositories.
         port: the Prefect API and UI port on 127.0.0.1.
         inventory: MM_INVENTORY for bootstrap and flow runs; read at run time by the flows.
+            Default: MM_INVENTORY from the environment, else the children's own default.
+        backup_root, results_root: MM_BACKUP_ROOT and MM_RESULTS_ROOT of every child; default:
+            those from the environment, else `<data_dir>/backups` and `<data_dir>/results`.
+            Relative paths are taken from the current directory, as the CLI takes them.
         api_port: port of the API shim; None never starts it. It starts only if
-            api_shim/app.py exists.
+            api_shim/app.py exists. Default: MM_API_PORT, else 3000.
         ui: serve the Prefect UI (tests save a little startup without it).
         extra_env: more variables for every child, e.g. PREFECT_* tuning in a test.
         jwt_secret: the shim's MM_JWT_SECRET; default: MM_JWT_SECRET from the environment, or
@@ -172,6 +179,8 @@ class Stack:
         worker_type: `forkserver` (runs forked from a pre-imported process,
             deployments/forkserver.py) or Prefect's stock `process`; default: MM_WORKER_TYPE,
             else `forkserver`.
+        stop_grace: seconds `stop()` lets jobs run after SIGTERM before it kills them (hands
+            them back); default: MM_STOP_GRACE, else 15.
     """
 
     data_dir: Path
@@ -180,17 +189,16 @@ class Stack:
     project_dir: Path = PROJECT_DIR
     backup_root: Path | None = None
     results_root: Path | None = None
-    api_port: int | None = 3000
+    api_port: int | None = field(default_factory=lambda: get_stack_settings().api_port)
     ui: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
     jwt_secret: str | None = None
     auth_string: str | None = None
-    #: Seconds `stop()` lets jobs run after SIGTERM before it kills them (hands them back).
-    stop_grace: float = 15.0
+    stop_grace: float = field(default_factory=lambda: get_stack_settings().stop_grace)
     backend: BackendSettings | None = None
     server_ports: list[int] = field(default_factory=list)
     hosts: int = 1
-    worker_type: str = field(default_factory=lambda: os.environ.get("MM_WORKER_TYPE", FORKSERVER))
+    worker_type: str = field(default_factory=lambda: get_stack_settings().worker_type)
     server: Child | None = None
     #: Every Prefect API process (`server` is the first); one unless `server_ports` says more.
     servers: list[Child] = field(default_factory=list)
@@ -204,6 +212,21 @@ class Stack:
     def __post_init__(self) -> None:
         self.data_dir = self.data_dir.resolve()
         self.project_dir = self.project_dir.resolve()
+        # What the environment sets means the same here as for the workers and the CLI; only
+        # what it leaves unset falls back to the data directory.
+        try:
+            work = WorkSettings()
+        except ValidationError as exc:
+            raise StackError(f"invalid MM_* setting: {exc}") from None
+        given = work.model_fields_set
+        if self.inventory is None and "inventory" in given:
+            self.inventory = work.inventory
+        if self.backup_root is None and "backup_root" in given:
+            self.backup_root = work.backup_root
+        if self.results_root is None and "results_root" in given:
+            self.results_root = work.results_root
+        self.backup_root = (self.backup_root or self.data_dir / "backups").resolve()
+        self.results_root = (self.results_root or self.data_dir / "results").resolve()
         if self.inventory is not None:
             self.inventory = self.inventory.resolve()
         if self.backend is None:
@@ -272,8 +295,8 @@ class Stack:
                 "PREFECT_WORKER_PREFETCH_SECONDS": "5",
                 "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
                 "PYTHONUNBUFFERED": "1",
-                "MM_BACKUP_ROOT": str(self.backup_root or self.data_dir / "backups"),
-                "MM_RESULTS_ROOT": str(self.results_root or self.data_dir / "results"),
+                "MM_BACKUP_ROOT": str(self.backup_root),
+                "MM_RESULTS_ROOT": str(self.results_root),
             }
         )
         if self.inventory is not None:
@@ -367,7 +390,8 @@ class Stack:
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self, timeout: float = 90.0) -> Stack:
-        """Start everything and return once the workers are registered; stop all on failure."""
+        """Start everything and return once the workers are registered and the shim's /health
+        says ready (an enqueue would be accepted); stop all on failure."""
         try:
             self._start(timeout)
         except BaseException:
@@ -395,6 +419,8 @@ class Stack:
             for queue in QUEUES:
                 self.wait_for_worker(queue.name, timeout, host=host)
         self.timings["workers"] = time.monotonic() - mark
+        if self.shim is not None:
+            self.wait_for_shim_ready(timeout)
         self.timings["total"] = time.monotonic() - begin
 
     async def _ensure_pools(self) -> None:
@@ -574,6 +600,26 @@ class Stack:
         self.shim.start(env, self.project_dir)
         port = self.api_port
         self._wait(self.shim, lambda: _port_open(port), timeout, f"API shim not on port {port}")
+
+    def wait_for_shim_ready(self, timeout: float = 60.0) -> None:
+        """Until the shim's /health answers 200: Prefect has the pools, queues and deployments
+        it needs to accept a job (api_shim.gateway.readiness)."""
+        assert self.shim is not None
+        url = f"{self.shim_url}/health"
+        said: list[str] = []
+
+        def ready() -> bool:
+            answer = httpx.get(url, timeout=5)
+            try:
+                said[:] = [str(answer.json()["message"])]
+            except (ValueError, KeyError, TypeError):
+                said[:] = [answer.text[:200]]
+            return answer.status_code == 200
+
+        try:
+            self._wait(self.shim, ready, timeout, f"the API shim did not get ready ({url})")
+        except StackError as exc:
+            raise StackError(f"{exc}\nlast answer: {said[0] if said else 'none'}") from None
 
     def stop(self, grace: float | None = None) -> None:
         """Stop everything within about one grace period (`stop_grace` unless given); safe to

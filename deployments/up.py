@@ -21,18 +21,23 @@ from uuid import UUID
 import yaml
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import arun_deployment
+from pydantic import SecretStr, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from api_shim.auth import Role, mint_token
+from api_shim.settings import ApiSettings
 from deployments.bootstrap import PROJECT_DIR
 from deployments.catalogue import CATALOGUE
 from deployments.credentials import PREFECT_AUTH_FILE
 from deployments.local_target import LocalTarget
 from deployments.stack import Stack, StackError
+from deployments.stack_lock import DataDirLock, StackRunning
+from deployments.stack_settings import get_stack_settings
 from flows.params import JobType
 from tasks.atomic import write_atomic
 from tasks.progress import read_progress
+from tasks.settings import get_settings as get_work_settings
 
 console = Console(stderr=True)
 
@@ -68,18 +73,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=PROJECT_DIR / "var")
     parser.add_argument("--project-dir", type=Path, default=PROJECT_DIR, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=4200, help="Prefect API and UI")
-    parser.add_argument("--api-port", type=int, default=int(os.environ.get("MM_API_PORT", 3000)))
+    try:
+        settings = get_stack_settings()
+    except ValidationError as exc:
+        console.print(f"[red]invalid MM_* setting: {exc}[/]", soft_wrap=True)
+        return 2
+    parser.add_argument("--api-port", type=int, default=settings.api_port, help="MM_API_PORT")
     parser.add_argument(
         "--stop-grace",
         type=float,
-        default=float(os.environ.get("MM_STOP_GRACE", 15)),
-        help="seconds running jobs get to finish on Ctrl-C before they are handed back",
+        default=settings.stop_grace,
+        help="seconds running jobs get to finish on Ctrl-C before they are handed back"
+        " (MM_STOP_GRACE)",
     )
     parser.add_argument(
         "--inventory", type=Path, default=None, help="default: MM_INVENTORY or ./inventory.yaml"
     )
     args = parser.parse_args(argv)
     data_dir: Path = args.data_dir.resolve()
+    # Before anything binds a port: a second `make up` here names the first instead of
+    # failing on whichever port it reaches first.
+    try:
+        lock = DataDirLock(data_dir).acquire()
+    except StackRunning as exc:
+        console.print(f"[red]{exc}[/]", soft_wrap=True)
+        return 1
+    try:
+        return run(args, data_dir)
+    finally:
+        lock.release()
+
+
+def run(args: argparse.Namespace, data_dir: Path) -> int:
+    """The stack of `main`'s arguments, in the foreground until Ctrl-C or SIGTERM."""
 
     # SIGTERM ends the stack like Ctrl-C does.
     def interrupt(signum: int, frame: FrameType | None) -> None:
@@ -98,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                 soft_wrap=True,
             )
         else:
-            inventory = args.inventory or Path(os.environ.get("MM_INVENTORY", "inventory.yaml"))
-            inventory = inventory.resolve()
+            inventory = (args.inventory or get_work_settings().inventory).resolve()
             if not inventory.exists():
                 inventory.parent.mkdir(parents=True, exist_ok=True)
                 inventory.write_text(EXAMPLE_INVENTORY)
@@ -148,10 +173,12 @@ def main(argv: list[str] | None = None) -> int:
 def dev_token(stack: Stack) -> str:
     """An admin token for the shim, valid 12 hours: `curl -H "Authorization: Bearer $TOKEN"`."""
     assert stack.jwt_secret is not None
-    # The shim checks these claims when they are set (its MM_JWT_ISSUER and MM_JWT_AUDIENCE).
-    issuer = os.environ.get("MM_JWT_ISSUER") or None
-    audience = os.environ.get("MM_JWT_AUDIENCE") or None
-    return mint_token(stack.jwt_secret, "dev-admin", Role.ADMIN, issuer=issuer, audience=audience)
+    # The shim's own settings, so the token carries the claims it checks (MM_JWT_ISSUER and
+    # MM_JWT_AUDIENCE, when set).
+    shim = ApiSettings(jwt_secret=SecretStr(stack.jwt_secret))
+    return mint_token(
+        shim.secret, "dev-admin", Role.ADMIN, issuer=shim.jwt_issuer, audience=shim.jwt_audience
+    )
 
 
 def login_help(stack: Stack) -> str:

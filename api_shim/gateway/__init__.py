@@ -32,10 +32,11 @@ from api_shim.gateway.errors import (
     OutcomeUnknown,
 )
 from api_shim.gateway.jobs import PAGE, JobReader, state_of
+from api_shim.gateway.readiness import ReadyMark, missing_parts, work_queues
 from api_shim.gateway.selection import Scope, Slice, slices_for
 from api_shim.metrics import PREFECT_SECONDS
-from api_shim.schemas import Job, JobList, PrefectStatus, QueueCounts
-from deployments.catalogue import CATALOGUE, DEPLOYMENTS, user_tag
+from api_shim.schemas import Job, JobList, PrefectStatus, QueueCounts, ServiceHealth
+from deployments.catalogue import ALL_DEPLOYMENTS, CATALOGUE, DEPLOYMENTS, user_tag
 from deployments.enqueue import create_job_run
 from deployments.queues import QUEUES, Priority
 from deployments.states import JobState
@@ -77,6 +78,7 @@ class Gateway:
         self._reading_ids = asyncio.Lock()
         self.reaper = Reaper(client)
         self._deployments_read = -DEPLOYMENT_CACHE_SECONDS - 1.0
+        self._ready = ReadyMark()
         #: Settled jobs (see `job`), by (run id, state id, for an admin), least recently read
         #: first.
         self._settled_jobs: OrderedDict[tuple[UUID, UUID | None, bool], Job] = OrderedDict()
@@ -169,6 +171,46 @@ class Gateway:
             reachable=True, api_url=self.api_url, version=str(version), message="reachable"
         )
 
+    async def health(self) -> ServiceHealth:
+        """Whether Prefect answers and has the pools, work queues and deployments that jobs
+        need (`api_shim.gateway.readiness`); never raises."""
+        prefect = await self.status()
+        if not prefect.reachable:
+            return ServiceHealth(status="unavailable", prefect=prefect)
+        try:
+            missing = await self.missing()
+        except GatewayError as exc:
+            prefect = PrefectStatus(reachable=False, api_url=self.api_url, message=exc.message)
+            return ServiceHealth(status="unavailable", prefect=prefect)
+        return ServiceHealth(
+            status="not_ready" if missing else "ok", prefect=prefect, missing=missing
+        )
+
+    async def missing(self) -> list[str]:
+        """What Prefect lacks for a job to be accepted; [] without a look while the last
+        complete one is recent (`READY_RECHECK_SECONDS`)."""
+        if not self._ready.due(time.monotonic()):
+            return []
+        pools, found = await asyncio.gather(
+            work_queues(self.call, self.client, POOLS),
+            asyncio.gather(*(self._deployment_id(d.full_name) for d in ALL_DEPLOYMENTS)),
+        )
+        names = {d.full_name for d, i in zip(ALL_DEPLOYMENTS, found, strict=True) if i is not None}
+        missing = missing_parts(pools, names)
+        if not missing:
+            self._ready.seen(time.monotonic())
+        return missing
+
+    async def _deployment_id(self, full_name: str) -> UUID | None:
+        """The deployment's id, kept for creating runs; None when it is not registered."""
+        read = self.client.read_deployment_by_name(full_name)
+        try:
+            found = await self.call("read_deployment", read)
+        except JobNotFound:
+            return None
+        self._deployment_ids[full_name] = found.id
+        return found.id
+
     async def paused_pools(self) -> set[str]:
         pools = await self.call("read_work_pools", self.client.read_work_pools())
         return {pool.name for pool in pools if pool.name in POOLS and pool.is_paused}
@@ -203,6 +245,8 @@ class Gateway:
                 self._deployment_ids.pop(CATALOGUE[job_type].deployment.full_name, None)
                 run = await self._create(job_type, parameters, user_id, priority, key)
         except JobNotFound:
+            # /health must not go on saying ready until it has looked again.
+            self._ready.forget()
             raise DeploymentMissing() from None
         except OutcomeUnknown as exc:
             settled = await settle(

@@ -1,25 +1,41 @@
-"""GET /health: no auth; whether the shim can reach Prefect."""
+"""GET /health and /health/live: no auth; readiness and liveness probes."""
 
 from __future__ import annotations
+
+import time
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from api_shim.routes import GatewayDep, errors
-from api_shim.schemas import Envelope, ServiceHealth
+from api_shim.routes.metrics import STARTED
+from api_shim.schemas import Envelope, Liveness, ServiceHealth
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/health", response_model=Envelope[ServiceHealth], responses=errors(503))
 async def health(gateway: GatewayDep) -> JSONResponse:
-    """200 while Prefect answers, 503 (same body) while it does not."""
-    prefect = await gateway.status()
-    body = Envelope[ServiceHealth](
-        success=prefect.reachable,
-        message="API healthy" if prefect.reachable else f"Prefect unavailable: {prefect.message}",
-        data=ServiceHealth(status="ok" if prefect.reachable else "unavailable", prefect=prefect),
-    )
-    return JSONResponse(
-        body.model_dump(mode="json", by_alias=True), 200 if prefect.reachable else 503
-    )
+    """200 once an enqueue would be accepted: Prefect answers and has the pools, their work
+    queues and the deployments; 503 (same body) naming what is missing otherwise."""
+    found = await gateway.health()
+    if found.status == "ok":
+        message = "API healthy"
+    elif found.status == "unavailable":
+        message = f"Prefect unavailable: {found.prefect.message}"
+    else:
+        message = (
+            f"not ready: Prefect lacks {', '.join(found.missing)}; "
+            "run the bootstrap (`make up` or `python -m deployments.bootstrap`)"
+        )
+    body = Envelope[ServiceHealth](success=found.status == "ok", message=message, data=found)
+    status = 200 if found.status == "ok" else 503
+    return JSONResponse(body.model_dump(mode="json", by_alias=True), status)
+
+
+@router.get("/health/live", response_model=Envelope[Liveness])
+async def live() -> Envelope[Liveness]:
+    """200 while this process serves requests; asks Prefect nothing, so that a liveness probe
+    does not restart the shim during a Prefect outage (which a restart would not end)."""
+    uptime = round(time.monotonic() - STARTED, 3)
+    return Envelope[Liveness](message="API alive", data=Liveness(uptime_seconds=uptime))

@@ -11,6 +11,7 @@ import pytest
 from deployments.backends import BackendSettings
 from deployments.credentials import JWT_SECRET_FILE, PREFECT_AUTH_FILE
 from deployments.stack import Stack, StackError
+from deployments.stack_settings import get_stack_settings
 
 EMBEDDED = BackendSettings(database_url=None, redis_url=None)
 SCALED = BackendSettings(
@@ -93,3 +94,63 @@ def test_scaled_mode_refuses_to_start_without_an_auth_string(tmp_path: Path) -> 
     with pytest.raises(StackError, match="PREFECT_API_AUTH_STRING"):
         Stack(tmp_path, backend=SCALED)
     assert not (tmp_path / PREFECT_AUTH_FILE).exists()
+
+
+def test_the_environments_repositories_and_inventory_win_over_the_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make up` with MM_BACKUP_ROOT on the big disk writes there, where the CLI looks."""
+    monkeypatch.setenv("MM_BACKUP_ROOT", str(tmp_path / "big-disk" / "backups"))
+    monkeypatch.setenv("MM_RESULTS_ROOT", str(tmp_path / "big-disk" / "results"))
+    monkeypatch.setenv("MM_INVENTORY", str(tmp_path / "servers.yaml"))
+    env = Stack(tmp_path / "data", backend=EMBEDDED).environment()
+    assert env["MM_BACKUP_ROOT"] == str(tmp_path / "big-disk" / "backups")
+    assert env["MM_RESULTS_ROOT"] == str(tmp_path / "big-disk" / "results")
+    assert env["MM_INVENTORY"] == str(tmp_path / "servers.yaml")
+
+
+def test_explicit_arguments_win_over_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MM_BACKUP_ROOT", str(tmp_path / "env-backups"))
+    stack = Stack(tmp_path / "data", backend=EMBEDDED, backup_root=tmp_path / "mine")
+    assert stack.environment()["MM_BACKUP_ROOT"] == str(tmp_path / "mine")
+
+
+def test_unset_repositories_default_to_the_data_dir(tmp_path: Path) -> None:
+    env = Stack(tmp_path / "data", backend=EMBEDDED).environment()
+    assert env["MM_BACKUP_ROOT"] == str(tmp_path / "data" / "backups")
+    assert env["MM_RESULTS_ROOT"] == str(tmp_path / "data" / "results")
+
+
+def test_relative_repositories_are_taken_from_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The children run in the project directory; a relative path must not move with them."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MM_BACKUP_ROOT", "backups-here")
+    env = Stack(tmp_path / "data", backend=EMBEDDED).environment()
+    assert env["MM_BACKUP_ROOT"] == str(tmp_path / "backups-here")
+
+
+def test_port_grace_and_worker_type_come_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MM_API_PORT", "3456")
+    monkeypatch.setenv("MM_STOP_GRACE", "4.5")
+    monkeypatch.setenv("MM_WORKER_TYPE", "process")
+    get_stack_settings.cache_clear()
+    try:
+        stack = Stack(tmp_path, backend=EMBEDDED)
+    finally:
+        get_stack_settings.cache_clear()
+    assert (stack.api_port, stack.stop_grace, stack.worker_type) == (3456, 4.5, "process")
+    assert stack.environment()["MM_API_PORT"] == "3456"
+
+
+def test_an_invalid_setting_is_a_stack_error_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MM_SSH_CLIENT", "telnet")
+    with pytest.raises(StackError, match="ssh_client"):
+        Stack(tmp_path, backend=EMBEDDED)

@@ -1,0 +1,114 @@
+"""One stack per data directory: the supervisor of `make up` holds an exclusive `flock` on
+`<data_dir>/stack.lock` for its whole life, and names itself in `<data_dir>/stack.pid`.
+
+The lock, not the pid file, decides: the kernel drops it when its holder dies however it dies
+(SIGKILL included), so a stale pid file never blocks a start. The pid file says who holds the
+lock, for the refusal's message, with the process's start time (`/proc/<pid>/stat`, field 22)
+so that a later reader can tell that process from another one that got its pid since.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from deployments import credentials
+from tasks.atomic import write_atomic
+
+#: The file `flock`ed by the running stack's supervisor, under the data directory.
+LOCK_FILE = "stack.lock"
+#: The supervisor's pid and start time, JSON, under the data directory.
+PID_FILE = "stack.pid"
+
+
+@dataclass(frozen=True)
+class Holder:
+    """The process that holds a data directory's lock."""
+
+    pid: int
+    #: Clock ticks after boot when it started (/proc/<pid>/stat, field 22); None if unknown.
+    start_time: int | None
+
+
+class StackRunning(RuntimeError):
+    """Another stack runs on this data directory; the message names its pid."""
+
+    def __init__(self, data_dir: Path, holder: Holder | None) -> None:
+        who = f"pid {holder.pid}" if holder is not None else "pid unknown"
+        stop = f"`kill -TERM {holder.pid}`" if holder is not None else "its Ctrl-C"
+        super().__init__(
+            f"a stack is already running on {data_dir} ({who}); stop it ({stop}) or give this"
+            " one another --data-dir"
+        )
+        self.holder = holder
+
+
+def process_start_time(pid: int) -> int | None:
+    """When `pid` started, in clock ticks after boot; None if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The name (field 2) may hold spaces and parentheses: count from the last ")"; field 3,
+    # the state, is the first after it, so field 22 is the 20th.
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def read_holder(data_dir: Path) -> Holder | None:
+    """What the pid file says, or None if it is missing or unreadable."""
+    try:
+        found = json.loads((data_dir / PID_FILE).read_text())
+        return Holder(pid=int(found["pid"]), start_time=found.get("start_time"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+class DataDirLock:
+    """`with DataDirLock(data_dir):` runs the body as the data directory's only stack, or
+    raises `StackRunning` naming the one that is."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._fd: int | None = None
+
+    def acquire(self) -> DataDirLock:
+        credentials.private_dir(self.data_dir)
+        # Not inherited (PEP 446): the lock is the supervisor's alone, and ends with it.
+        fd = os.open(self.data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StackRunning(self.data_dir, read_holder(self.data_dir)) from None
+        self._fd = fd
+        pid = os.getpid()
+        holder = {"pid": pid, "start_time": process_start_time(pid)}
+        write_atomic(self.data_dir / PID_FILE, json.dumps(holder).encode() + b"\n")
+        return self
+
+    def release(self) -> None:
+        """Remove the pid file, then let go of the lock; safe to repeat."""
+        if self._fd is None:
+            return
+        held = read_holder(self.data_dir)
+        if held is not None and held.pid == os.getpid():
+            with contextlib.suppress(FileNotFoundError):
+                (self.data_dir / PID_FILE).unlink()
+        os.close(self._fd)  # closing the only descriptor drops the flock
+        self._fd = None
+
+    def __enter__(self) -> DataDirLock:
+        return self.acquire()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
