@@ -30,7 +30,7 @@ from prefect.client.schemas.objects import StateType
 from deployments.backends import BackendSettings
 from deployments.local_target import LocalTarget, free_port
 from deployments.stack import Stack
-from tests.support.scaled import REDIS_DB_BENCH, scaled_backend
+from tests.support.scaled import REDIS_DB_BENCH, auth_string, scaled_backend
 
 
 @contextlib.contextmanager
@@ -58,6 +58,7 @@ def measure(mode: str, hosts: int, jobs: int, work: Path) -> dict[str, float]:
                 ui=False,
                 backend=backend,
                 hosts=hosts,
+                auth_string=auth_string() if backend.scaled else None,
             )
             with stack, stack.sync_client() as client:
                 deployment = client.read_deployment_by_name("scan/scan")

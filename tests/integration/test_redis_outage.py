@@ -32,7 +32,13 @@ from deployments.stack import Stack
 from tests.integration.conftest import MAINTENANCE_CRON, InventoryFile
 from tests.support.api import Api, error, ok
 from tests.support.cuttable import CuttableProxy
-from tests.support.scaled import REDIS_DB_OUTAGE, REDIS_HOST, REDIS_PORT, scaled_backend
+from tests.support.scaled import (
+    REDIS_DB_OUTAGE,
+    REDIS_HOST,
+    REDIS_PORT,
+    auth_string,
+    scaled_backend,
+)
 
 pytestmark = [pytest.mark.scaled, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -71,6 +77,7 @@ def redis_behind_proxy(
                 api_port=free_port(),
                 ui=False,
                 backend=backend,
+                auth_string=auth_string(),
                 extra_env={"MM_MAINTENANCE_CRON": MAINTENANCE_CRON},
             )
             try:

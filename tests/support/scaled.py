@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +30,11 @@ REDIS_PORT = int(os.environ.get("MEDICINE_MAN_TEST_REDIS_PORT", "6379"))
 REDIS_DB_TESTS = 11
 REDIS_DB_BENCH = 12
 REDIS_DB_OUTAGE = 13
+
+
+def auth_string() -> str:
+    """A fresh Prefect auth string: scaled mode refuses to start without one given."""
+    return f"admin:{secrets.token_urlsafe(32)}"
 
 
 async def _admin(statement: str) -> None:

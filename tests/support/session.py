@@ -32,7 +32,7 @@ from deployments.queues import QUEUES_BY_NAME
 from deployments.stack import Stack
 from tasks.atomic import write_atomic
 from tests.support.failover import Failover
-from tests.support.scaled import scaled_backend
+from tests.support.scaled import auth_string, scaled_backend
 
 #: A server that is in the inventory when the stack starts, with a backup schedule far enough
 #: ahead (1 January, 03:00) that the scheduler's runs never reach a worker during a session.
@@ -190,6 +190,7 @@ def stack(
             backend=backend,
             server_ports=failover.upstream_ports,
             hosts=2,
+            auth_string=auth_string(),
             **common,
         )
         try:
