@@ -231,6 +231,20 @@ class Stack:
             self.inventory = self.inventory.resolve()
         if self.backend is None:
             self.backend = get_backend_settings()
+        try:
+            self._find_secrets()
+        except credentials.CredentialsError as exc:
+            raise StackError(str(exc)) from None
+        if self.server_ports and not self.backend.scaled:
+            raise StackError("several Prefect API processes need scaled mode (PostgreSQL + Redis)")
+        if self.hosts < 1:
+            raise StackError(f"hosts must be at least 1, not {self.hosts}")
+        if self.worker_type not in WORKER_TYPES:
+            allowed = ", ".join(WORKER_TYPES)
+            raise StackError(f"unknown worker type {self.worker_type!r}; use one of {allowed}")
+
+    def _find_secrets(self) -> None:
+        assert self.backend is not None
         if self.auth_string is None:
             self.auth_string = os.environ.get("PREFECT_API_AUTH_STRING") or None
         if self.auth_string is None:
@@ -244,13 +258,6 @@ class Stack:
             self.jwt_secret = os.environ.get("MM_JWT_SECRET") or credentials.jwt_secret(
                 self.data_dir
             )
-        if self.server_ports and not self.backend.scaled:
-            raise StackError("several Prefect API processes need scaled mode (PostgreSQL + Redis)")
-        if self.hosts < 1:
-            raise StackError(f"hosts must be at least 1, not {self.hosts}")
-        if self.worker_type not in WORKER_TYPES:
-            allowed = ", ".join(WORKER_TYPES)
-            raise StackError(f"unknown worker type {self.worker_type!r}; use one of {allowed}")
 
     # -- where things are -------------------------------------------------------------------
 

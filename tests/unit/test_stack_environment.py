@@ -154,3 +154,10 @@ def test_an_invalid_setting_is_a_stack_error_naming_it(
     monkeypatch.setenv("MM_SSH_CLIENT", "telnet")
     with pytest.raises(StackError, match="ssh_client"):
         Stack(tmp_path, backend=EMBEDDED)
+
+
+def test_a_secret_file_others_can_read_stops_the_stack(tmp_path: Path) -> None:
+    Stack(tmp_path, backend=EMBEDDED)
+    (tmp_path / PREFECT_AUTH_FILE).chmod(0o644)
+    with pytest.raises(StackError, match="readable by other users"):
+        Stack(tmp_path, backend=EMBEDDED)
