@@ -15,11 +15,12 @@ from uuid import UUID
 
 from fastapi import Depends
 
-from api_shim.auth import Caller, CurrentCaller
+from api_shim.auth import CurrentCaller
 from api_shim.gateway import Scope
-from api_shim.settings import get_settings
-from tasks.errors import InventoryError
-from tasks.inventory import Inventory, Server, load_inventory, server_not_found
+from tasks.core.callers import Caller
+from tasks.core.errors import InventoryError
+from tasks.core.inventory import Inventory, Server, load_inventory, server_not_found
+from tasks.core.settings import get_api_settings
 
 log = logging.getLogger("api_shim")
 
@@ -31,7 +32,7 @@ def inventory_for(caller: Caller) -> Inventory:
     included: a user's answer says only that it is unreadable, and the log has the rest.
     """
     try:
-        return load_inventory(get_settings().inventory)
+        return load_inventory(get_api_settings().inventory)
     except InventoryError as exc:
         if caller.is_admin:
             raise

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
 from starlette.exceptions import HTTPException
 
-from api_shim.auth import AuthError, Forbidden, Role, mint_token
+from api_shim.auth import Forbidden
 from api_shim.body_guard import BodyGuard
 from api_shim.gateway import (
     Gateway,
@@ -33,9 +33,10 @@ from api_shim.metrics import RequestTiming
 from api_shim.routes import health, jobs, metrics, queues, servers
 from api_shim.routes.jobs import InvalidQuery
 from api_shim.schemas import ErrorData, ErrorDetail, ErrorEnvelope
-from api_shim.settings import get_settings
 from deployments.csrf import serialize_token_fetches
-from tasks.errors import InventoryError, ServerNotFound
+from tasks.core.callers import AuthError, Role, mint_token
+from tasks.core.errors import InventoryError, ServerNotFound
+from tasks.core.settings import get_api_settings
 
 log = logging.getLogger("api_shim")
 
@@ -46,7 +47,7 @@ class NoPrefectUrl(RuntimeError):
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings = get_settings()  # refuses to start without a secret outside dev mode
+    settings = get_api_settings()  # refuses to start without a secret outside dev mode
     serialize_token_fetches()  # many requests share the gateway's one Prefect client
     api_url = PREFECT_API_URL.value()
     if not api_url:
@@ -78,7 +79,7 @@ app = FastAPI(
 )
 for module in (health, servers, jobs, queues, metrics):
     app.include_router(module.router)
-app.add_middleware(BodyGuard, limit=lambda: get_settings().max_body_bytes)
+app.add_middleware(BodyGuard, limit=lambda: get_api_settings().max_body_bytes)
 # Added last, so outermost: the time includes the body guard's.
 app.add_middleware(RequestTiming)
 

@@ -10,7 +10,7 @@ from pydantic.alias_generators import to_camel
 
 from deployments.queues import QUEUES
 from deployments.states import JobState
-from flows.params import BackupOptions
+from tasks.core.jobs import BackupOptions
 
 T = TypeVar("T")
 

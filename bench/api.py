@@ -33,11 +33,11 @@ from pathlib import Path
 
 import httpx
 
-from api_shim.auth import mint_token
 from bench.api_100k import USERS, deployment_targets, seed
 from bench.report import BenchConfig, Row, table
 from deployments.local_target import descendants, free_port
 from deployments.stack import Stack
+from tasks.core.callers import mint_token
 
 GOAL_RATIO = 1.5
 GOAL_MS = 1000.0

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import httpx
 
-from api_shim.auth import mint_token
 from deployments.catalogue import DEPLOYMENTS, user_tag
 from deployments.local_target import free_port
 from deployments.stack import Stack
+from tasks.core.callers import mint_token
 
 #: (Prefect state type, state name, share of runs).
 MIX = [

@@ -43,10 +43,10 @@ from bench.tree import FULL, QUICK, ensure_tree
 from deployments.local_target import LocalTarget, descendants
 from tasks import openssh
 from tasks.backup import BackupPlan, tar_command, transfer_archive
-from tasks.inventory import Server
+from tasks.core.inventory import Server
+from tasks.core.settings import get_settings
 from tasks.progress import Progress
 from tasks.repository import BackupRepository, Compression, Manifest, utcnow
-from tasks.settings import get_settings
 
 CIPHER = "aes128-gcm@openssh.com"
 GOAL_RATIO = 0.9

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import yaml
 
-from api_shim.auth import mint_token
 from bench.report import BenchConfig, Row, load, machine, now, table
 from deployments.local_target import LocalTarget, free_port
 from deployments.queues import QUEUES_BY_NAME
 from deployments.stack import Stack
+from tasks.core.callers import mint_token
 from tests.support.burst import (
     Answer,
     Latency,

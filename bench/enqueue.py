@@ -33,7 +33,6 @@ from uuid import UUID
 
 import httpx
 
-from api_shim.auth import mint_token
 from api_shim.schemas import BackupRequest
 from bench.burst import CLIENTS, LATENCY_GOAL, SPREAD, Bench, start
 from bench.report import BenchConfig, Row, load, machine, now, table
@@ -41,7 +40,8 @@ from bench.run_cost import cpu_seconds
 from deployments.catalogue import CATALOGUE, user_tag
 from deployments.enqueue import create_job_run
 from deployments.stack import Stack
-from flows.params import JobType
+from tasks.core.callers import mint_token
+from tasks.core.jobs import JobType
 from tests.support.burst import Post, paced, post_burst, quantile
 
 #: The job each pool's posts enqueue, and the name of its id parameter.

@@ -35,11 +35,11 @@ import httpx
 import yaml
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-from api_shim.auth import mint_token
 from bench.report import BenchConfig, Row, table
 from bench.tree import FULL, QUICK, ensure_tree
 from deployments.local_target import LocalTarget, descendants, free_port
 from deployments.stack import Child, Stack
+from tasks.core.callers import mint_token
 
 MIB = 1 << 20
 GOAL_STACK = 1 << 30

@@ -43,10 +43,10 @@ from deployments.catalogue import BACKUP
 from deployments.job_template import base_job_template
 from deployments.maintenance import get_maintenance_settings, sync_maintenance_schedule
 from deployments.queues import QUEUES, Priority, Queue
-from flows.params import JobType
-from tasks.errors import InventoryError
-from tasks.inventory import Inventory, load_inventory
-from tasks.settings import get_settings
+from tasks.core.errors import InventoryError
+from tasks.core.inventory import Inventory, load_inventory
+from tasks.core.jobs import JobType
+from tasks.core.settings import get_settings
 
 logger = logging.getLogger(__name__)
 

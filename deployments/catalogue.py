@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from deployments.queues import QUEUES_BY_NAME, Priority, Queue
-from flows.params import JobType
+from tasks.core.jobs import JobType
 
 
 @dataclass(frozen=True)

@@ -35,11 +35,11 @@ from deployments.cli_render import JobProgress, backups_table, clean_summary, se
 from deployments.pausing import pools_of, set_paused
 from deployments.queues import Priority
 from deployments.states import JobState
-from flows.params import BackupOptions, JobType
-from tasks.errors import InvalidOptions, JobError
-from tasks.inventory import load_inventory
+from tasks.core.errors import InvalidOptions, JobError
+from tasks.core.inventory import load_inventory
+from tasks.core.jobs import BackupOptions, JobType
+from tasks.core.settings import get_settings
 from tasks.repository import BackupRepository, Compression, Manifest
-from tasks.settings import get_settings
 
 app = typer.Typer(
     name="medicine-man",

@@ -26,7 +26,7 @@ from deployments.enqueue import create_job_run
 from deployments.maintenance import create_maintenance_run
 from deployments.queues import Priority
 from deployments.states import JobState, job_state
-from flows.params import JobType
+from tasks.core.jobs import JobType
 from tasks.outcome import full_reason, read_failures, read_result
 from tasks.progress import read_progress
 

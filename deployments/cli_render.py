@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from deployments.cli_jobs import Snapshot
-from tasks.inventory import Inventory
+from tasks.core.inventory import Inventory
 from tasks.repository import BackupStatus, Manifest
 
 _STATUS_STYLE = {

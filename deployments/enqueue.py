@@ -15,7 +15,7 @@ from prefect.client.schemas.objects import FlowRun
 
 from deployments.catalogue import CATALOGUE, job_type_tag, server_tag
 from deployments.queues import Priority
-from flows.params import JobType
+from tasks.core.jobs import JobType
 
 
 async def create_job_run(

@@ -43,8 +43,8 @@ def read_inventory() -> None:
     validating them costs tens of milliseconds a run. Settings are read without the process's
     cache (`get_settings`), which the runs must fill from their own environment.
     """
-    from tasks.inventory import load_inventory
-    from tasks.settings import WorkSettings
+    from tasks.core.inventory import load_inventory
+    from tasks.core.settings import WorkSettings
 
     try:
         load_inventory(WorkSettings().inventory)

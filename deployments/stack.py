@@ -37,7 +37,7 @@ from deployments.forkserver import ForkServerWorker
 from deployments.local_target import descendants
 from deployments.queues import QUEUES, Queue, get_queue
 from deployments.stack_settings import get_stack_settings
-from tasks.settings import WorkSettings
+from tasks.core.settings import WorkSettings
 
 #: Seconds the Prefect server side gets after the workers, at least, to take their last reports.
 SERVER_GRACE = 5.0

@@ -25,8 +25,6 @@ from pydantic import SecretStr, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from api_shim.auth import Role, mint_token
-from api_shim.settings import ApiSettings
 from deployments.bootstrap import PROJECT_DIR
 from deployments.catalogue import CATALOGUE
 from deployments.credentials import PREFECT_AUTH_FILE
@@ -34,10 +32,12 @@ from deployments.local_target import LocalTarget
 from deployments.stack import Stack, StackError
 from deployments.stack_lock import DataDirLock, StackRunning
 from deployments.stack_settings import get_stack_settings
-from flows.params import JobType
 from tasks.atomic import write_atomic
+from tasks.core.callers import Role, mint_token
+from tasks.core.jobs import JobType
+from tasks.core.settings import ApiSettings
+from tasks.core.settings import get_settings as get_work_settings
 from tasks.progress import read_progress
-from tasks.settings import get_settings as get_work_settings
 
 console = Console(stderr=True)
 

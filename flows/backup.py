@@ -10,7 +10,6 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.job_variables import refuse_job_variables
-from flows.params import BackupJob, BackupOptions
 from tasks.backup import (
     complete_backup_record,
     create_backup_record,
@@ -19,7 +18,8 @@ from tasks.backup import (
     run_hook,
     transfer_archive,
 )
-from tasks.inventory import BackupSpec, Server
+from tasks.core.inventory import BackupSpec, Server
+from tasks.core.jobs import BackupJob, BackupOptions
 from tasks.outcome import RESULT_OPTIONS, publish_result
 from tasks.progress import Progress
 from tasks.repository import BackupStatus

@@ -15,7 +15,7 @@ from typing import Any
 
 from prefect.runtime import flow_run
 
-from tasks.errors import JobVariablesRefused
+from tasks.core.errors import JobVariablesRefused
 
 #: Job variables a run may set; the pools' template offers exactly these. None: the rest of the
 #: process worker's (`name`, `labels`, `stream_output`) change nothing a job needs.

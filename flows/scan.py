@@ -10,7 +10,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.job_variables import refuse_job_variables
-from flows.params import ScanJob
+from tasks.core.jobs import ScanJob
 from tasks.outcome import RESULT_OPTIONS, publish_result
 from tasks.progress import Progress
 from tasks.scan import create_scan_record, fail_scan_record, scan_server, store_scan_results

@@ -10,7 +10,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.job_variables import refuse_job_variables
-from tasks.errors import RemoteCommandFailed
+from tasks.core.errors import RemoteCommandFailed
 from tasks.outcome import RESULT_OPTIONS, publish_result
 from tasks.progress import Progress
 from tasks.servers import find_server, verify_server

@@ -9,14 +9,14 @@ from uuid import UUID
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.params import BackupOptions
-from tasks.errors import InvalidOptions, RemoteCommandFailed, RemotePathMissing
-from tasks.inventory import Server
+from tasks.core.errors import InvalidOptions, RemoteCommandFailed, RemotePathMissing
+from tasks.core.inventory import Server
+from tasks.core.jobs import BackupOptions
+from tasks.core.settings import get_settings
 from tasks.outcome import failure_published
 from tasks.progress import Progress
 from tasks.repository import BackupRepository, BackupStatus, Compression, Manifest, utcnow
 from tasks.retry import RETRY_POLICY
-from tasks.settings import get_settings
 from tasks.ssh import connect, download
 
 # Paths arrive as positional parameters ("$@"), never spliced into the script text.

@@ -26,10 +26,10 @@ from tasks.archive_retention import (
     get_archive_retention_settings,
     plan_retention,
 )
-from tasks.inventory import Inventory, Server, load_inventory
+from tasks.core.inventory import Inventory, Server, load_inventory
+from tasks.core.settings import get_settings
 from tasks.job_records import clean_job_records, get_retention_settings
 from tasks.repository import BackupRepository
-from tasks.settings import get_settings
 
 
 @dataclass

@@ -10,7 +10,7 @@ byte of the stream passes through Python's GIL. It keeps every property of the p
 - no user or system ssh config (`-F /dev/null`): no ProxyCommand, forwarding or multiplexing;
 - the remote command is the same quoted argument list (`shlex.join`), after `--` and the host;
 - a hung server fails with `SSHTimeout` after the idle timeout, as a paramiko read would;
-- ssh's own failures (exit status 255) become the errors of `tasks.errors` in `_failure`.
+- ssh's own failures (exit status 255) become the errors of `tasks.core.errors` in `_failure`.
 
 `unusable` says when it cannot keep them (no `ssh`, a key file ssh would refuse for its mode,
 a path ssh's option parser would read differently); the caller then uses paramiko.
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO
 
 from tasks.atomic import HashingWriter
-from tasks.errors import (
+from tasks.core.errors import (
     HostKeyMismatch,
     HostKeyUnknown,
     JobError,
@@ -40,8 +40,8 @@ from tasks.errors import (
     SSHDisconnected,
     SSHTimeout,
 )
-from tasks.inventory import Server
-from tasks.settings import WorkSettings
+from tasks.core.inventory import Server
+from tasks.core.settings import WorkSettings
 
 #: The order paramiko prefers too (tasks.ssh.FAST_CIPHERS first), then OpenSSH's other ciphers.
 CIPHERS = (
@@ -129,7 +129,7 @@ def download(
     """Run `command` on `server` with its stdout going into `archive`'s file.
 
     Returns the remote exit status and the tail of stderr; `archive` has counted and hashed
-    every byte by then. Raises the `tasks.errors` of a failed connection, or `SSHTimeout` when
+    every byte by then. Raises the `tasks.core.errors` of a failed connection, or `SSHTimeout` when
     nothing arrived for `ssh_idle_timeout` seconds (ssh is killed first).
     """
     stderr = bytearray()

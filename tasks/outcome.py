@@ -7,7 +7,7 @@ and the UI shows it on the flow run's page. It is the only keyless table artifac
 
 A failure about an operator's command says in its message (the run's state message, which users
 read) only which step failed and how; the command text and output are in its `detail`
-(`tasks.errors`), published beside it for the shim to show admins (`full_reason`).
+(`tasks.core.errors`), published beside it for the shim to show admins (`full_reason`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.sorting import ArtifactSort
 from prefect.settings import get_current_settings
 
-from tasks.errors import JobError
+from tasks.core.errors import JobError
 
 DESCRIPTION = "Job result"
 

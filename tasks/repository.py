@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic.alias_generators import to_camel
 
 from tasks.atomic import HashingWriter, atomic_file, fsync_dir, write_atomic
-from tasks.errors import ArchiveInvalid, InvalidOptions
+from tasks.core.errors import ArchiveInvalid, InvalidOptions
 
 Compression = Literal["none", "gzip", "zstd"]
 

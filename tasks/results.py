@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
 from tasks.atomic import write_atomic
-from tasks.settings import get_settings
+from tasks.core.settings import get_settings
 
 RecordStatus = Literal["running", "completed", "failed"]
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect.tasks import exponential_backoff
 
-from tasks.errors import is_retryable
+from tasks.core.errors import is_retryable
 
 RETRIES = 3
 BACKOFF_FACTOR = 5.0

@@ -14,7 +14,7 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.inventory import Server
+from tasks.core.inventory import Server
 from tasks.probes import FULL_PROBES, QUICK_PROBES, summary_rows
 from tasks.progress import Progress
 from tasks.repository import utcnow
@@ -44,7 +44,7 @@ def scan_server(server: Server, quick: bool, progress: Progress) -> dict[str, An
     """Connect (host key checked, key accepted), then run each probe over that connection.
 
     A probe that fails is reported, not fatal; a connection that fails is the task's failure,
-    retried unless permanent (tasks.errors).
+    retried unless permanent (tasks.core.errors).
     """
     probes = QUICK_PROBES if quick else FULL_PROBES
     results: dict[str, Any] = {}

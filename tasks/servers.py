@@ -7,9 +7,9 @@ from uuid import UUID
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.inventory import Server, load_inventory
+from tasks.core.inventory import Server, load_inventory
+from tasks.core.settings import get_settings
 from tasks.retry import RETRY_POLICY
-from tasks.settings import get_settings
 from tasks.ssh import connect
 
 

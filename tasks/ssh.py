@@ -3,7 +3,7 @@
 Everything that crosses to a server goes through `SSHSession`, or `download` for an archive.
 Commands given as argument lists are quoted here (never a shell string built by hand); the
 operator's own shell commands from the inventory (pre/post/update) go through `run_shell`,
-named so the difference shows. Paramiko and socket exceptions become our own (`tasks.errors`)
+named so the difference shows. Paramiko and socket exceptions become our own (`tasks.core.errors`)
 in `_translated`, and nowhere else; `download` streams through the system OpenSSH client when
 `tasks.openssh` can keep every property of this module, and maps ssh's failures likewise.
 """
@@ -24,7 +24,7 @@ import paramiko
 
 from tasks import openssh
 from tasks.atomic import HashingWriter
-from tasks.errors import (
+from tasks.core.errors import (
     HostKeyMismatch,
     HostKeyUnknown,
     JobError,
@@ -34,8 +34,8 @@ from tasks.errors import (
     SSHDisconnected,
     SSHTimeout,
 )
-from tasks.inventory import Server
-from tasks.settings import WorkSettings, get_settings
+from tasks.core.inventory import Server
+from tasks.core.settings import WorkSettings, get_settings
 
 # These make paramiko stream at ~0.97x of OpenSSH instead of ~0.54x (measured: docs/DESIGN.md,
 # "Backups stream through OpenSSH").
@@ -94,7 +94,7 @@ class _RejectUnknownHost(paramiko.MissingHostKeyPolicy):
 
 @contextlib.contextmanager
 def _translated(server: Server, connected: bool) -> Iterator[None]:
-    """Turn paramiko and socket exceptions into the error tree of `tasks.errors`."""
+    """Turn paramiko and socket exceptions into the error tree of `tasks.core.errors`."""
     where = f"{server.name} ({server.username}@{server.host}:{server.port})"
     try:
         yield
@@ -253,7 +253,7 @@ class SSHSession:
         Fails with `SSHTimeout` when the command runs longer than `timeout` seconds, and with
         `RemoteCommandFailed` (exit status and stderr tail) when `check` and it exits non-zero.
         `label` (e.g. "the pre command"): an operator's command, which error messages name by
-        this label only, its text and output going into their `detail` (`tasks.errors`).
+        this label only, its text and output going into their `detail` (`tasks.core.errors`).
         """
         deadline = time.monotonic() + timeout
         with _translated(self.server, connected=True):

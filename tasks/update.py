@@ -8,8 +8,8 @@ from uuid import UUID
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.errors import InvalidOptions, RemoteCommandFailed
-from tasks.inventory import Server
+from tasks.core.errors import InvalidOptions, RemoteCommandFailed
+from tasks.core.inventory import Server
 from tasks.outcome import failure_published
 from tasks.repository import utcnow
 from tasks.results import UpdateRecord, save_update

@@ -40,7 +40,7 @@ from deployments.catalogue import ALL_DEPLOYMENTS, CATALOGUE, DEPLOYMENTS, user_
 from deployments.enqueue import create_job_run
 from deployments.queues import QUEUES, Priority
 from deployments.states import JobState
-from flows.params import JobType
+from tasks.core.jobs import JobType
 
 __all__ = [
     "DeploymentMissing",

@@ -9,7 +9,7 @@ from uuid import UUID, uuid4
 from fastapi import APIRouter, Body, Header, Request, status
 
 from api_shim.access import inventory_for, usable_server, usable_servers
-from api_shim.auth import Caller, CurrentCaller
+from api_shim.auth import CurrentCaller
 from api_shim.metrics import JOBS_ENQUEUED
 from api_shim.routes import GatewayDep, errors
 from api_shim.schemas import (
@@ -26,8 +26,9 @@ from api_shim.schemas import (
     UpdateRequest,
 )
 from deployments.queues import Priority
-from flows.params import JobType
-from tasks.inventory import Server
+from tasks.core.callers import Caller
+from tasks.core.inventory import Server
+from tasks.core.jobs import JobType
 
 router = APIRouter(prefix="/api/servers", tags=["servers"])
 

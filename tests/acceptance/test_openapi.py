@@ -18,8 +18,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from api_shim.auth import mint_token
 from deployments.stack import Stack
+from tasks.core.callers import mint_token
 
 CHECKS = [
     not_a_server_error,

@@ -11,9 +11,9 @@ import httpx
 import jwt
 import pytest
 
-from api_shim.auth import mint_token
 from deployments.local_target import LocalTarget
 from deployments.stack import Stack
+from tasks.core.callers import mint_token
 from tests.integration.conftest import InventoryFile
 from tests.support.api import Api, error, ok
 

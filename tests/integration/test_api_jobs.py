@@ -15,7 +15,7 @@ from prefect.states import Scheduled
 from deployments.catalogue import SCAN, job_type_tag, server_tag, user_tag
 from deployments.local_target import LocalTarget, free_port
 from deployments.stack import Stack
-from flows.params import JobType
+from tasks.core.jobs import JobType
 from tests.integration.conftest import InventoryFile
 from tests.support.api import Api, error, ok, sse_events
 from tests.support.trees import make_tree

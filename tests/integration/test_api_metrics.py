@@ -12,11 +12,11 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from api_shim.auth import mint_token
 from api_shim.metrics import verdict
 from api_shim.schemas import QueueCounts
 from deployments.local_target import free_port
 from deployments.stack import PROJECT_DIR, Stack
+from tasks.core.callers import mint_token
 from tests.support.api import Api, error, ok
 
 QUEUE_FIELDS = {

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from api_shim.auth import mint_token
 from deployments.local_target import LocalTarget
 from deployments.queues import QUEUES_BY_NAME
 from deployments.stack import Stack
+from tasks.core.callers import mint_token
 from tests.integration.conftest import InventoryFile
 from tests.support.burst import (
     Latency,

@@ -20,7 +20,7 @@ from deployments.local_target import LocalTarget, descendants, free_port, keygen
 from tasks import openssh
 from tasks.atomic import atomic_file
 from tasks.backup import tar_command
-from tasks.errors import (
+from tasks.core.errors import (
     HostKeyMismatch,
     HostKeyUnknown,
     JobError,
@@ -30,8 +30,8 @@ from tasks.errors import (
     SSHTimeout,
     TransientError,
 )
-from tasks.inventory import Server
-from tasks.settings import WorkSettings
+from tasks.core.inventory import Server
+from tasks.core.settings import WorkSettings
 from tasks.ssh import CommandResult, download
 from tests.support.proxy import FaultyProxy
 from tests.support.trees import make_tree

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from api_shim.auth import mint_token
+from tasks.core.callers import mint_token
 
 
 class Api:

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import jwt
 import pytest
 
-from api_shim.auth import AuthError, Role, mint_token, verify_token
-from api_shim.settings import MIN_SECRET_BYTES, ApiSettings, InsecureSettings, WeakSecret
+from tasks.core.callers import AuthError, Role, mint_token, verify_token
+from tasks.core.settings import MIN_SECRET_BYTES, ApiSettings, InsecureSettings, WeakSecret
 
 SECRET = "s" * MIN_SECRET_BYTES
 

@@ -17,10 +17,10 @@ from deployments import cli, cli_jobs
 from deployments.cli_jobs import DeploymentMissing, Enqueued, Snapshot
 from deployments.queues import Priority
 from deployments.states import JobState
-from flows.params import JobType
 from tasks.atomic import atomic_file
+from tasks.core.jobs import JobType
+from tasks.core.settings import get_settings
 from tasks.repository import BackupRepository, BackupStatus, Manifest, utcnow
-from tasks.settings import get_settings
 
 SERVER = "0d4c2b1a-6f7e-4d3c-9b2a-1c0d9e8f7a61"
 runner = CliRunner()

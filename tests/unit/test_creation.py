@@ -14,7 +14,7 @@ from prefect.states import Completed, Running, Scheduled
 
 from api_shim.gateway import Gateway, OrchestratorUnavailable, OutcomeUnknown, creation
 from api_shim.gateway.creation import Reaper, settle
-from flows.params import JobType
+from tasks.core.jobs import JobType
 
 
 class FakeClient:

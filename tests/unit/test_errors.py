@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tasks import errors
-from tasks.errors import JobError, PermanentError, TransientError, is_retryable
+from tasks.core import errors
+from tasks.core.errors import JobError, PermanentError, TransientError, is_retryable
 
 #: Every class of the tree and whether it is retried; a new class must be added here.
 RETRYABLE: dict[type[JobError], bool] = {

@@ -12,8 +12,8 @@ from uuid import UUID, uuid4
 import pytest
 import yaml
 
-from tasks.errors import InventoryError, ServerNotFound
-from tasks.inventory import load_inventory
+from tasks.core.errors import InventoryError, ServerNotFound
+from tasks.core.inventory import load_inventory
 
 WEB = "5b1f8a0e-3c52-4a51-9d0e-2d6a9f0c1a01"
 DB = "5b1f8a0e-3c52-4a51-9d0e-2d6a9f0c1a02"
@@ -244,7 +244,7 @@ def test_the_fork_server_parses_the_inventory_of_its_settings_for_its_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from deployments.forkserver_preload import read_inventory
-    from tasks import inventory as module
+    from tasks.core import inventory as module
 
     path = write(tmp_path, valid())
     monkeypatch.setenv("MM_INVENTORY", str(path))
@@ -261,7 +261,7 @@ def test_the_fork_server_starts_without_a_readable_inventory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from deployments.forkserver_preload import read_inventory
-    from tasks import inventory as module
+    from tasks.core import inventory as module
 
     monkeypatch.setattr(module, "_read", {})
     for content in (None, "servers: ["):

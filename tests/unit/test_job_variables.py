@@ -20,7 +20,7 @@ from deployments.catalogue import ALL_DEPLOYMENTS, Deployment
 from deployments.job_template import base_job_template
 from flows import job_variables
 from flows.job_variables import ACCEPTED_JOB_VARIABLES, refusal, refused_job_variables
-from tasks.errors import JobVariablesRefused, PermanentError
+from tasks.core.errors import JobVariablesRefused, PermanentError
 
 #: What a caller of the Prefect API could send to take over a worker.
 HOSTILE: dict[str, Any] = {

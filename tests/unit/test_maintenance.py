@@ -12,7 +12,7 @@ from prefect.client.schemas.schedules import CronSchedule
 
 from deployments.maintenance import SCHEDULE_SLUG, MaintenanceSettings
 from tasks.archive_retention import KeepPolicy
-from tasks.inventory import Inventory
+from tasks.core.inventory import Inventory
 from tasks.maintenance import policy_for, prune_repository
 from tasks.repository import BackupRepository, BackupStatus, Manifest
 

@@ -13,12 +13,12 @@ import yaml
 from prefect.client.schemas.objects import FlowRun
 
 from api_shim.access import scope_of, usable_server, usable_servers
-from api_shim.auth import Caller, Role
 from api_shim.gateway.selection import Scope, Slice
 from api_shim.routes.servers import _info
 from deployments.catalogue import server_tag, user_tag
-from tasks.errors import InventoryError, ServerNotFound
-from tasks.inventory import Inventory, load_inventory
+from tasks.core.callers import Caller, Role
+from tasks.core.errors import InventoryError, ServerNotFound
+from tasks.core.inventory import Inventory, load_inventory
 
 A, B, C = (str(uuid.UUID(int=n)) for n in (1, 2, 3))
 ALICE = Caller("alice", Role.USER)
@@ -142,7 +142,7 @@ def test_a_broken_inventory_is_explained_to_admins_only(
 
     path = tmp_path / "inventory.yaml"
     path.write_text(yaml.safe_dump({"servers": [entry(A, backup={"pre": "curl tok-789"})]}))
-    monkeypatch.setattr(access, "get_settings", lambda: type("S", (), {"inventory": path})())
+    monkeypatch.setattr(access, "get_api_settings", lambda: type("S", (), {"inventory": path})())
     with pytest.raises(InventoryError) as admins:
         access.inventory_for(ADMIN)
     assert "backup.paths" in str(admins.value)

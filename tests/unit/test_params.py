@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from flows.params import BackupOptions
+from tasks.core.jobs import BackupOptions
 
 
 def test_defaults() -> None:

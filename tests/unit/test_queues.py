@@ -8,7 +8,7 @@ import pytest
 
 from deployments.catalogue import CATALOGUE, DEPLOYMENTS, job_type_tag
 from deployments.queues import QUEUES, QUEUES_BY_NAME, Priority, get_queue
-from flows.params import JobType
+from tasks.core.jobs import JobType
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from tasks import outcome
-from tasks.errors import RemoteCommandFailed, SSHTimeout
-from tasks.inventory import Server
+from tasks.core.errors import RemoteCommandFailed, SSHTimeout
+from tasks.core.inventory import Server
 from tasks.outcome import FAILURE, failure_published, full_reason
 from tasks.ssh import _failed
 

@@ -13,7 +13,7 @@ from uuid import UUID, uuid4
 import pytest
 
 from tasks.atomic import atomic_file, write_atomic
-from tasks.errors import ArchiveInvalid, InvalidOptions
+from tasks.core.errors import ArchiveInvalid, InvalidOptions
 from tasks.repository import CODECS, BackupRepository, BackupStatus, Compression, Manifest
 
 STARTED = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)

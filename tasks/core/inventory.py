@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from tasks.errors import InventoryError, ServerNotFound
+from tasks.core.errors import InventoryError, ServerNotFound
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
