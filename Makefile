@@ -12,10 +12,10 @@ install:
 	$(UV) sync --frozen
 
 up: install
-	$(UV) run python -m deployments.up
+	$(UV) run python -m deployments.system.up
 
 demo: install
-	$(UV) run python -m deployments.up --demo
+	$(UV) run python -m deployments.system.up --demo
 
 # The integration tests that matter for scaled mode (PostgreSQL + Redis, two API processes, two
 # worker hosts): the flows end to end (through the API and test_scaled.py), the pool limits with

@@ -33,7 +33,7 @@ from api_shim.metrics import RequestTiming
 from api_shim.routes import health, jobs, metrics, queues, servers
 from api_shim.routes.jobs import InvalidQuery
 from api_shim.schemas import ErrorData, ErrorDetail, ErrorEnvelope
-from deployments.csrf import serialize_token_fetches
+from deployments.control.csrf import serialize_token_fetches
 from tasks.core.callers import AuthError, Role, mint_token
 from tasks.core.errors import InventoryError, ServerNotFound
 from tasks.core.settings import get_api_settings

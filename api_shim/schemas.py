@@ -8,8 +8,8 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.alias_generators import to_camel
 
-from deployments.queues import QUEUES
-from deployments.states import JobState
+from deployments.control.queues import QUEUES
+from deployments.control.states import JobState
 from tasks.core.jobs import BackupOptions
 
 T = TypeVar("T")

@@ -35,8 +35,8 @@ import httpx
 
 from bench.api_100k import USERS, deployment_targets, seed
 from bench.report import BenchConfig, Row, table
-from deployments.local_target import descendants, free_port
-from deployments.stack import Stack
+from deployments.system.local_target import descendants, free_port
+from deployments.system.stack import Stack
 from tasks.core.callers import mint_token
 
 GOAL_RATIO = 1.5

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import httpx
 
-from deployments.catalogue import DEPLOYMENTS, user_tag
-from deployments.local_target import free_port
-from deployments.stack import Stack
+from deployments.control.catalogue import DEPLOYMENTS, user_tag
+from deployments.system.local_target import free_port
+from deployments.system.stack import Stack
 from tasks.core.callers import mint_token
 
 #: (Prefect state type, state name, share of runs).

@@ -2,7 +2,7 @@
 
     uv run python -m bench.backup [--quick] [--rounds N] [--no-paramiko]
 
-Starts an sshd on loopback (`deployments.local_target`) serving the cached tree of
+Starts an sshd on loopback (`deployments.system.local_target`) serving the cached tree of
 `bench.tree`, then alternates, round by round (the order rotates each round):
 
 - reference: the system `ssh -c aes128-gcm@openssh.com -o Compression=no` running the same
@@ -40,7 +40,7 @@ from pathlib import Path
 
 from bench.report import BenchConfig, Row, median, table
 from bench.tree import FULL, QUICK, ensure_tree
-from deployments.local_target import LocalTarget, descendants
+from deployments.system.local_target import LocalTarget, descendants
 from tasks import openssh
 from tasks.backup import BackupPlan, tar_command, transfer_archive
 from tasks.core.inventory import Server

@@ -26,9 +26,9 @@ from pathlib import Path
 import yaml
 
 from bench.report import BenchConfig, Row, load, machine, now, table
-from deployments.local_target import LocalTarget, free_port
-from deployments.queues import QUEUES_BY_NAME
-from deployments.stack import Stack
+from deployments.control.queues import QUEUES_BY_NAME
+from deployments.system.local_target import LocalTarget, free_port
+from deployments.system.stack import Stack
 from tasks.core.callers import mint_token
 from tests.support.burst import (
     Answer,

@@ -30,8 +30,8 @@ import yaml
 from prefect.client.schemas.objects import StateType
 
 from bench.report import BenchConfig, Row, table
-from deployments.local_target import LocalTarget, free_port
-from deployments.stack import FORKSERVER, Stack
+from deployments.system.local_target import LocalTarget, free_port
+from deployments.system.stack import FORKSERVER, Stack
 from tasks.core.callers import mint_token
 from tests.support.burst import wait_final
 from tests.support.runs import max_overlap, running_interval

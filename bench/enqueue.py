@@ -37,9 +37,9 @@ from api_shim.schemas import BackupRequest
 from bench.burst import CLIENTS, LATENCY_GOAL, SPREAD, Bench, start
 from bench.report import BenchConfig, Row, load, machine, now, table
 from bench.run_cost import cpu_seconds
-from deployments.catalogue import CATALOGUE, user_tag
-from deployments.enqueue import create_job_run
-from deployments.stack import Stack
+from deployments.control.catalogue import CATALOGUE, user_tag
+from deployments.control.enqueue import create_job_run
+from deployments.system.stack import Stack
 from tasks.core.callers import mint_token
 from tasks.core.jobs import JobType
 from tests.support.burst import Post, paced, post_burst, quantile

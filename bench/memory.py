@@ -2,10 +2,10 @@
 
     uv run python -m bench.memory [--quick]
 
-Starts the whole embedded stack (`deployments.stack.Stack`: Prefect server, a worker per pool,
-the API shim) with an sshd on loopback in its inventory, lets it settle, then sums the resident
-memory (RSS) of every process of the stack's process trees, from /proc (no psutil: five fields
-of /proc/<pid>/status and smaps_rollup are all it takes). Then, through the shim, a backup of
+Starts the whole embedded stack (`deployments.system.stack.Stack`: Prefect server, a worker per
+pool, the API shim) with an sshd on loopback in its inventory, lets it settle, then sums the
+resident memory (RSS) of every process of the stack's process trees, from /proc (no psutil: five
+fields of /proc/<pid>/status and smaps_rollup are all it takes). Then, through the shim, a backup of
 the cached tree (`bench.tree`) and a quick scan: every process that appears in the stack's
 trees during a job is that job's (its run process, its ssh), sampled every 0.1 s; the figure
 is the largest sum. PSS (shared pages split among their sharers) and USS (pages of the job's
@@ -37,8 +37,8 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from bench.report import BenchConfig, Row, table
 from bench.tree import FULL, QUICK, ensure_tree
-from deployments.local_target import LocalTarget, descendants, free_port
-from deployments.stack import Child, Stack
+from deployments.system.local_target import LocalTarget, descendants, free_port
+from deployments.system.stack import Child, Stack
 from tasks.core.callers import mint_token
 
 MIB = 1 << 20

@@ -28,8 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.dispatch import _post_scan, _wait_final, scan_stack
-from deployments.local_target import descendants
-from deployments.stack import FORKSERVER, Stack
+from deployments.system.local_target import descendants
+from deployments.system.stack import FORKSERVER, Stack
 from tests.support.runs import max_overlap, running_interval
 
 TICKS = os.sysconf("SC_CLK_TCK")

@@ -3,7 +3,7 @@
 A job variable overrides the pool's base job template for one run, and the process worker's
 template would let it choose the command, environment and working directory of the run's
 process: anyone who can create a flow run could run any program as the worker's user, the user
-holding every server's SSH key. So the pools' template (deployments/job_template.py) fixes
+holding every server's SSH key. So the pools' template (deployments/control/job_template.py) fixes
 them and offers no variable, and a run that carries one anyway fails at its start with the
 reason, on either worker type: the override had no effect, and its caller should hear so.
 """

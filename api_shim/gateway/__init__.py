@@ -36,10 +36,10 @@ from api_shim.gateway.readiness import ReadyMark, missing_parts, work_queues
 from api_shim.gateway.selection import Scope, Slice, slices_for
 from api_shim.metrics import PREFECT_SECONDS
 from api_shim.schemas import Job, JobList, PrefectStatus, QueueCounts, ServiceHealth
-from deployments.catalogue import ALL_DEPLOYMENTS, CATALOGUE, DEPLOYMENTS, user_tag
-from deployments.enqueue import create_job_run
-from deployments.queues import QUEUES, Priority
-from deployments.states import JobState
+from deployments.control.catalogue import ALL_DEPLOYMENTS, CATALOGUE, DEPLOYMENTS, user_tag
+from deployments.control.enqueue import create_job_run
+from deployments.control.queues import QUEUES, Priority
+from deployments.control.states import JobState
 from tasks.core.jobs import JobType
 
 __all__ = [
@@ -317,7 +317,7 @@ class Gateway:
         if (cached := self._settled_jobs.get(key)) is not None:
             self._settled_jobs.move_to_end(key)
             return cached
-        # Whether a pool is paused matters only to a scheduled run (deployments.states).
+        # Whether a pool is paused matters only to a scheduled run (deployments.control.states).
         scheduled = run.state is not None and run.state.type is StateType.SCHEDULED
         paused = await self.paused_pools() if scheduled else set()
         reader = JobReader(self.client, admin=scope is None)

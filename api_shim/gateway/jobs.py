@@ -26,8 +26,8 @@ from prefect.client.schemas.objects import Artifact, FlowRun, StateType, TaskRun
 from prefect.client.schemas.sorting import ArtifactSort, TaskRunSort
 
 from api_shim.schemas import Job, JobData
-from deployments.catalogue import JOB_TYPE_TAG_PREFIX
-from deployments.states import JobState, job_state
+from deployments.control.catalogue import JOB_TYPE_TAG_PREFIX
+from deployments.control.states import JobState, job_state
 from tasks.outcome import FAILURE, full_reason
 
 #: One try plus three retries (the tasks' `retries=3`).

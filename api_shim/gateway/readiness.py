@@ -14,8 +14,8 @@ from typing import Protocol, TypeVar
 from prefect.client.orchestration import PrefectClient
 
 from api_shim.gateway.errors import JobNotFound
-from deployments.catalogue import ALL_DEPLOYMENTS
-from deployments.queues import QUEUES, Priority
+from deployments.control.catalogue import ALL_DEPLOYMENTS
+from deployments.control.queues import QUEUES, Priority
 
 #: Seconds a complete look stays good. Pools, queues and deployments vanish only when someone
 #: deletes them or the database is rebuilt, so a probe every few seconds costs one Prefect call

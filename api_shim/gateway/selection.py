@@ -1,8 +1,9 @@
 """Which flow runs show as a given job state: the state table turned into Prefect filters.
 
 Most job states are a set of Prefect state types. SCHEDULED is split three ways, as
-`deployments.states.job_state` does for one run: paused in a paused pool, delayed when due later,
-waiting when due now. So `waiting` and `paused` are unions of two slices, each one filter.
+`deployments.control.states.job_state` does for one run: paused in a paused pool, delayed when
+due later, waiting when due now. So `waiting` and `paused` are unions of two slices, each one
+filter.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 
-from deployments.catalogue import server_tag, user_tag
-from deployments.states import STATE_TABLE, JobState, state_types_for
+from deployments.control.catalogue import server_tag, user_tag
+from deployments.control.states import STATE_TABLE, JobState, state_types_for
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ async def health(gateway: GatewayDep) -> JSONResponse:
     else:
         message = (
             f"not ready: Prefect lacks {', '.join(found.missing)}; "
-            "run the bootstrap (`make up` or `python -m deployments.bootstrap`)"
+            "run the bootstrap (`make up` or `python -m deployments.control.bootstrap`)"
         )
     body = Envelope[ServiceHealth](success=found.status == "ok", message=message, data=found)
     status = 200 if found.status == "ok" else 503

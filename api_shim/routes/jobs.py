@@ -29,7 +29,7 @@ from api_shim.schemas import (
     JobRef,
     QueueCounts,
 )
-from deployments.states import JobState
+from deployments.control.states import JobState
 from tasks.core.settings import get_api_settings
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])

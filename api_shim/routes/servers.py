@@ -25,7 +25,7 @@ from api_shim.schemas import (
     UpdateEnqueued,
     UpdateRequest,
 )
-from deployments.queues import Priority
+from deployments.control.queues import Priority
 from tasks.core.callers import Caller
 from tasks.core.inventory import Server
 from tasks.core.jobs import JobType

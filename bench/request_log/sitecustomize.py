@@ -28,5 +28,5 @@ def _install(log_path: str) -> None:
     fastapi.FastAPI.__call__ = logged  # type: ignore[method-assign]
 
 
-if _LOG and b"deployments.prefect_server" in Path("/proc/self/cmdline").read_bytes():
+if _LOG and b"deployments.system.prefect_server" in Path("/proc/self/cmdline").read_bytes():
     _install(_LOG)

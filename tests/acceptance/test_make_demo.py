@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from deployments.local_target import descendants, free_port
+from deployments.system.local_target import descendants, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,7 +37,7 @@ def test_demo_runs_a_scan_and_a_backup_and_ctrl_c_stops_everything(tmp_path):
     with output.open("wb") as sink:
         process = subprocess.Popen(
             [
-                sys.executable, "-m", "deployments.up", "--demo",
+                sys.executable, "-m", "deployments.system.up", "--demo",
                 "--data-dir", str(tmp_path / "var"),
                 "--port", str(free_port()),
                 "--api-port", str(free_port()),

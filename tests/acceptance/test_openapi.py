@@ -18,7 +18,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from deployments.stack import Stack
+from deployments.system.stack import Stack
 from tasks.core.callers import mint_token
 
 CHECKS = [

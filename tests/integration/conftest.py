@@ -11,7 +11,7 @@ from uuid import UUID
 import pytest
 from prefect.client.schemas.objects import FlowRun
 
-from deployments.stack import Stack
+from deployments.system.stack import Stack
 from tests.support.session import (
     LOCK,
     MAINTENANCE_CRON,

@@ -11,8 +11,8 @@ import httpx
 import jwt
 import pytest
 
-from deployments.local_target import LocalTarget
-from deployments.stack import Stack
+from deployments.system.local_target import LocalTarget
+from deployments.system.stack import Stack
 from tasks.core.callers import mint_token
 from tests.integration.conftest import InventoryFile
 from tests.support.api import Api, error, ok

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from prefect.states import Scheduled
 
-from deployments.catalogue import SCAN, job_type_tag, server_tag, user_tag
-from deployments.local_target import LocalTarget, free_port
-from deployments.stack import Stack
+from deployments.control.catalogue import SCAN, job_type_tag, server_tag, user_tag
+from deployments.system.local_target import LocalTarget, free_port
+from deployments.system.stack import Stack
 from tasks.core.jobs import JobType
 from tests.integration.conftest import InventoryFile
 from tests.support.api import Api, error, ok, sse_events

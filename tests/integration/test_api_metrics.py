@@ -14,8 +14,8 @@ import pytest
 
 from api_shim.metrics import verdict
 from api_shim.schemas import QueueCounts
-from deployments.local_target import free_port
-from deployments.stack import PROJECT_DIR, Stack
+from deployments.system.local_target import free_port
+from deployments.system.stack import PROJECT_DIR, Stack
 from tasks.core.callers import mint_token
 from tests.support.api import Api, error, ok
 

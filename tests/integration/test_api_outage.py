@@ -17,9 +17,9 @@ import pytest
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.client.schemas.objects import FlowRun
 
-from deployments.catalogue import user_tag
-from deployments.local_target import LocalTarget
-from deployments.stack import Stack
+from deployments.control.catalogue import user_tag
+from deployments.system.local_target import LocalTarget
+from deployments.system.stack import Stack
 from tests.integration.conftest import InventoryFile
 from tests.support.api import Api, error, ok
 

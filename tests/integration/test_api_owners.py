@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import pytest
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-from deployments.cli_jobs import snapshot
-from deployments.local_target import LocalTarget
-from deployments.stack import Stack
+from deployments.cli.jobs import snapshot
+from deployments.system.local_target import LocalTarget
+from deployments.system.stack import Stack
 from tests.integration.conftest import InventoryFile
 from tests.support.api import Api, error, ok, sse_events
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deployments.stack import Stack
+from deployments.system.stack import Stack
 from tasks.outcome import read_result
 from tasks.progress import read_progress
 from tasks.repository import BackupRepository, BackupStatus

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from deployments.local_target import LocalTarget
-from deployments.queues import QUEUES_BY_NAME
-from deployments.stack import Stack
+from deployments.control.queues import QUEUES_BY_NAME
+from deployments.system.local_target import LocalTarget
+from deployments.system.stack import Stack
 from tasks.core.callers import mint_token
 from tests.integration.conftest import InventoryFile
 from tests.support.burst import (

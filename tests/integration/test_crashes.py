@@ -1,7 +1,7 @@
 """Crashed and stalled jobs: noticed within the lock duration, run again, completed once.
 
 The session's stack has heartbeats every 30 s and a lock duration of `LOCK` s per queue, so the
-bootstrap's automations (`deployments.automations`) crash a silent run after `LOCK` s and
+bootstrap's automations (`deployments.control.automations`) crash a silent run after `LOCK` s and
 schedule a crashed run again, same id.
 """
 
@@ -19,9 +19,9 @@ import pytest
 from prefect.client.schemas.actions import WorkPoolUpdate
 from prefect.client.schemas.objects import FlowRun, State, StateType
 
-from deployments.automations import SupervisionSettings, gave_up_message
-from deployments.local_target import LocalTarget, descendants
-from deployments.stack import Stack
+from deployments.control.automations import SupervisionSettings, gave_up_message
+from deployments.system.local_target import LocalTarget, descendants
+from deployments.system.stack import Stack
 from tasks.repository import BackupRepository, BackupStatus
 from tests.integration.conftest import LOCK
 from tests.support.proxy import FaultyProxy

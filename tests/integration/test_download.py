@@ -16,7 +16,7 @@ from typing import Literal
 
 import pytest
 
-from deployments.local_target import LocalTarget, descendants, free_port, keygen
+from deployments.system.local_target import LocalTarget, descendants, free_port, keygen
 from tasks import openssh
 from tasks.atomic import atomic_file
 from tasks.backup import tar_command

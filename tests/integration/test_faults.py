@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from deployments.local_target import LocalTarget
+from deployments.system.local_target import LocalTarget
 from tasks.repository import BackupRepository, BackupStatus
 from tests.support.proxy import FaultyProxy
 from tests.support.runs import task_run_named

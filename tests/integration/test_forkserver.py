@@ -1,4 +1,4 @@
-"""The fork-server worker (deployments/forkserver.py): isolated runs, and the stock fallback.
+"""The fork-server worker (deployments/worker/forkserver.py): isolated runs, and the stock fallback.
 
 Limits, retries, crashes and cancellation of forked runs are tested by the other integration
 tests, which run on the fork-server worker (the stack's default).
@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 from uuid import UUID
 
-from deployments.forkserver import PRELOAD
-from deployments.local_target import descendants
-from deployments.stack import Stack
+from deployments.system.local_target import descendants
+from deployments.system.stack import Stack
+from deployments.worker.forkserver import PRELOAD
 
 
 def _cmdline(pid: int) -> bytes:

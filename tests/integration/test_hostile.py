@@ -20,8 +20,8 @@ import httpx
 import pytest
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-from deployments.local_target import LocalTarget
-from deployments.stack import Stack
+from deployments.system.local_target import LocalTarget
+from deployments.system.stack import Stack
 from tests.integration.conftest import InventoryFile
 from tests.support.api import Api, error, ok
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from prefect.client.schemas.objects import StateType
 
-from deployments.catalogue import SCAN
-from deployments.stack import FORKSERVER, Stack
+from deployments.control.catalogue import SCAN
+from deployments.system.stack import FORKSERVER, Stack
 
 #: The stock worker is Prefect's; ours is the stack's default.
 STOCK = "process"

@@ -23,10 +23,10 @@ from prefect.exceptions import ObjectNotFound
 from prefect.states import Completed, Failed
 from typer.testing import CliRunner
 
-from deployments import cli
-from deployments.catalogue import MAINTENANCE
-from deployments.maintenance import SCHEDULE_SLUG
-from deployments.stack import Stack
+from deployments.cli import main as cli
+from deployments.control.catalogue import MAINTENANCE
+from deployments.control.maintenance import SCHEDULE_SLUG
+from deployments.system.stack import Stack
 from tasks.repository import BackupRepository, BackupStatus, Manifest
 from tests.integration.conftest import MAINTENANCE_CRON, InventoryFile
 

@@ -20,9 +20,9 @@ import pytest
 from prefect.client.schemas.objects import StateType
 from typer.testing import CliRunner
 
-from deployments import cli
-from deployments.local_target import LocalTarget
-from deployments.stack import Stack
+from deployments.cli import main as cli
+from deployments.system.local_target import LocalTarget
+from deployments.system.stack import Stack
 from tests.integration.conftest import InventoryFile
 from tests.support.api import Api, ok
 
@@ -30,7 +30,7 @@ runner = CliRunner()
 #: Seconds a work queue's pause or resume may take: an update of one row. It once took >200 s.
 PATCH_SECONDS = 10.0
 #: Seconds the held jobs must stay held after the pool could have run them: the worker polls
-#: at once on a run's event, and every 5 s (`deployments.stack.POLL_SECONDS`).
+#: at once on a run's event, and every 5 s (`deployments.system.stack.POLL_SECONDS`).
 HELD_SECONDS = 6.0
 
 

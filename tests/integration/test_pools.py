@@ -11,7 +11,7 @@ from collections import defaultdict
 
 from prefect.client.schemas.objects import StateType
 
-from deployments.queues import QUEUES_BY_NAME
+from deployments.control.queues import QUEUES_BY_NAME
 from tests.support.runs import max_overlap, running_interval
 from tests.support.trees import make_tree
 

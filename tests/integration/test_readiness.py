@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deployments.backends import BackendSettings
-from deployments.local_target import free_port
-from deployments.stack import Stack
+from deployments.system.backends import BackendSettings
+from deployments.system.local_target import free_port
+from deployments.system.stack import Stack
 from tests.integration.conftest import InventoryFile
 from tests.support.api import Api
 

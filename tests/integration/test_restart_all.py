@@ -11,7 +11,7 @@ manifest's size and sha256 and lists with tar, and no temp (`.partial`) archive 
 
 The runs killed while Running are found by the stalled-run automation (no heartbeat for the
 lock duration, `LOCK` s here as in the session's stack) and run again, same id
-(`deployments.automations`). This test runs a stack of its own: the session's would lose its
+(`deployments.control.automations`). This test runs a stack of its own: the session's would lose its
 runs, and its other tests' too.
 """
 
@@ -34,10 +34,10 @@ from uuid import UUID
 import pytest
 from prefect.client.schemas.objects import FlowRun, State, StateType
 
-from deployments.backends import BackendSettings
-from deployments.local_target import LocalTarget, free_port
-from deployments.queues import QUEUES_BY_NAME
-from deployments.stack import Stack
+from deployments.control.queues import QUEUES_BY_NAME
+from deployments.system.backends import BackendSettings
+from deployments.system.local_target import LocalTarget, free_port
+from deployments.system.stack import Stack
 from tasks.repository import BackupRepository, BackupStatus
 from tests.integration.conftest import LOCK, InventoryFile
 from tests.support.api import Api, ok

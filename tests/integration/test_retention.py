@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from bench.api_100k import FMT, deployment_targets, seed
-from deployments.local_target import free_port
-from deployments.stack import Stack
+from deployments.system.local_target import free_port
+from deployments.system.stack import Stack
 from tasks.job_records import JobRetention, clean_job_records
 
 RUNS = 5000

@@ -6,7 +6,7 @@ import itertools
 
 from prefect.client.schemas.objects import StateType
 
-from deployments.local_target import keygen
+from deployments.system.local_target import keygen
 from tests.support.proxy import FaultyProxy
 from tests.support.runs import task_run_named
 

@@ -16,7 +16,7 @@ import pytest
 import redis
 from prefect.client.schemas.objects import StateType
 
-from deployments.queues import QUEUES
+from deployments.control.queues import QUEUES
 from tests.support.failover import Failover
 from tests.support.scaled import REDIS_DB_TESTS, REDIS_HOST, REDIS_PORT
 from tests.support.trees import make_tree

@@ -18,8 +18,8 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from deployments.local_target import LocalTarget, descendants
-from deployments.stack import Child, Stack
+from deployments.system.local_target import LocalTarget, descendants
+from deployments.system.stack import Child, Stack
 from tests.integration.conftest import InventoryFile
 from tests.support.api import Api, ok
 

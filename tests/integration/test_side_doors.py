@@ -23,8 +23,8 @@ import httpx
 import pytest
 import websockets
 
-from deployments.credentials import PREFECT_AUTH_FILE
-from deployments.stack import Stack
+from deployments.system.credentials import PREFECT_AUTH_FILE
+from deployments.system.stack import Stack
 
 #: What Prefect leaves open for probes (`create_api_app`'s health_check_paths): GET only.
 OPEN_FOR_PROBES = {("GET", "/health"), ("GET", "/ready")}
@@ -110,7 +110,7 @@ def test_changes_want_a_csrf_token_as_well(stack: Stack) -> None:
     assert "CSRF" in answer.text
     with stack.http() as http:
         assert http.post("/flow_runs/filter", json={"limit": 1}).status_code == 200
-        # The server keeps the token it checked (deployments/prefect_server.py): another one
+        # The server keeps the token it checked (deployments/system/prefect_server.py): another one
         # for the same client, or the same one for another client, is still refused.
         client = http.headers["Prefect-Csrf-Client"]
         for token, for_client in (("0" * 64, client), (http.headers["Prefect-Csrf-Token"], "x")):

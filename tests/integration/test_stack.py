@@ -11,11 +11,11 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.actions import DeploymentUpdate, WorkPoolUpdate
 from prefect.workers.process import ProcessWorker
 
-from deployments.bootstrap import schedule_slug
-from deployments.catalogue import ALL_DEPLOYMENTS, BACKUP, UPDATE, Deployment
-from deployments.job_template import base_job_template
-from deployments.queues import QUEUES, Priority, Queue
-from deployments.stack import Stack
+from deployments.control.bootstrap import schedule_slug
+from deployments.control.catalogue import ALL_DEPLOYMENTS, BACKUP, UPDATE, Deployment
+from deployments.control.job_template import base_job_template
+from deployments.control.queues import QUEUES, Priority, Queue
+from deployments.system.stack import Stack
 from tests.integration.conftest import (
     SCHEDULED_CRON,
     SCHEDULED_SERVER_ID,

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from deployments.bootstrap import PROJECT_DIR
-from deployments.stack_lock import PID_FILE, DataDirLock
+from deployments.control.bootstrap import PROJECT_DIR
+from deployments.system.lock import PID_FILE, DataDirLock
 
 
 def test_a_second_make_up_on_the_same_data_dir_is_refused_with_the_first_ones_pid(
@@ -20,7 +20,7 @@ def test_a_second_make_up_on_the_same_data_dir_is_refused_with_the_first_ones_pi
     with DataDirLock(data_dir):
         before = sorted(p.name for p in data_dir.iterdir())
         second = subprocess.run(
-            [sys.executable, "-m", "deployments.up", "--data-dir", str(data_dir)],
+            [sys.executable, "-m", "deployments.system.up", "--data-dir", str(data_dir)],
             cwd=PROJECT_DIR,
             env={**os.environ, "MM_INVENTORY": str(tmp_path / "inventory.yaml")},
             capture_output=True,

@@ -32,7 +32,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, State, StateType
 
-from deployments.catalogue import ALL_DEPLOYMENTS
+from deployments.control.catalogue import ALL_DEPLOYMENTS
 
 #: Prefect accepts at most this many runs per read.
 PAGE = 200

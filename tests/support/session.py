@@ -26,10 +26,10 @@ from uuid import UUID
 import pytest
 import yaml
 
-from deployments.backends import BackendSettings
-from deployments.local_target import LocalTarget, free_port
-from deployments.queues import QUEUES_BY_NAME
-from deployments.stack import Stack
+from deployments.control.queues import QUEUES_BY_NAME
+from deployments.system.backends import BackendSettings
+from deployments.system.local_target import LocalTarget, free_port
+from deployments.system.stack import Stack
 from tasks.atomic import write_atomic
 from tests.support.failover import Failover
 from tests.support.scaled import auth_string, scaled_backend
@@ -45,7 +45,7 @@ SCHEDULED_TIMEZONE = "Europe/Berlin"
 MAINTENANCE_CRON = "0 4 1 1 *"
 
 #: Lock duration of every queue in the session's stack, seconds: the shortest that heartbeats
-#: every 30 s (Prefect's minimum) allow, see `deployments.automations`.
+#: every 30 s (Prefect's minimum) allow, see `deployments.control.automations`.
 LOCK = 45
 
 

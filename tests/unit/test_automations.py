@@ -10,7 +10,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.states import Running
 from pydantic import ValidationError
 
-from deployments.automations import (
+from deployments.control.automations import (
     GAVE_UP_NAME,
     WATCH_EVENT,
     SupervisionSettings,
@@ -18,7 +18,7 @@ from deployments.automations import (
     wanted_automations,
     watch_events,
 )
-from deployments.queues import QUEUES, QUEUES_BY_NAME
+from deployments.control.queues import QUEUES, QUEUES_BY_NAME
 
 
 def test_the_queue_table_gives_the_lock_durations_unless_overridden() -> None:

@@ -7,7 +7,7 @@ import re
 import pytest
 from pydantic import ValidationError
 
-from deployments.backends import BackendSettings
+from deployments.system.backends import BackendSettings
 
 
 def test_embedded_by_default_adds_no_prefect_settings(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -63,13 +63,13 @@ def test_half_or_wrong_settings_are_refused(
 
 
 def test_sqlite_fix_leaves_postgresql_alone() -> None:
-    """deployments/prefect_server.py patches the SQLite configuration class and nothing else."""
+    """deployments/system/prefect_server.py patches the SQLite configuration class, nothing else."""
     from prefect.server.database.configurations import (
         AioSqliteConfiguration,
         AsyncPostgresConfiguration,
     )
 
-    from deployments.prefect_server import queue_sqlite_writers
+    from deployments.system.prefect_server import queue_sqlite_writers
 
     postgres = AsyncPostgresConfiguration.begin_transaction
     queue_sqlite_writers()

@@ -13,10 +13,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from deployments import cli, cli_jobs
-from deployments.cli_jobs import DeploymentMissing, Enqueued, Snapshot
-from deployments.queues import Priority
-from deployments.states import JobState
+from deployments.cli import jobs as cli_jobs
+from deployments.cli import main as cli
+from deployments.cli.jobs import DeploymentMissing, Enqueued, Snapshot
+from deployments.control.queues import Priority
+from deployments.control.states import JobState
 from tasks.atomic import atomic_file
 from tasks.core.jobs import JobType
 from tasks.core.settings import get_settings

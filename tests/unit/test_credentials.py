@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from deployments.credentials import CredentialsError, keep_secret, private_dir
+from deployments.system.credentials import CredentialsError, keep_secret, private_dir
 
 
 def test_a_secret_is_made_once_then_read_back(tmp_path: Path) -> None:

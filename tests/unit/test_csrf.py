@@ -1,4 +1,6 @@
-"""Concurrent changes through one Prefect client share one CSRF token fetch (deployments/csrf.py).
+"""Concurrent changes through one Prefect client share one CSRF token fetch.
+
+The lock lives in deployments/control/csrf.py.
 
 A fake server on httpx's MockTransport keeps one token per client id, as Prefect's does, and
 refuses a change that carries an older one.
@@ -14,7 +16,7 @@ import httpx
 import pytest
 from prefect.client.base import PrefectHttpxAsyncClient
 
-from deployments import csrf
+from deployments.control import csrf
 
 
 class TokenServer:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deployments.forkserver import _settings_sources
+from deployments.worker.forkserver import _settings_sources
 
 BASE = {"PREFECT_API_URL": "http://127.0.0.1:4200/api", "HOME": "/root", "PATH": "/bin"}
 

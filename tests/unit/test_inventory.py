@@ -243,7 +243,7 @@ def test_an_inventory_broken_after_a_good_read_fails_every_time(tmp_path: Path) 
 def test_the_fork_server_parses_the_inventory_of_its_settings_for_its_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from deployments.forkserver_preload import read_inventory
+    from deployments.worker.preload import read_inventory
     from tasks.core import inventory as module
 
     path = write(tmp_path, valid())
@@ -260,7 +260,7 @@ def test_the_fork_server_parses_the_inventory_of_its_settings_for_its_runs(
 def test_the_fork_server_starts_without_a_readable_inventory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from deployments.forkserver_preload import read_inventory
+    from deployments.worker.preload import read_inventory
     from tasks.core import inventory as module
 
     monkeypatch.setattr(module, "_read", {})

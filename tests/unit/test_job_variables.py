@@ -15,9 +15,9 @@ from prefect.client.orchestration import PrefectClient
 from prefect.flows import load_flow_from_entrypoint
 from prefect.workers.process import ProcessJobConfiguration
 
-from deployments.bootstrap import PROJECT_DIR
-from deployments.catalogue import ALL_DEPLOYMENTS, Deployment
-from deployments.job_template import base_job_template
+from deployments.control.bootstrap import PROJECT_DIR
+from deployments.control.catalogue import ALL_DEPLOYMENTS, Deployment
+from deployments.control.job_template import base_job_template
 from flows import job_variables
 from flows.job_variables import ACCEPTED_JOB_VARIABLES, refusal, refused_job_variables
 from tasks.core.errors import JobVariablesRefused, PermanentError

@@ -33,7 +33,7 @@ def lint_imports(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def contract() -> dict[str, Any]:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
-    [layers] = [c for c in config["contracts"] if c["type"] == "layers"]
+    [layers] = [c for c in config["contracts"] if c["id"] == "layers"]
     assert isinstance(layers, dict)
     return layers
 
@@ -41,7 +41,7 @@ def contract() -> dict[str, Any]:
 def test_the_contract_passes_on_the_repository() -> None:
     result = lint_imports(ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 kept, 0 broken" in result.stdout
+    assert "3 kept, 0 broken" in result.stdout
 
 
 def test_the_top_layers_import_down_only(contract: dict[str, Any]) -> None:
@@ -89,3 +89,42 @@ def test_an_upward_import_breaks_the_contract(
     assert result.returncode != 0
     assert "BROKEN" in result.stdout
     assert f"{importer}.core -> {imported}.core" in result.stdout
+
+
+def test_deployments_is_layered_by_concern() -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    [inner] = [c for c in config["contracts"] if c["id"] == "deployments"]
+    packages = {path.name for path in (ROOT / "deployments").iterdir() if path.is_dir()}
+    named = {name.strip() for layer in inner["layers"] for name in layer.split("|")}
+    # Every subpackage has its place, and no module sits loose beside them.
+    assert named == packages - {"__pycache__"}
+    assert [p.name for p in (ROOT / "deployments").glob("*.py")] == ["__init__.py"]
+
+
+@pytest.mark.parametrize(
+    ("importer", "imported"),
+    [("control", "worker"), ("worker", "system"), ("control", "cli")],
+)
+def test_an_upward_import_inside_deployments_breaks_its_contract(
+    tmp_path: Path, importer: str, imported: str
+) -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    [inner] = [c for c in config["contracts"] if c["id"] == "deployments"]
+    root = tmp_path / "deployments"
+    root.mkdir()
+    (root / "__init__.py").write_text("")
+    for layer in inner["layers"]:
+        for package in (name.strip() for name in layer.split("|")):
+            (root / package).mkdir()
+            (root / package / "__init__.py").write_text("")
+            (root / package / "core.py").write_text("")
+    (root / importer / "core.py").write_text(f"from deployments.{imported} import core\n")
+    layers = ", ".join(f'"{layer}"' for layer in inner["layers"])
+    (tmp_path / ".importlinter.toml").write_text(
+        '[tool.importlinter]\nroot_packages = ["deployments"]\n\n'
+        '[[tool.importlinter.contracts]]\nname = "inner"\ntype = "layers"\n'
+        f'containers = ["deployments"]\nlayers = [{layers}]\n'
+    )
+    result = lint_imports(tmp_path, ".importlinter.toml")
+    assert result.returncode != 0
+    assert f"deployments.{importer}.core -> deployments.{imported}.core" in result.stdout

@@ -10,7 +10,7 @@ from uuid import UUID, uuid4
 import pytest
 from prefect.client.schemas.schedules import CronSchedule
 
-from deployments.maintenance import SCHEDULE_SLUG, MaintenanceSettings
+from deployments.control.maintenance import SCHEDULE_SLUG, MaintenanceSettings
 from tasks.archive_retention import KeepPolicy
 from tasks.core.inventory import Inventory
 from tasks.maintenance import policy_for, prune_repository

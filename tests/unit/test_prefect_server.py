@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from prefect.utilities.schema_tools import validation
 
-from deployments import prefect_server
-from deployments.prefect_server import _turn, remember_earlier_states, remember_schema_checks
+from deployments.system import prefect_server
+from deployments.system.prefect_server import _turn, remember_earlier_states, remember_schema_checks
 
 
 def test_transactions_take_turns_first_come_first_served():
@@ -91,7 +91,7 @@ def test_a_schema_is_checked_once_and_a_bad_one_every_time(monkeypatch: pytest.M
 NESTED_READ = """
 import asyncio, sys, time
 import sqlalchemy as sa
-from deployments.prefect_server import queue_sqlite_writers
+from deployments.system.prefect_server import queue_sqlite_writers
 queue_sqlite_writers()
 from prefect.server.database import provide_database_interface
 

@@ -9,9 +9,9 @@ import pytest
 import yaml
 from prefect.flows import load_flow_from_entrypoint
 
-from deployments.bootstrap import PROJECT_DIR
-from deployments.catalogue import ALL_DEPLOYMENTS, MAINTENANCE, Deployment
-from deployments.queues import Priority
+from deployments.control.bootstrap import PROJECT_DIR
+from deployments.control.catalogue import ALL_DEPLOYMENTS, MAINTENANCE, Deployment
+from deployments.control.queues import Priority
 
 PREFECT_YAML = PROJECT_DIR / "prefect.yaml"
 

@@ -6,8 +6,8 @@ from datetime import timedelta
 
 import pytest
 
-from deployments.catalogue import CATALOGUE, DEPLOYMENTS, job_type_tag
-from deployments.queues import QUEUES, QUEUES_BY_NAME, Priority, get_queue
+from deployments.control.catalogue import CATALOGUE, DEPLOYMENTS, job_type_tag
+from deployments.control.queues import QUEUES, QUEUES_BY_NAME, Priority, get_queue
 from tasks.core.jobs import JobType
 
 

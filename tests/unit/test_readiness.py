@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from api_shim.gateway.readiness import WORK_QUEUES, ReadyMark, missing_parts
-from deployments.catalogue import ALL_DEPLOYMENTS
-from deployments.queues import QUEUES
+from deployments.control.catalogue import ALL_DEPLOYMENTS
+from deployments.control.queues import QUEUES
 
 EVERY_POOL = {queue.name: set(WORK_QUEUES) for queue in QUEUES}
 EVERY_DEPLOYMENT = {d.full_name for d in ALL_DEPLOYMENTS}

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from deployments.backends import BackendSettings
-from deployments.credentials import JWT_SECRET_FILE, PREFECT_AUTH_FILE
-from deployments.stack import Stack, StackError
-from deployments.stack_settings import get_stack_settings
+from deployments.system.backends import BackendSettings
+from deployments.system.credentials import JWT_SECRET_FILE, PREFECT_AUTH_FILE
+from deployments.system.stack import Stack, StackError
+from deployments.system.stack_settings import get_stack_settings
 
 EMBEDDED = BackendSettings(database_url=None, redis_url=None)
 SCALED = BackendSettings(

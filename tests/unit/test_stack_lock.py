@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deployments.stack_lock import (
+from deployments.system.lock import (
     PID_FILE,
     DataDirLock,
     StackRunning,

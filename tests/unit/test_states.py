@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from prefect.client.schemas.objects import StateType
 
-from deployments.states import STATE_TABLE, JobState, job_state, state_types_for
+from deployments.control.states import STATE_TABLE, JobState, job_state, state_types_for
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 

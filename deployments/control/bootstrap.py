@@ -1,13 +1,13 @@
 """The one idempotent step that makes a Prefect server ready for our jobs.
 
 Against the API in PREFECT_API_URL it creates or updates the work pools (with our fixed job
-template, deployments/job_template.py) and their priority work queues from the queue table,
+template, deployments/control/job_template.py) and their priority work queues from the queue table,
 applies prefect.yaml with `prefect deploy --all`, creates the automations that crash stalled
-runs and re-run crashed ones (`deployments.automations`), and makes the backup deployment's
+runs and re-run crashed ones (`deployments.control.automations`), and makes the backup deployment's
 schedules match the inventory. Running it again changes nothing; what an operator sets at run
 time (a paused pool, a deactivated schedule) survives it.
 
-    python -m deployments.bootstrap [--project-dir DIR] [--inventory FILE]
+    python -m deployments.control.bootstrap [--project-dir DIR] [--inventory FILE]
 """
 
 from __future__ import annotations
@@ -34,15 +34,15 @@ from prefect.exceptions import ObjectNotFound
 from prefect.settings import get_current_settings
 from pydantic import ValidationError
 
-from deployments.automations import (
+from deployments.control.automations import (
     ensure_automations,
     get_supervision_settings,
     watch_unfinished_runs,
 )
-from deployments.catalogue import BACKUP
-from deployments.job_template import base_job_template
-from deployments.maintenance import get_maintenance_settings, sync_maintenance_schedule
-from deployments.queues import QUEUES, Priority, Queue
+from deployments.control.catalogue import BACKUP
+from deployments.control.job_template import base_job_template
+from deployments.control.maintenance import get_maintenance_settings, sync_maintenance_schedule
+from deployments.control.queues import QUEUES, Priority, Queue
 from tasks.core.errors import InventoryError
 from tasks.core.inventory import Inventory, load_inventory
 from tasks.core.jobs import JobType
@@ -51,7 +51,7 @@ from tasks.core.settings import get_settings
 logger = logging.getLogger(__name__)
 
 #: The repository root: where prefect.yaml and the flows live.
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 #: Prefix of the slugs of the schedules the bootstrap owns; other schedules are left alone.
 SCHEDULE_SLUG_PREFIX = "server-"
@@ -217,7 +217,9 @@ async def sync_backup_schedules(client: PrefectClient, inventory: Inventory) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deployments.bootstrap", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m deployments.control.bootstrap", description=__doc__
+    )
     parser.add_argument("--project-dir", type=Path, default=PROJECT_DIR)
     parser.add_argument(
         "--inventory",

@@ -21,11 +21,11 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 
-from deployments.catalogue import CATALOGUE, MAINTENANCE
-from deployments.enqueue import create_job_run
-from deployments.maintenance import create_maintenance_run
-from deployments.queues import Priority
-from deployments.states import JobState, job_state
+from deployments.control.catalogue import CATALOGUE, MAINTENANCE
+from deployments.control.enqueue import create_job_run
+from deployments.control.maintenance import create_maintenance_run
+from deployments.control.queues import Priority
+from deployments.control.states import JobState, job_state
 from tasks.core.jobs import JobType
 from tasks.outcome import full_reason, read_failures, read_result
 from tasks.progress import read_progress
@@ -147,7 +147,7 @@ async def job_result(job_id: UUID) -> dict[str, Any] | None:
 
 
 async def snapshot(client: PrefectClient, job_id: UUID) -> Snapshot:
-    """The job's state (mapped by `deployments.states`) and its progress."""
+    """The job's state (mapped by `deployments.control.states`) and its progress."""
     try:
         run = await client.read_flow_run(job_id)
     except ObjectNotFound:

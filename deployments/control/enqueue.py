@@ -13,8 +13,8 @@ from uuid import UUID
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import FlowRun
 
-from deployments.catalogue import CATALOGUE, job_type_tag, server_tag
-from deployments.queues import Priority
+from deployments.control.catalogue import CATALOGUE, job_type_tag, server_tag
+from deployments.control.queues import Priority
 from tasks.core.jobs import JobType
 
 

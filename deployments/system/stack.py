@@ -29,14 +29,14 @@ from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary
 from prefect.workers.process import ProcessWorker
 from pydantic import ValidationError
 
-from deployments import credentials
-from deployments.automations import MIN_HEARTBEAT_SECONDS
-from deployments.backends import BackendSettings, get_backend_settings
-from deployments.bootstrap import PROJECT_DIR, ensure_pool
-from deployments.forkserver import ForkServerWorker
-from deployments.local_target import descendants
-from deployments.queues import QUEUES, Queue, get_queue
-from deployments.stack_settings import get_stack_settings
+from deployments.control.automations import MIN_HEARTBEAT_SECONDS
+from deployments.control.bootstrap import PROJECT_DIR, ensure_pool
+from deployments.control.queues import QUEUES, Queue, get_queue
+from deployments.system import credentials
+from deployments.system.backends import BackendSettings, get_backend_settings
+from deployments.system.local_target import descendants
+from deployments.system.stack_settings import get_stack_settings
+from deployments.worker.forkserver import ForkServerWorker
 from tasks.core.settings import WorkSettings
 
 #: Seconds the Prefect server side gets after the workers, at least, to take their last reports.
@@ -164,20 +164,20 @@ class Stack:
         extra_env: more variables for every child, e.g. PREFECT_* tuning in a test.
         jwt_secret: the shim's MM_JWT_SECRET; default: MM_JWT_SECRET from the environment, or
             the one kept in `<data_dir>/jwt-secret`, made on first start
-            (`deployments.credentials`; tokens are minted with `api_shim.auth.mint_token`).
+            (`deployments.system.credentials`; tokens are minted with `api_shim.auth.mint_token`).
         auth_string: Prefect's API auth string (`user:password`), required by the server of
             every call but its health check; default: PREFECT_API_AUTH_STRING from the
             environment, or in embedded mode the one kept in `<data_dir>/prefect-auth`, made on
             first start. Scaled mode refuses to start without one given: every host needs it.
         backend: embedded (SQLite) or scaled (PostgreSQL + Redis); default: from MM_DATABASE_URL
-            and MM_REDIS_URL (`deployments.backends`).
+            and MM_REDIS_URL (`deployments.system.backends`).
         server_ports: scaled mode only: run one Prefect API process (`--no-services`) per port,
             plus the background services in a process of their own; `port` is then the one
             address clients use, served by something in front of them (a load balancer).
         hosts: worker hosts; each runs one worker per pool with its own HOME and PREFECT_HOME,
             as if on a machine of its own. All of them share `backup_root`.
         worker_type: `forkserver` (runs forked from a pre-imported process,
-            deployments/forkserver.py) or Prefect's stock `process`; default: MM_WORKER_TYPE,
+            deployments/worker/forkserver.py) or Prefect's stock `process`; default: MM_WORKER_TYPE,
             else `forkserver`.
         stop_grace: seconds `stop()` lets jobs run after SIGTERM before it kills them (hands
             them back); default: MM_STOP_GRACE, else 15.
@@ -318,7 +318,8 @@ class Stack:
         # Every client (worker, each flow run) would ask the server for its version first: one
         # request per run, to a server of the same install.
         env.setdefault("PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED", "false")
-        # Heartbeats feed the automation that crashes stalled runs (deployments.automations).
+        # Heartbeats feed the automation that crashes stalled runs
+        # (deployments.control.automations).
         env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = env.get(
             "MM_HEARTBEAT_SECONDS", str(MIN_HEARTBEAT_SECONDS)
         )
@@ -442,7 +443,7 @@ class Stack:
             self.server = self._child(
                 "server",
                 ["--host", "127.0.0.1", "--port", str(self.port)],
-                module="deployments.prefect_server",
+                module="deployments.system.prefect_server",
                 env=self.server_environment(),
             )
             self.servers = [self.server]
@@ -467,7 +468,7 @@ class Stack:
         child = self._child(
             f"server-{index + 1}",
             ["--host", "127.0.0.1", "--port", str(port), "--no-services"],
-            module="deployments.prefect_server",
+            module="deployments.system.prefect_server",
             env=self.server_environment(),
         )
         while len(self.servers) <= index:
@@ -479,11 +480,11 @@ class Stack:
         return child
 
     def bootstrap(self) -> None:
-        """Run `python -m deployments.bootstrap` against this stack; idempotent."""
+        """Run `python -m deployments.control.bootstrap` against this stack; idempotent."""
         argv = [
             sys.executable,
             "-m",
-            "deployments.bootstrap",
+            "deployments.control.bootstrap",
             "--project-dir",
             str(self.project_dir),
         ]
@@ -638,7 +639,7 @@ class Stack:
         so the runs' final states reach it). A flow run still running at the deadline is
         handed back: it is killed, ends Crashed (by its worker, or by the stalled-run
         automation after the queue's lock duration), and the re-run automation of
-        `deployments.automations` schedules it again while attempts remain.
+        `deployments.control.automations` schedules it again while attempts remain.
         """
         deadline = time.monotonic() + (self.stop_grace if grace is None else grace)
         workers = [w for w in self.workers.values() if w.alive()]

@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from deployments.cli_jobs import (
+from deployments.cli.jobs import (
     CliError,
     Enqueued,
     Snapshot,
@@ -31,10 +31,10 @@ from deployments.cli_jobs import (
     prefect_client,
     watch,
 )
-from deployments.cli_render import JobProgress, backups_table, clean_summary, servers_table, show
-from deployments.pausing import pools_of, set_paused
-from deployments.queues import Priority
-from deployments.states import JobState
+from deployments.cli.render import JobProgress, backups_table, clean_summary, servers_table, show
+from deployments.control.pausing import pools_of, set_paused
+from deployments.control.queues import Priority
+from deployments.control.states import JobState
 from tasks.core.errors import InvalidOptions, JobError
 from tasks.core.inventory import load_inventory
 from tasks.core.jobs import BackupOptions, JobType

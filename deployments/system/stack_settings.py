@@ -1,6 +1,7 @@
-"""Settings of `make up` itself (deployments.up, deployments.stack): MM_API_PORT, MM_STOP_GRACE,
-MM_WORKER_TYPE. What the processes it starts read (the inventory, the repositories, ...) stays in
-their own settings; the stack only passes those on, or fills in its data directory's defaults.
+"""Settings of `make up` itself (deployments.system.up, deployments.system.stack): MM_API_PORT,
+MM_STOP_GRACE, MM_WORKER_TYPE. What the processes it starts read (the inventory, the
+repositories, ...) stays in their own settings; the stack only passes those on, or fills in its
+data directory's defaults.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ class StackSettings(BaseSettings):
     )
     worker_type: str = Field(
         "forkserver",
-        description="`forkserver` (deployments/forkserver.py) or Prefect's stock `process`.",
+        description="`forkserver` (deployments/worker/forkserver.py) or Prefect's stock `process`.",
     )
 
 

@@ -1,6 +1,6 @@
 """`make up` and `make demo`: the whole stack in the foreground until Ctrl-C.
 
-    python -m deployments.up [--demo] [--data-dir var] [--port 4200] [--api-port 3000]
+    python -m deployments.system.up [--demo] [--data-dir var] [--port 4200] [--api-port 3000]
 
 `--demo` also starts a throwaway sshd on loopback with a small data tree, points the inventory at
 it, enqueues a quick scan and a backup, and shows their progress.
@@ -25,13 +25,13 @@ from pydantic import SecretStr, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from deployments.bootstrap import PROJECT_DIR
-from deployments.catalogue import CATALOGUE
-from deployments.credentials import PREFECT_AUTH_FILE
-from deployments.local_target import LocalTarget
-from deployments.stack import Stack, StackError
-from deployments.stack_lock import DataDirLock, StackRunning
-from deployments.stack_settings import get_stack_settings
+from deployments.control.bootstrap import PROJECT_DIR
+from deployments.control.catalogue import CATALOGUE
+from deployments.system.credentials import PREFECT_AUTH_FILE
+from deployments.system.local_target import LocalTarget
+from deployments.system.lock import DataDirLock, StackRunning
+from deployments.system.stack import Stack, StackError
+from deployments.system.stack_settings import get_stack_settings
 from tasks.atomic import write_atomic
 from tasks.core.callers import Role, mint_token
 from tasks.core.jobs import JobType
@@ -46,7 +46,7 @@ DEMO_SERVER_ID = uuid.uuid5(uuid.NAMESPACE_URL, "https://medicine-man.invalid/de
 
 EXAMPLE_INVENTORY = """\
 # The server inventory (MM_INVENTORY). Jobs read it when they run; backup schedules are applied
-# by the bootstrap, so restart `make up` (or run `python -m deployments.bootstrap`) after
+# by the bootstrap, so restart `make up` (or run `python -m deployments.control.bootstrap`) after
 # changing a `schedule`.
 servers: []
 #  - id: 6f0b7c1e-0000-4000-8000-000000000001  # any UUID, e.g. from uuidgen
@@ -68,7 +68,7 @@ servers: []
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deployments.up", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m deployments.system.up", description=__doc__)
     parser.add_argument("--demo", action="store_true", help="also run a demo server and jobs")
     parser.add_argument("--data-dir", type=Path, default=PROJECT_DIR / "var")
     parser.add_argument("--project-dir", type=Path, default=PROJECT_DIR, help=argparse.SUPPRESS)

@@ -18,7 +18,7 @@ from prefect.client.schemas.schedules import CronSchedule
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from deployments.catalogue import MAINTENANCE
+from deployments.control.catalogue import MAINTENANCE
 
 #: The slug of the schedule the bootstrap owns on the maintenance deployment.
 SCHEDULE_SLUG = "maintenance"

@@ -11,7 +11,7 @@ embedded:
 
 `Stack` (and so `make up`) turns them into the PREFECT_* settings below; a Prefect process that
 is started by hand (systemd, compose) gets the same ones from `prefect_env()`, printed by
-`python -m deployments.backends`.
+`python -m deployments.system.backends`.
 """
 
 from __future__ import annotations

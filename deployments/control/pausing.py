@@ -12,7 +12,7 @@ import asyncio
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import WorkPoolUpdate
 
-from deployments.queues import QUEUES, get_queue
+from deployments.control.queues import QUEUES, get_queue
 
 
 def pools_of(queue: str | None) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from uuid import UUID
 
-from deployments.queues import QUEUES_BY_NAME, Priority, Queue
+from deployments.control.queues import QUEUES_BY_NAME, Priority, Queue
 from tasks.core.jobs import JobType
 
 

@@ -57,7 +57,7 @@ from prefect.runner._process_manager import ProcessHandle
 from prefect.settings import Settings, get_current_settings
 from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, ProcessWorkerResult
 
-from deployments.csrf import serialize_token_fetches
+from deployments.control.csrf import serialize_token_fetches
 
 if TYPE_CHECKING:
     from multiprocessing.context import SpawnProcess
@@ -76,8 +76,8 @@ PRELOAD = (
     "flows.backup",
     "flows.scan",
     "flows.update",
-    "deployments.forkserver",
-    "deployments.forkserver_preload",
+    "deployments.worker.forkserver",
+    "deployments.worker.preload",
 )
 
 # Prefect loads this module in every worker process (the `prefect.collections` entry point),

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from deployments import credentials
+from deployments.system import credentials
 from tasks.atomic import write_atomic
 
 #: The file `flock`ed by the running stack's supervisor, under the data directory.

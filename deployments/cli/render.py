@@ -14,7 +14,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn
 from rich.table import Table
 from rich.text import Text
 
-from deployments.cli_jobs import Snapshot
+from deployments.cli.jobs import Snapshot
 from tasks.core.inventory import Inventory
 from tasks.repository import BackupStatus, Manifest
 

@@ -47,8 +47,8 @@ from prefect.events.schemas.automations import AutomationCore, EventTrigger, Pos
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from deployments.catalogue import ALL_DEPLOYMENTS
-from deployments.queues import QUEUES, Queue
+from deployments.control.catalogue import ALL_DEPLOYMENTS
+from deployments.control.queues import QUEUES, Queue
 
 #: Runs per read, and events per POST, of `watch_unfinished_runs`.
 _PAGE = 200

@@ -1,0 +1,1 @@
+"""The operator CLI, console script `medicine-man` (main)."""
