@@ -107,14 +107,26 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, data_dir: Path) -> int:
     """The stack of `main`'s arguments, in the foreground until Ctrl-C or SIGTERM."""
 
-    # SIGTERM ends the stack like Ctrl-C does.
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
-
     target: LocalTarget | None = None
     stack: Stack | None = None
+    signals = 0
+
+    # SIGTERM ends the stack like Ctrl-C does. Only the first signal interrupts: the ones that
+    # follow, during the stop, hurry it (jobs are handed back at once) but never cut its
+    # cleanup short, which would leave the server and workers running.
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            raise KeyboardInterrupt
+        if stack is not None:
+            stack.hurry()
+
+    # SIGINT too, by name: a shell that starts us in the background leaves SIGINT ignored, and
+    # the workers would inherit that, and with it a stop that never ends (Prefect's CLI turns
+    # the worker's SIGTERM into a SIGINT to itself).
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         if args.demo:
             target = LocalTarget(home=data_dir / "demo" / "target").start()
@@ -155,14 +167,13 @@ def run(args: argparse.Namespace, data_dir: Path) -> int:
             asyncio.run(run_demo(stack))
         supervise(stack)
     except KeyboardInterrupt:
-        console.print("stopping ...")
+        console.print("stopping ... (another Ctrl-C hands running jobs back at once)")
     except StackError as exc:
         console.print(f"[red]{exc}[/]")
         return 1
     finally:
-        # A second Ctrl-C must not cut the shutdown short and leave orphans.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # From here on no signal interrupts: the stop below runs to its end, whatever comes.
+        signals = max(signals, 1)
         if stack is not None:
             stack.stop()
         if target is not None:
