@@ -19,7 +19,7 @@ async def health(gateway: GatewayDep) -> JSONResponse:
     if found.status == "ok":
         message = "API ready"
     elif found.status == "unavailable":
-        message = "not ready: the Prefect API does not answer"
+        message = "not ready: the Prefect API is unavailable (the shim's log says why)"
     else:
         message = (
             f"not ready: Prefect lacks {', '.join(found.missing)}; "
