@@ -35,6 +35,7 @@ from deployments.control.queues import QUEUES, Queue, get_queue
 from deployments.system import credentials
 from deployments.system.backends import BackendSettings, get_backend_settings
 from deployments.system.local_target import descendants
+from deployments.system.lock import record_children
 from deployments.system.stack_settings import get_stack_settings
 from deployments.worker.forkserver import DRAIN_SIGNAL, ForkServerWorker
 from tasks.core.settings import WorkSettings
@@ -617,6 +618,7 @@ class Stack:
         assert self.jwt_secret is not None
         env["MM_JWT_SECRET"] = self.jwt_secret
         self.shim.start(env, self.project_dir)
+        self._record_children(self.shim)
         port = self.api_port
         self._wait(self.shim, lambda: _port_open(port), timeout, f"API shim not on port {port}")
 
@@ -705,7 +707,15 @@ class Stack:
     ) -> Child:
         child = Child(name, [sys.executable, "-m", module, *args], self.logs_dir / f"{name}.log")
         child.start(self.environment() if env is None else env, self.project_dir)
+        self._record_children(child)
         return child
+
+    def _record_children(self, new: Child) -> None:
+        """List every running child in the data directory, for the next stack to end them if
+        this one's supervisor is killed before it can (deployments/system/lock.py)."""
+        children = [*self.servers, self.services, *self.workers.values(), self.shim, new]
+        pids = {c.pid for c in children if c is not None and c.alive() and c.pid is not None}
+        record_children(self.data_dir, sorted(pids))
 
     @staticmethod
     def _wait(child: Child, ready: Callable[[], bool], timeout: float, what: str) -> None:

@@ -29,7 +29,7 @@ from deployments.control.bootstrap import PROJECT_DIR
 from deployments.control.catalogue import CATALOGUE
 from deployments.system.credentials import PREFECT_AUTH_FILE
 from deployments.system.local_target import LocalTarget
-from deployments.system.lock import DataDirLock, StackRunning
+from deployments.system.lock import DataDirLock, StackRunning, end_leftovers
 from deployments.system.stack import Stack, StackError
 from deployments.system.stack_settings import get_stack_settings
 from tasks.atomic import write_atomic
@@ -99,6 +99,14 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]{exc}[/]", soft_wrap=True)
         return 1
     try:
+        ended = end_leftovers(data_dir)
+        if ended:
+            console.print(
+                f"[yellow]ended {len(ended)} processes (pids {', '.join(map(str, ended))}) that"
+                " the last stack here left running: its supervisor was killed before it could"
+                " stop them[/]",
+                soft_wrap=True,
+            )
         return run(args, data_dir)
     finally:
         lock.release()
