@@ -657,6 +657,7 @@ class Stack:
         """
         grace = self.stop_grace if grace is None else grace
         self._deadline = time.monotonic() + (0.0 if self._hurried else grace)
+        began = time.monotonic()
         workers = [w for w in self.workers.values() if w.alive()]
         draining = [w for w in workers if w.drains and w.pid is not None]
         for worker in draining:
@@ -669,12 +670,15 @@ class Stack:
         runs = [g for w in workers for g in w.flow_run_groups()]
         front = [self.shim] if self.shim is not None else []
         _end_together(runs, front, self._until)
+        self.timings["stop runs"] = time.monotonic() - began
         _end_together([], workers, self._until)
+        self.timings["stop workers"] = time.monotonic() - began
         back = [c for c in (self.services, *self.servers) if c is not None]
         if self.server is not None and all(c is not self.server for c in back):
             back.append(self.server)
         server_deadline = time.monotonic() + SERVER_GRACE
         _end_together([], back, lambda: max(self._until(), server_deadline))
+        self.timings["stop"] = time.monotonic() - began
 
     def hurry(self) -> None:
         """Cut a stop in progress short: what still runs is killed (handed back) now. The

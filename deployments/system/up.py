@@ -184,6 +184,13 @@ def run(args: argparse.Namespace, data_dir: Path) -> int:
         signals = max(signals, 1)
         if stack is not None:
             stack.stop()
+            if "stop" in stack.timings:
+                took = stack.timings
+                console.print(
+                    f"stopped in {took['stop']:.1f} s (runs and shim {took['stop runs']:.1f} s,"
+                    f" workers {took['stop workers'] - took['stop runs']:.1f} s, server side"
+                    f" {took['stop'] - took['stop workers']:.1f} s)"
+                )
         if target is not None:
             target.stop()
     return 0
