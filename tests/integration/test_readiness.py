@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deployments.system.backends import BackendSettings
 from deployments.system.local_target import free_port
 from deployments.system.stack import Stack
+from tasks.core.settings import BackendSettings
 from tests.integration.conftest import InventoryFile
 from tests.support.api import Api
 
