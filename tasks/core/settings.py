@@ -16,6 +16,7 @@ ours. README's configuration table lists every variable here, with its default
 
 from __future__ import annotations
 
+import re
 import secrets
 from functools import lru_cache
 from pathlib import Path
@@ -32,6 +33,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 #: Prefect's floor for flow-run heartbeats (`prefect.flow_engine.MINIMUM_HEARTBEAT_INTERVAL`).
 MIN_HEARTBEAT_SECONDS = 30
@@ -341,6 +343,12 @@ def read_settings() -> Settings:
             for error in exc.errors():
                 where = variable(cls, str(error["loc"][0])) if error["loc"] else f"MM_* ({name})"
                 problems.append(f"{where}: {error['msg']}")
+        except SourceError as exc:
+            # A structured value (MM_LOCK_DURATIONS) that is not JSON: pydantic-settings names
+            # the field, not the variable, and no value.
+            field = re.search(r'field "(\w+)"', str(exc))
+            where = variable(cls, field.group(1)) if field else f"MM_* ({name})"
+            problems.append(f"{where}: not valid JSON")
     if problems:
         raise SettingsError("; ".join(problems))
     return Settings.model_validate(sections)
