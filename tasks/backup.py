@@ -47,7 +47,7 @@ class BackupPlan:
 
 
 def repository() -> BackupRepository:
-    return BackupRepository(get_settings().backup_root)
+    return BackupRepository(get_settings().paths.backup_root)
 
 
 def tar_command(paths: list[str], compression: Compression) -> list[str]:
@@ -168,7 +168,7 @@ def run_hook(server: Server, which: str, command: str) -> None:
         ssh.run_lines(
             command,
             lambda stream, line: logger.info("%s %s: %s", which, stream, line),
-            timeout=get_settings().ssh_idle_timeout,
+            timeout=get_settings().ssh.idle_timeout,
             label=f"the {which} command",
         )
 

@@ -41,7 +41,7 @@ from tasks.core.errors import (
     SSHTimeout,
 )
 from tasks.core.inventory import Server
-from tasks.core.settings import WorkSettings
+from tasks.core.settings import SSHSettings
 
 #: The order paramiko prefers too (tasks.ssh.FAST_CIPHERS first), then OpenSSH's other ciphers.
 CIPHERS = (
@@ -84,7 +84,7 @@ def unusable(server: Server) -> str | None:
     return None
 
 
-def argv(server: Server, settings: WorkSettings, command: str) -> list[str]:
+def argv(server: Server, settings: SSHSettings, command: str) -> list[str]:
     """The ssh command line that runs `command` (already quoted) on `server`."""
     options = {
         "BatchMode": "yes",
@@ -110,7 +110,7 @@ def argv(server: Server, settings: WorkSettings, command: str) -> list[str]:
         "PermitLocalCommand": "no",
         "Ciphers": CIPHERS,
         "Compression": "no",
-        "ConnectTimeout": str(math.ceil(settings.ssh_connect_timeout)),
+        "ConnectTimeout": str(math.ceil(settings.connect_timeout)),
         "LogLevel": "ERROR",
     }
     args = [client() or "ssh", "-F", "/dev/null", "-T"]
@@ -121,7 +121,7 @@ def argv(server: Server, settings: WorkSettings, command: str) -> list[str]:
 
 def download(
     server: Server,
-    settings: WorkSettings,
+    settings: SSHSettings,
     command: str,
     archive: HashingWriter,
     on_progress: Callable[[int], object] | None = None,
@@ -152,9 +152,9 @@ def download(
                     on_progress(archive.size)
             elif exited:
                 break
-            elif time.monotonic() - last_data > settings.ssh_idle_timeout:
+            elif time.monotonic() - last_data > settings.idle_timeout:
                 raise SSHTimeout(
-                    f"{server.name}: no data from the server for {settings.ssh_idle_timeout:.0f} s"
+                    f"{server.name}: no data from the server for {settings.idle_timeout:.0f} s"
                 )
             else:
                 time.sleep(POLL)

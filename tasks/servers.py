@@ -19,7 +19,7 @@ def find_server(server_id: UUID) -> Server:
     A plain function, not a task: it reads a local file, an unknown server is no reason to retry,
     and a task's three state events cost Prefect's server more than the read itself.
     """
-    return load_inventory(get_settings().inventory).get(server_id)
+    return load_inventory(get_settings().paths.inventory).get(server_id)
 
 
 @task(name="verify server", cache_policy=NO_CACHE, **RETRY_POLICY)

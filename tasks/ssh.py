@@ -35,7 +35,7 @@ from tasks.core.errors import (
     SSHTimeout,
 )
 from tasks.core.inventory import Server
-from tasks.core.settings import WorkSettings, get_settings
+from tasks.core.settings import SSHSettings, get_settings
 
 # These make paramiko stream at ~0.97x of OpenSSH instead of ~0.54x (measured: docs/DESIGN.md,
 # "Backups stream through OpenSSH").
@@ -142,9 +142,9 @@ def _require_known_hosts(server: Server) -> Path:
 
 
 @contextlib.contextmanager
-def connect(server: Server, settings: WorkSettings | None = None) -> Iterator[SSHSession]:
+def connect(server: Server, settings: SSHSettings | None = None) -> Iterator[SSHSession]:
     """An authenticated session with a verified host key, closed on exit."""
-    settings = settings or get_settings()
+    settings = settings or get_settings().ssh
     key = _load_key(server)
     known_hosts = _require_known_hosts(server)
     client = paramiko.SSHClient()
@@ -157,9 +157,9 @@ def connect(server: Server, settings: WorkSettings | None = None) -> Iterator[SS
                 port=server.port,
                 username=server.username,
                 pkey=key,
-                timeout=settings.ssh_connect_timeout,
-                banner_timeout=settings.ssh_connect_timeout,
-                auth_timeout=settings.ssh_connect_timeout,
+                timeout=settings.connect_timeout,
+                banner_timeout=settings.connect_timeout,
+                auth_timeout=settings.connect_timeout,
                 allow_agent=False,
                 look_for_keys=False,
                 # The stubs describe an older paramiko; 5.x passes only `disabled_algorithms`.
@@ -176,19 +176,19 @@ def download(
     archive: HashingWriter,
     *,
     on_progress: Callable[[int], object] | None = None,
-    settings: WorkSettings | None = None,
+    settings: SSHSettings | None = None,
 ) -> CommandResult:
     """Run a program on the server and write its stdout into `archive`, counted and hashed.
 
-    Through the system OpenSSH client when `settings.ssh_client` allows it and
+    Through the system OpenSSH client when `settings.client` allows it and
     `openssh.unusable` finds nothing against it (about 2x faster, BENCHMARKS.md); through
     paramiko otherwise. The same checks come first either way (key file, known-hosts file),
     and the same errors come out. The exit status is the caller's to judge (`check=False`).
     """
-    settings = settings or get_settings()
+    settings = settings or get_settings().ssh
     _load_key(server)
     _require_known_hosts(server)
-    if settings.ssh_client != "paramiko" and openssh.unusable(server) is None:
+    if settings.client != "paramiko" and openssh.unusable(server) is None:
         status, stderr = openssh.download(
             server, settings, shlex.join(argv), archive, on_progress=on_progress
         )
@@ -206,10 +206,10 @@ def download(
 class SSHSession:
     """Commands on one connected server."""
 
-    def __init__(self, client: paramiko.SSHClient, server: Server, settings: WorkSettings) -> None:
+    def __init__(self, client: paramiko.SSHClient, server: Server, settings: SSHSettings) -> None:
         self._client = client
         self.server = server
-        self._idle_timeout = settings.ssh_idle_timeout
+        self._idle_timeout = settings.idle_timeout
 
     def run(self, argv: Sequence[str], *, check: bool = True) -> CommandResult:
         """Run a program with these arguments (each quoted) and collect its output."""

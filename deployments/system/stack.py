@@ -27,18 +27,15 @@ import httpx
 from prefect.client.orchestration import PrefectClient, SyncPrefectClient
 from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 from prefect.workers.process import ProcessWorker
-from pydantic import ValidationError
 
-from deployments.control.automations import MIN_HEARTBEAT_SECONDS
 from deployments.control.bootstrap import PROJECT_DIR, ensure_pool
 from deployments.control.queues import QUEUES, Queue, get_queue
 from deployments.system import credentials
-from deployments.system.backends import BackendSettings, get_backend_settings
+from deployments.system.backends import prefect_env
 from deployments.system.local_target import descendants
 from deployments.system.lock import record_children
-from deployments.system.stack_settings import get_stack_settings
 from deployments.worker.forkserver import DRAIN_SIGNAL, ForkServerWorker
-from tasks.core.settings import WorkSettings
+from tasks.core.settings import BackendSettings, Settings, SettingsError, get_settings
 
 #: Seconds the Prefect server side gets after the workers, at least, to take their last reports.
 SERVER_GRACE = 5.0
@@ -75,6 +72,14 @@ CHILD_UMASK = 0o077
 
 class StackError(RuntimeError):
     """A part of the stack did not start; the message ends with the tail of its log."""
+
+
+def _settings() -> Settings:
+    """This process's MM_* settings (`get_settings`); a bad value is a StackError naming it."""
+    try:
+        return get_settings()
+    except SettingsError as exc:
+        raise StackError(f"invalid MM_* setting: {exc}") from None
 
 
 @dataclass
@@ -197,16 +202,16 @@ class Stack:
     project_dir: Path = PROJECT_DIR
     backup_root: Path | None = None
     results_root: Path | None = None
-    api_port: int | None = field(default_factory=lambda: get_stack_settings().api_port)
+    api_port: int | None = field(default_factory=lambda: _settings().stack.api_port)
     ui: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
     jwt_secret: str | None = None
     auth_string: str | None = None
-    stop_grace: float = field(default_factory=lambda: get_stack_settings().stop_grace)
+    stop_grace: float = field(default_factory=lambda: _settings().stack.stop_grace)
     backend: BackendSettings | None = None
     server_ports: list[int] = field(default_factory=list)
     hosts: int = 1
-    worker_type: str = field(default_factory=lambda: get_stack_settings().worker_type)
+    worker_type: str = field(default_factory=lambda: _settings().stack.worker_type)
     server: Child | None = None
     #: Every Prefect API process (`server` is the first); one unless `server_ports` says more.
     servers: list[Child] = field(default_factory=list)
@@ -216,6 +221,8 @@ class Stack:
     shim: Child | None = None
     #: Seconds each startup phase took, by phase name.
     timings: dict[str, float] = field(default_factory=dict)
+    #: This process's MM_* settings, which the defaults above and below come from.
+    settings: Settings = field(init=False, repr=False)
     #: When a stop in progress kills what still runs (`stop`, `hurry`).
     _deadline: float = field(default=0.0, init=False, repr=False)
     _hurried: bool = field(default=False, init=False, repr=False)
@@ -223,25 +230,23 @@ class Stack:
     def __post_init__(self) -> None:
         self.data_dir = self.data_dir.resolve()
         self.project_dir = self.project_dir.resolve()
+        self.settings = _settings()
         # What the environment sets means the same here as for the workers and the CLI; only
         # what it leaves unset falls back to the data directory.
-        try:
-            work = WorkSettings()
-        except ValidationError as exc:
-            raise StackError(f"invalid MM_* setting: {exc}") from None
-        given = work.model_fields_set
+        paths = self.settings.paths
+        given = paths.model_fields_set
         if self.inventory is None and "inventory" in given:
-            self.inventory = work.inventory
+            self.inventory = paths.inventory
         if self.backup_root is None and "backup_root" in given:
-            self.backup_root = work.backup_root
+            self.backup_root = paths.backup_root
         if self.results_root is None and "results_root" in given:
-            self.results_root = work.results_root
+            self.results_root = paths.results_root
         self.backup_root = (self.backup_root or self.data_dir / "backups").resolve()
         self.results_root = (self.results_root or self.data_dir / "results").resolve()
         if self.inventory is not None:
             self.inventory = self.inventory.resolve()
         if self.backend is None:
-            self.backend = get_backend_settings()
+            self.backend = self.settings.backend
         try:
             self._find_secrets()
         except credentials.CredentialsError as exc:
@@ -266,7 +271,8 @@ class Stack:
                 )
             self.auth_string = credentials.prefect_auth_string(self.data_dir)
         if self.jwt_secret is None:
-            self.jwt_secret = os.environ.get("MM_JWT_SECRET") or credentials.jwt_secret(
+            given = self.settings.api.jwt_secret
+            self.jwt_secret = (given.get_secret_value() if given else "") or credentials.jwt_secret(
                 self.data_dir
             )
 
@@ -331,9 +337,7 @@ class Stack:
         env.setdefault("PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED", "false")
         # Heartbeats feed the automation that crashes stalled runs
         # (deployments.control.automations).
-        env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = env.get(
-            "MM_HEARTBEAT_SECONDS", str(MIN_HEARTBEAT_SECONDS)
-        )
+        env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = str(self.settings.supervision.heartbeat_seconds)
         return env
 
     def server_environment(self) -> dict[str, str]:
@@ -341,7 +345,7 @@ class Stack:
         and Redis settings, which no other process needs, and the API's own protections."""
         env = self.environment()
         assert self.backend is not None and self.auth_string is not None
-        env.update(self.backend.prefect_env())
+        env.update(prefect_env(self.backend))
         env.update(
             {
                 "PREFECT_SERVER_API_AUTH_STRING": self.auth_string,

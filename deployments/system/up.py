@@ -21,7 +21,6 @@ from uuid import UUID
 import yaml
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import arun_deployment
-from pydantic import SecretStr, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
@@ -31,12 +30,10 @@ from deployments.system.credentials import PREFECT_AUTH_FILE
 from deployments.system.local_target import LocalTarget
 from deployments.system.lock import DataDirLock, StackRunning, end_leftovers
 from deployments.system.stack import Stack, StackError
-from deployments.system.stack_settings import get_stack_settings
 from tasks.atomic import write_atomic
 from tasks.core.callers import Role, mint_token
 from tasks.core.jobs import JobType
-from tasks.core.settings import ApiSettings
-from tasks.core.settings import get_settings as get_work_settings
+from tasks.core.settings import SettingsError, get_settings
 from tasks.progress import read_progress
 
 console = Console(stderr=True)
@@ -74,15 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--project-dir", type=Path, default=PROJECT_DIR, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=4200, help="Prefect API and UI")
     try:
-        settings = get_stack_settings()
-    except ValidationError as exc:
+        settings = get_settings()
+    except SettingsError as exc:
         console.print(f"[red]invalid MM_* setting: {exc}[/]", soft_wrap=True)
         return 2
-    parser.add_argument("--api-port", type=int, default=settings.api_port, help="MM_API_PORT")
+    parser.add_argument("--api-port", type=int, default=settings.stack.api_port, help="MM_API_PORT")
     parser.add_argument(
         "--stop-grace",
         type=float,
-        default=settings.stop_grace,
+        default=settings.stack.stop_grace,
         help="seconds running jobs get to finish on Ctrl-C before they are handed back"
         " (MM_STOP_GRACE)",
     )
@@ -144,7 +141,7 @@ def run(args: argparse.Namespace, data_dir: Path) -> int:
                 soft_wrap=True,
             )
         else:
-            inventory = (args.inventory or get_work_settings().inventory).resolve()
+            inventory = (args.inventory or get_settings().paths.inventory).resolve()
             if not inventory.exists():
                 inventory.parent.mkdir(parents=True, exist_ok=True)
                 inventory.write_text(EXAMPLE_INVENTORY)
@@ -201,9 +198,13 @@ def dev_token(stack: Stack) -> str:
     assert stack.jwt_secret is not None
     # The shim's own settings, so the token carries the claims it checks (MM_JWT_ISSUER and
     # MM_JWT_AUDIENCE, when set).
-    shim = ApiSettings(jwt_secret=SecretStr(stack.jwt_secret))
+    shim = stack.settings.api
     return mint_token(
-        shim.secret, "dev-admin", Role.ADMIN, issuer=shim.jwt_issuer, audience=shim.jwt_audience
+        stack.jwt_secret,
+        "dev-admin",
+        Role.ADMIN,
+        issuer=shim.jwt_issuer,
+        audience=shim.jwt_audience,
     )
 
 

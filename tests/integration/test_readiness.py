@@ -21,9 +21,9 @@ import httpx
 import pytest
 
 from api_shim.gateway.readiness import READY_RECHECK_SECONDS
-from deployments.system.backends import BackendSettings
 from deployments.system.local_target import free_port
 from deployments.system.stack import Stack
+from tasks.core.settings import BackendSettings
 from tests.integration.conftest import InventoryFile
 from tests.support.api import Api, error, ok
 
