@@ -29,7 +29,9 @@ SERVER = Server.model_validate(
 
 def test_an_operators_command_fails_without_its_text_or_output_in_the_message() -> None:
     command = f"curl -fsS -H 'Authorization: Bearer {TOKEN}' http://hook/stop"
-    exc = command_failed(SERVER, command, 22, f"+ curl ... {TOKEN}\nfailed\n".encode(), "the pre command")
+    exc = command_failed(
+        SERVER, command, 22, f"+ curl ... {TOKEN}\nfailed\n".encode(), "the pre command"
+    )
     assert str(exc) == "web1: the pre command exited with status 22"
     assert repr(exc) == "RemoteCommandFailed('web1: the pre command exited with status 22')"
     assert exc.exit_status == 22
