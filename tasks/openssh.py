@@ -1,9 +1,9 @@
 """The OpenSSH transport: a remote program's output into a file through the system `ssh`.
 
 `OpenSSHDownloader`, the `tasks.remote.Downloader` behind `tasks.ssh.SSHSession.download`'s
-fast path (BENCHMARKS.md): `ssh` decrypts and writes the archive
-file itself, and we hash it behind it from the page cache (`HashingWriter.catch_up`), so no
-byte of the stream passes through Python's GIL. It keeps every property of the paramiko path:
+fast path (BENCHMARKS.md): `ssh` decrypts and writes the archive file itself, and we hash it
+behind it from the page cache (`HashingWriter.catch_up`), so no byte of the stream passes
+through Python's GIL. It keeps every property of the paramiko path:
 
 - the host key is checked against the server's known-hosts file and nothing else
   (`StrictHostKeyChecking=yes`, no global file, never updated, no SSHFP records);
