@@ -14,7 +14,9 @@ for every transport alike.
 `Connection` is one job's connection: opened by the first task that needs it (inside the task,
 so its retries cover connecting), reused by the job's later tasks, closed by the flow. A backup
 with pre and post commands opened four connections before (plan, pre, transfer, post); now one
-paramiko connection carries the commands and the OpenSSH fast path one more for the archive.
+paramiko connection carries the commands and the OpenSSH fast path one more for the archive
+(tests/integration/test_connections.py), with a new one for post after a transfer longer than
+REUSE_IDLE.
 """
 
 from __future__ import annotations
