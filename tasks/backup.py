@@ -15,7 +15,7 @@ from tasks.core.jobs import BackupOptions
 from tasks.core.settings import get_settings
 from tasks.outcome import failure_published
 from tasks.progress import Progress
-from tasks.remote import Connection, session_for
+from tasks.remote import Connection, run_once, session_for
 from tasks.repository import BackupRepository, BackupStatus, Compression, Manifest, utcnow
 from tasks.retry import RETRY_POLICY
 from tasks.ssh import open_session
@@ -175,7 +175,8 @@ def run_hook(
     # Never the command's text: it may hold a token, and logs reach more eyes than admins'.
     logger.info("%s: running the %s command", server.name, which)
     with failure_published(), session_for(server, connection, open_session) as ssh:
-        ssh.run_lines(
+        run_once(
+            ssh,
             command,
             lambda stream, line: logger.info("%s %s: %s", which, stream, line),
             timeout=get_settings().ssh.idle_timeout,

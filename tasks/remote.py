@@ -31,6 +31,7 @@ from typing import Protocol
 
 from tasks.atomic import HashingWriter
 from tasks.core.errors import (
+    CommandOutcomeUnknown,
     HostKeyMismatch,
     HostKeyUnknown,
     JobError,
@@ -40,6 +41,7 @@ from tasks.core.errors import (
     SSHConnectError,
     SSHDisconnected,
     SSHTimeout,
+    TransientError,
 )
 from tasks.core.inventory import Server
 
@@ -274,3 +276,21 @@ def session_for(server: Server, connection: Connection | None, opener: Opener) -
         return
     with Connection(server, opener) as own, own.session() as session:
         yield session
+
+
+def run_once(
+    session: Session, command: str, on_line: OnLine, *, timeout: float, label: str
+) -> CommandResult:
+    """Run an operator's command that changes the server (a hook, an update): connecting may
+    fail and be retried, but once the command started, a dropped link or a timeout means it
+    may still be running there, and running it again could do its work twice or race itself.
+    Such a failure is `CommandOutcomeUnknown`, which is not retried."""
+    session.connect()
+    try:
+        return session.run_lines(command, on_line, timeout=timeout, label=label)
+    except TransientError as exc:
+        raise CommandOutcomeUnknown(
+            f"{session.server.name}: {label} started and its end was not seen ({exc}); it may"
+            " still be running there, so it is not run again",
+            detail=exc.detail,
+        ) from exc

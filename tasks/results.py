@@ -45,8 +45,15 @@ class UpdateRecord(_Record):
 
     update_id: UUID
     command: str
+    #: When the command was sent to the server; with no exit status, its end was never seen.
+    command_started_at: datetime | None = None
     exit_status: int | None = None
     stderr_tail: str | None = None
+
+    @property
+    def outcome_unknown(self) -> bool:
+        """The command started and no try saw it end: it may have run, or still run."""
+        return self.command_started_at is not None and self.exit_status is None
 
 
 def scan_path(server_id: UUID, scan_id: UUID) -> Any:
@@ -72,3 +79,11 @@ def save_update(record: UpdateRecord, log: str | None = None) -> None:
     if log is not None:
         write_atomic(path.with_suffix(".log"), log.encode())
     write_atomic(path, record.model_dump_json(by_alias=True, indent=2).encode())
+
+
+def load_update(server_id: UUID, update_id: UUID) -> UpdateRecord | None:
+    """The stored record of an update, or None if there is none (or it is unreadable)."""
+    try:
+        return UpdateRecord.model_validate_json(update_path(server_id, update_id).read_text())
+    except (OSError, ValueError):
+        return None

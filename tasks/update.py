@@ -8,12 +8,12 @@ from uuid import UUID
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.core.errors import InvalidOptions, RemoteCommandFailed
+from tasks.core.errors import CommandOutcomeUnknown, InvalidOptions, RemoteCommandFailed
 from tasks.core.inventory import Server
 from tasks.outcome import failure_published
-from tasks.remote import Connection, session_for
+from tasks.remote import Connection, run_once, session_for
 from tasks.repository import utcnow
-from tasks.results import UpdateRecord, save_update
+from tasks.results import UpdateRecord, load_update, save_update
 from tasks.retry import RETRY_POLICY
 from tasks.ssh import open_session
 
@@ -30,6 +30,15 @@ def update_command(server: Server) -> str:
 def create_update_record(
     server: Server, update_id: UUID, job_id: UUID | None, user_id: str | None, job_type: str
 ) -> UpdateRecord:
+    earlier = load_update(server.id, update_id)
+    if earlier is not None and earlier.outcome_unknown:
+        # An earlier try of this job (a run that crashed and is run again) sent the command and
+        # never saw it end: it may have done its work, or still be doing it.
+        raise CommandOutcomeUnknown(
+            f"{server.name}: the update command of this job started at"
+            f" {earlier.command_started_at:%Y-%m-%d %H:%M:%S} UTC in an earlier try and its end"
+            " was not seen; it is not run again. Check the server, then enqueue a new update"
+        )
     record = UpdateRecord(
         update_id=update_id,
         server_id=server.id,
@@ -58,8 +67,13 @@ def run_update(
 
     assert server.update is not None
     with failure_published(), session_for(server, connection, open_session) as ssh:
+        ssh.connect()  # A failure to connect is retried; the command has not started.
+        # Stored before the command goes out: a run that dies from here on is not run again.
+        record = record.model_copy(update={"command_started_at": utcnow()})
+        save_update(record)
         try:
-            result = ssh.run_lines(
+            result = run_once(
+                ssh,
                 record.command,
                 on_line,
                 timeout=server.update.timeout,
@@ -94,6 +108,8 @@ def run_update(
 
 @task(name="record update failure", cache_policy=NO_CACHE)
 def fail_update_record(record: UpdateRecord, error: str) -> None:
+    # The stored record, not the flow's copy: it may say that the command started.
+    stored = load_update(record.server_id, record.update_id) or record
     save_update(
-        record.model_copy(update={"status": "failed", "finished_at": utcnow(), "error": error})
+        stored.model_copy(update={"status": "failed", "finished_at": utcnow(), "error": error})
     )

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
@@ -92,8 +93,11 @@ class Child:
     popen: subprocess.Popen[bytes] | None = None
     #: A fork-server worker, which takes no more runs after `DRAIN_SIGNAL`.
     drains: bool = False
+    #: When `start` was last called (UTC).
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def start(self, env: dict[str, str], cwd: Path) -> None:
+        self.started_at = datetime.now(UTC)
         with _open_log(self.log_path) as log:
             self.popen = subprocess.Popen(
                 self.argv,
@@ -580,12 +584,20 @@ class Stack:
     def wait_for_worker(self, pool: str, timeout: float = 60.0, *, host: int = 0) -> None:
         """Until the pool's worker has registered with the server (after its first poll)."""
         name = self.worker_name(pool, host)
+        worker = self.workers[self.worker_key(pool, host)]
+        # The server keeps a stopped worker's registration under the same name: only a
+        # heartbeat sent after this one started counts (sent once its setup is done).
+        started = worker.started_at
 
         def registered() -> bool:
             with self.sync_client() as client:
-                return any(w.name == name for w in client.read_workers_for_work_pool(pool))
+                return any(
+                    w.name == name
+                    and w.last_heartbeat_time is not None
+                    and w.last_heartbeat_time >= started
+                    for w in client.read_workers_for_work_pool(pool)
+                )
 
-        worker = self.workers[self.worker_key(pool, host)]
         self._wait(worker, registered, timeout, f"worker {name} did not register")
 
     def stop_worker(self, pool: str, timeout: float = 15.0, *, host: int = 0) -> None:

@@ -11,6 +11,7 @@
     │   ├── HostKeyMismatch       the server's key differs from the known one
     │   ├── RemotePathMissing     a path to back up does not exist on the server
     │   ├── RemoteCommandFailed   a remote command exited non-zero
+    │   ├── CommandOutcomeUnknown a command that changes the server started, its end unseen
     │   ├── ArchiveInvalid        an archive does not match its manifest
     │   └── RepositoryFull        the backup repository's disk filled up
     └── TransientError            retried with backoff: the next try may work
@@ -75,6 +76,11 @@ class HostKeyUnknown(PermanentError):
 
 class HostKeyMismatch(PermanentError):
     """The server's host key differs from the one in the known-hosts file."""
+
+
+class CommandOutcomeUnknown(PermanentError):
+    """A command that changes the server started and its end was not seen: it may still be
+    running there, so it is not run again."""
 
 
 class RemotePathMissing(PermanentError):

@@ -16,6 +16,7 @@ import pytest
 from flows.backup import backup
 from tasks.backup import _PLAN_SCRIPT, BackupPlan, plan_backup, plan_command, tar_command
 from tasks.core.errors import (
+    CommandOutcomeUnknown,
     InvalidOptions,
     RemoteCommandFailed,
     RemotePathMissing,
@@ -201,6 +202,25 @@ def test_a_failed_pre_skips_the_transfer_but_still_runs_post(offline: Offline) -
     assert str(raised.value) == "web1: the pre command exited with status 4"
     assert PRE in (raised.value.detail or "")
     assert offline.artifacts[0]["data"]["summary"] == str(raised.value)
+
+
+def test_a_pre_command_whose_link_dropped_is_not_run_again_and_post_still_runs(
+    offline: Offline,
+) -> None:
+    """It started and may still run there: the job fails at once, not after three more tries
+    of a command that, say, stops a database; the post command runs as after any pre."""
+    server = hooked(offline)
+    # First in the script, so that it answers the pre command before `script`'s reply does.
+    offline.fake.reply(PRE, raises=SSHDisconnected("web1: connection dropped"))
+    script(offline.fake)
+
+    with pytest.raises(CommandOutcomeUnknown) as raised:
+        run(offline, server.id, uuid.uuid4())
+
+    assert not is_retryable(raised.value)
+    assert "the pre command started and its end was not seen" in str(raised.value)
+    assert offline.fake.commands.count(PRE) == 1
+    assert offline.fake.commands[-1] == POST
 
 
 def test_a_failed_post_fails_the_job_but_keeps_the_good_archive(offline: Offline) -> None:

@@ -15,6 +15,7 @@ import pytest
 from flows.scan import scan
 from flows.update import update
 from tasks.core.errors import (
+    CommandOutcomeUnknown,
     InvalidOptions,
     RemoteCommandFailed,
     SSHAuthError,
@@ -139,18 +140,45 @@ def test_a_failed_update_records_its_status_and_output_and_is_not_retried(
     assert UPDATE in (stored.error or "")  # the operator's own record has the command
 
 
-def test_an_update_that_times_out_is_retryable_and_recorded_failed(offline: Offline) -> None:
+def test_an_update_that_times_out_is_not_run_again(offline: Offline) -> None:
+    """It may still be running on the server: the job fails and says so, and a second try of
+    the same job (a crashed run run again) refuses instead of sending the command twice."""
     server = offline.add_server(update={"command": UPDATE, "timeout": 5})
     offline.fake.reply(["uname", "-srm"], stdout=b"Linux\n")
     offline.fake.reply(UPDATE, raises=SSHTimeout("web1: command still running after 5 s"))
     update_id = uuid.uuid4()
 
-    with pytest.raises(SSHTimeout) as raised:
+    with pytest.raises(CommandOutcomeUnknown) as raised:
         update.fn(server_id=server.id, update_id=update_id)
 
-    assert is_retryable(raised.value)
+    assert not is_retryable(raised.value)
+    assert "may still be running there" in str(raised.value)
     stored = UpdateRecord.model_validate_json(update_path(server.id, update_id).read_text())
     assert stored.status == "failed" and "still running" in (stored.error or "")
+    assert stored.outcome_unknown
+
+    with pytest.raises(CommandOutcomeUnknown, match="earlier try"):
+        update.fn(server_id=server.id, update_id=update_id)
+    assert offline.fake.commands.count(UPDATE) == 1
+
+
+def test_an_update_that_could_not_connect_is_retryable_and_runs_on_the_next_try(
+    offline: Offline,
+) -> None:
+    server = offline.add_server(update={"command": UPDATE})
+    offline.fake.reply(["uname", "-srm"], stdout=b"Linux\n")
+    offline.fake.reply(UPDATE, stdout=b"Done\n")
+    offline.fake.fail_connect(SSHConnectError("web1: connection refused"))
+    update_id = uuid.uuid4()
+
+    with pytest.raises(SSHConnectError) as raised:
+        update.fn(server_id=server.id, update_id=update_id)
+    assert is_retryable(raised.value)
+    assert UPDATE not in offline.fake.commands
+
+    result = update.fn(server_id=server.id, update_id=update_id)
+    assert result["status"] == "completed"
+    assert offline.fake.commands.count(UPDATE) == 1
 
 
 def test_a_server_without_an_update_command_is_refused_before_it_runs(offline: Offline) -> None:
