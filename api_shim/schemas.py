@@ -163,8 +163,11 @@ class JobList(Schema):
     offset: int
 
 
-class Enqueued(Schema):
-    """The answer to a backup, scan or update request, sent before the job runs."""
+class JobAccepted(Schema):
+    """The answer to a backup, scan or update request, sent before the job runs.
+
+    Not `Enqueued`: that is what the control layer returns (deployments/control/jobs.py).
+    """
 
     job_id: str
     server_id: str
@@ -172,15 +175,15 @@ class Enqueued(Schema):
     message: str
 
 
-class BackupEnqueued(Enqueued):
+class BackupEnqueued(JobAccepted):
     backup_id: str
 
 
-class ScanEnqueued(Enqueued):
+class ScanEnqueued(JobAccepted):
     scan_id: str
 
 
-class UpdateEnqueued(Enqueued):
+class UpdateEnqueued(JobAccepted):
     update_id: str
 
 

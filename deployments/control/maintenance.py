@@ -1,4 +1,4 @@
-"""The maintenance deployment's schedule and on-demand runs.
+"""The maintenance deployment's schedule (its on-demand runs: deployments/control/jobs.py).
 
 The bootstrap gives the deployment one cron schedule, slug `maintenance`, from
 MM_MAINTENANCE_CRON (default daily at 03:00) in MM_MAINTENANCE_TIMEZONE (default UTC); an empty
@@ -9,16 +9,15 @@ prefect.yaml, so a schedule deactivated in the UI stays deactivated across boots
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
 
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import DeploymentScheduleCreate
-from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.schedules import CronSchedule
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from deployments.control.catalogue import MAINTENANCE
+from tasks.core.schedules import TimeZone, valid_cron
 
 #: The slug of the schedule the bootstrap owns on the maintenance deployment.
 SCHEDULE_SLUG = "maintenance"
@@ -33,27 +32,13 @@ class MaintenanceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MM_MAINTENANCE_", extra="ignore")
 
     cron: str = Field("0 3 * * *", description="Cron expression; empty: no schedule.")
-    timezone: str = Field("UTC", description="IANA time zone of the cron expression.")
+    timezone: TimeZone = Field("UTC", description="IANA time zone of the cron expression.")
 
     @field_validator("cron")
     @classmethod
     def _valid_cron(cls, value: str) -> str:
         value = value.strip()
-        if value:
-            try:
-                CronSchedule(cron=value)
-            except ValidationError:
-                raise ValueError(f"{value!r} is not a valid cron expression") from None
-        return value
-
-    @field_validator("timezone")
-    @classmethod
-    def _valid_timezone(cls, value: str) -> str:
-        try:
-            CronSchedule(cron="* * * * *", timezone=value)
-        except ValidationError:
-            raise ValueError(f"{value!r} is not an IANA time zone, e.g. Europe/Paris") from None
-        return value
+        return valid_cron(value) if value else value
 
     def schedule(self) -> DeploymentScheduleCreate | None:
         if not self.cron:
@@ -103,14 +88,3 @@ async def sync_maintenance_schedule(
         )
         return f"updated the maintenance schedule ({want.schedule})"
     return None
-
-
-async def create_maintenance_run(client: PrefectClient, parameters: dict[str, Any]) -> FlowRun:
-    """A maintenance flow run now, in the deployment's own work queue (`low`)."""
-    deployment = await client.read_deployment_by_name(MAINTENANCE.full_name)
-    return await client.create_flow_run_from_deployment(
-        deployment.id,
-        parameters=parameters,
-        work_queue_name=MAINTENANCE.priority.queue_name,
-        tags=[MAINTENANCE_TAG],
-    )
