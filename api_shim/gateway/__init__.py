@@ -220,8 +220,7 @@ class Gateway:
         return found.id
 
     async def paused_pools(self) -> set[str]:
-        pools = await self.call("read_work_pools", self.client.read_work_pools())
-        return {pool.name for pool in pools if pool.name in POOLS and pool.is_paused}
+        return set((await self.holds()).pools)
 
     async def holds(self) -> Holds:
         """The paused pools and work queues (deployments.control.jobs.read_holds)."""
