@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.alias_generators import to_camel
 
-from deployments.control.queues import QUEUES
+from deployments.control.queues import QUEUES, Priority
 from deployments.control.states import JobState
 from tasks.core.jobs import BackupOptions
 
@@ -50,9 +50,18 @@ class ErrorEnvelope(BaseModel):
 
 # -- requests -------------------------------------------------------------------------------
 
-PriorityName = Literal["critical", "high", "normal", "low"]
+# Literals built from the queue table, so the OpenAPI schema lists its names as an `enum`; mypy
+# cannot follow a Literal built at run time, so it checks them as plain strings.
+if TYPE_CHECKING:
+    PriorityName = str
+    QueueName = str
+else:
+    #: A work queue's name: critical, high, normal or low.
+    PriorityName = Literal[tuple(p.queue_name for p in Priority)]
+    #: A pool's name: backup, scan or update.
+    QueueName = Literal[tuple(queue.name for queue in QUEUES)]
 #: A work queue by name or by its number (1 = critical ... 4 = low), as BullMQ priorities were.
-PriorityValue = PriorityName | Annotated[int, Field(ge=1, le=4)]
+PriorityValue = PriorityName | Annotated[int, Field(ge=min(Priority), le=max(Priority))]
 
 
 class BackupRequest(BackupOptions):
@@ -79,7 +88,7 @@ class PauseRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    queue: Literal["backup", "scan", "update"] | None = None
+    queue: QueueName | None = None
 
 
 class CleanRequest(BaseModel):
@@ -163,8 +172,11 @@ class JobList(Schema):
     offset: int
 
 
-class Enqueued(Schema):
-    """The answer to a backup, scan or update request, sent before the job runs."""
+class JobAccepted(Schema):
+    """The answer to a backup, scan or update request, sent before the job runs.
+
+    Not `Enqueued`: that is what the control layer returns (deployments/control/jobs.py).
+    """
 
     job_id: str
     server_id: str
@@ -172,15 +184,15 @@ class Enqueued(Schema):
     message: str
 
 
-class BackupEnqueued(Enqueued):
+class BackupEnqueued(JobAccepted):
     backup_id: str
 
 
-class ScanEnqueued(Enqueued):
+class ScanEnqueued(JobAccepted):
     scan_id: str
 
 
-class UpdateEnqueued(Enqueued):
+class UpdateEnqueued(JobAccepted):
     update_id: str
 
 

@@ -8,7 +8,7 @@ issue 7 (300 quick scans, 60 backups, 6 updates from 10 clients over 10 s) is se
 alternating rounds two ways:
 
 - through the shim, `POST /api/servers/:id/{scan,backup,update}`, as users do;
-- straight to Prefect's `POST /deployments/{id}/create_flow_run`, through the `create_job_run`
+- straight to Prefect's `POST /deployments/{id}/create_flow_run`, through the `enqueue`
   and Prefect client the shim uses, with its parameters, tags, queue and kind of idempotency
   key: the floor any API in front of Prefect stands on.
 
@@ -38,7 +38,7 @@ from bench.burst import CLIENTS, LATENCY_GOAL, SPREAD, Bench, start
 from bench.report import BenchConfig, Row, load, machine, now, table
 from bench.run_cost import cpu_seconds
 from deployments.control.catalogue import CATALOGUE, user_tag
-from deployments.control.enqueue import create_job_run
+from deployments.control.jobs import enqueue
 from deployments.system.stack import Stack
 from tasks.core.callers import mint_token
 from tasks.core.jobs import JobType
@@ -89,7 +89,7 @@ def _parameters(post: Post) -> tuple[JobType, dict[str, Any]]:
 
 
 async def _direct(stack: Stack, deployments: dict[str, UUID], posts: list[Post]) -> list[float]:
-    """Seconds of each create sent straight to Prefect, as the shim sends it (`create_job_run`,
+    """Seconds of each create sent straight to Prefect, as the shim sends it (`enqueue`,
     our own key); a create that failed has no entry."""
 
     async with stack.client() as client:
@@ -98,7 +98,7 @@ async def _direct(stack: Stack, deployments: dict[str, UUID], posts: list[Post])
             job_type, parameters = _parameters(post)
             began = time.perf_counter()
             try:
-                await create_job_run(
+                await enqueue(
                     client,
                     job_type,
                     parameters,

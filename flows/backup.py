@@ -19,7 +19,7 @@ from tasks.backup import (
     transfer_archive,
 )
 from tasks.core.inventory import BackupSpec, Server
-from tasks.core.jobs import BackupJob, BackupOptions
+from tasks.core.jobs import BackupJob, BackupOptions, JobType
 from tasks.outcome import RESULT_OPTIONS, publish_result
 from tasks.progress import Progress
 from tasks.remote import Connection
@@ -33,7 +33,7 @@ def backup(
     server_id: UUID,
     backup_id: UUID | None = None,
     user_id: str | None = None,
-    job_type: BackupJob = "backup:manual",
+    job_type: BackupJob = JobType.BACKUP_MANUAL,
     options: BackupOptions | None = None,
 ) -> dict[str, Any]:
     """Back up a server's paths into the repository; one archive per backup id, ever."""

@@ -10,7 +10,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.job_variables import refuse_job_variables
-from tasks.core.jobs import ScanJob
+from tasks.core.jobs import JobType, ScanJob
 from tasks.outcome import RESULT_OPTIONS, publish_result
 from tasks.progress import Progress
 from tasks.scan import create_scan_record, fail_scan_record, scan_server, store_scan_results
@@ -23,7 +23,7 @@ def scan(
     server_id: UUID,
     scan_id: UUID | None = None,
     user_id: str | None = None,
-    job_type: ScanJob = "scan:full",
+    job_type: ScanJob = JobType.SCAN_FULL,
 ) -> dict[str, Any]:
     """Collect a server's inventory (full) or check that it answers (quick)."""
     refuse_job_variables()
@@ -39,7 +39,7 @@ def scan(
     progress.milestone(20, "scan record created")
     try:
         with job_connection(server) as connection:
-            results = scan_server(server, job_type == "scan:quick", progress, connection)
+            results = scan_server(server, job_type == JobType.SCAN_QUICK, progress, connection)
     except BaseException as exc:
         fail_scan_record(record, str(exc))
         raise

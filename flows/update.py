@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Any
 from uuid import UUID
 
 from prefect import flow
@@ -11,6 +11,7 @@ from prefect.runtime import flow_run
 
 from flows.job_variables import refuse_job_variables
 from tasks.core.errors import RemoteCommandFailed
+from tasks.core.jobs import JobType, UpdateJob
 from tasks.outcome import RESULT_OPTIONS, publish_result
 from tasks.progress import Progress
 from tasks.servers import find_server, verify_server
@@ -23,7 +24,7 @@ def update(
     server_id: UUID,
     update_id: UUID | None = None,
     user_id: str | None = None,
-    job_type: Literal["update:server"] = "update:server",
+    job_type: UpdateJob = JobType.UPDATE_SERVER,
 ) -> dict[str, Any]:
     """Run a server's update command; fails with its exit status and the tail of stderr."""
     refuse_job_variables()

@@ -10,6 +10,8 @@ from tasks.core.errors import is_retryable
 
 RETRIES = 3
 BACKOFF_FACTOR = 5.0
+#: The most tries a task of a job gets: the first and its retries (the API's `maxAttempts`).
+MAX_ATTEMPTS = 1 + RETRIES
 
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:

@@ -18,7 +18,7 @@ from uuid import UUID, uuid4
 
 import httpx
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.objects import FlowRun, State, StateType
+from prefect.client.schemas.objects import FlowRun, State
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled, Cancelling, Scheduled
@@ -32,18 +32,29 @@ from api_shim.gateway.errors import (
     OrchestratorUnavailable,
     OutcomeUnknown,
 )
-from api_shim.gateway.jobs import PAGE, JobReader, state_of
+from api_shim.gateway.jobs import api_job
 from api_shim.gateway.readiness import PREFECT_API, ReadyMark, look, missing_parts
 from api_shim.gateway.selection import Scope, Slice, slices_for
 from api_shim.metrics import PREFECT_SECONDS
 from api_shim.schemas import Job, JobList, PrefectStatus, QueueCounts, ServiceHealth
 from deployments.control.catalogue import ALL_DEPLOYMENTS, CATALOGUE, DEPLOYMENTS, user_tag
-from deployments.control.enqueue import create_job_run
-from deployments.control.queues import QUEUES, Priority
-from deployments.control.states import JobState
+from deployments.control.jobs import (
+    PAGE,
+    POOLS,
+    Enqueued,
+    Holds,
+    JobReader,
+    enqueue,
+    enqueued,
+    read_holds,
+    state_of,
+)
+from deployments.control.queues import Priority
+from deployments.control.states import STARTED, JobState
 from tasks.core.jobs import JobType
 
 __all__ = [
+    "POOLS",
     "DeploymentMissing",
     "Gateway",
     "GatewayError",
@@ -63,9 +74,6 @@ DEPLOYMENT_CACHE_SECONDS = 60.0
 
 #: Settled jobs kept in memory (a few KiB each), so polling one costs one Prefect read.
 SETTLED_JOBS_KEPT = 2048
-
-#: The pools the API speaks of, in the queue table's order.
-POOLS: tuple[str, ...] = tuple(queue.name for queue in QUEUES)
 
 
 class Gateway:
@@ -224,8 +232,11 @@ class Gateway:
             log.warning("not ready: %s", reason or f"Prefect lacks {', '.join(health.missing)}")
 
     async def paused_pools(self) -> set[str]:
-        pools = await self.call("read_work_pools", self.client.read_work_pools())
-        return {pool.name for pool in pools if pool.name in POOLS and pool.is_paused}
+        return set((await self.holds()).pools)
+
+    async def holds(self) -> Holds:
+        """The paused pools and work queues (deployments.control.jobs.read_holds)."""
+        return await self.call("read_holds", read_holds(self.client))
 
     # -- jobs -------------------------------------------------------------------------------
 
@@ -237,8 +248,8 @@ class Gateway:
         user_id: str,
         priority: Priority | None,
         idempotency_key: str | None,
-    ) -> tuple[UUID, dict[str, object]]:
-        """Start a job; returns its id and parameters (those of the first, for a repeat).
+    ) -> Enqueued:
+        """Start a job; its parameters are those of the first, for a repeat.
 
         When it raises, no job was created, or (for a caller's `idempotency_key`) repeating
         the request with that key returns the one that was: see `api_shim.gateway.creation`.
@@ -271,8 +282,9 @@ class Gateway:
             )
             if isinstance(settled, str):
                 raise OrchestratorUnavailable(settled) from None
-            run = settled
-        return run.id, dict(run.parameters)
+            job = CATALOGUE[job_type]
+            return enqueued(settled, job.deployment, priority or job.default_priority)
+        return run
 
     async def _create(
         self,
@@ -281,7 +293,7 @@ class Gateway:
         user_id: str,
         priority: Priority | None,
         key: str,
-    ) -> FlowRun:
+    ) -> Enqueued:
         deployment = CATALOGUE[job_type].deployment.full_name
         deployment_id = self._deployment_ids.get(deployment)
         if deployment_id is None:
@@ -294,7 +306,7 @@ class Gateway:
                     deployment_id = self._deployment_ids[deployment] = found.id
         return await self.call(
             "create_flow_run",
-            create_job_run(
+            enqueue(
                 self.client,
                 job_type,
                 dict(parameters),
@@ -317,11 +329,12 @@ class Gateway:
         return run
 
     async def job(self, job_id: UUID, scope: Scope | None) -> Job:
-        """One job: one Prefect read for a finished job read before, three otherwise.
+        """One job: one Prefect read for a finished job read before, three otherwise (five
+        for a scheduled one, whose state depends on what is paused).
 
-        A settled job (jobs.settled: the run is final and so are its task runs) changes only
-        when its run gets a new state (a retry), so it is kept by (run id, state id) and served
-        again from the one read of the run itself.
+        A settled job (deployments.control.jobs.settled: the run is final and so are its task
+        runs) changes only when its run gets a new state (a retry), so it is kept by (run id,
+        state id) and served again from the one read of the run itself.
         """
         run = await self.find(job_id, scope)
         # An admin's job has the failure in full, a user's not: each is kept apart.
@@ -329,11 +342,9 @@ class Gateway:
         if (cached := self._settled_jobs.get(key)) is not None:
             self._settled_jobs.move_to_end(key)
             return cached
-        # Whether a pool is paused matters only to a scheduled run (deployments.control.states).
-        scheduled = run.state is not None and run.state.type is StateType.SCHEDULED
-        paused = await self.paused_pools() if scheduled else set()
-        reader = JobReader(self.client, admin=scope is None)
-        (job,) = await self.call("read_job_details", reader.jobs([run], paused))
+        # An admin sees failures in full, as the operator's CLI does; a user the message alone.
+        reader = JobReader(self.client, full_reasons=scope is None)
+        job = api_job(await self.call("read_job_details", reader.job(run)))
         if run.id in reader.settled:
             self._settled_jobs[key] = job
             while len(self._settled_jobs) > SETTLED_JOBS_KEPT:
@@ -349,9 +360,9 @@ class Gateway:
         offset: int,
     ) -> JobList:
         """A page of jobs, newest (by due time) first, and how many match in all."""
-        paused = await self.paused_pools()
+        holds = await self.holds()
         pools = (queue,) if queue else POOLS
-        slices = slices_for(state, pools, paused, datetime.now(UTC))
+        slices = slices_for(state, pools, holds, datetime.now(UTC))
         totals = await asyncio.gather(*(self._count(s, scope) for s in slices))
         if len(slices) == 1:
             runs = await self._read(slices[0], scope, offset, limit)
@@ -365,19 +376,19 @@ class Gateway:
             parts = await asyncio.gather(*reads)
             merged = sorted((run for part in parts for run in part), key=_due, reverse=True)
             runs = merged[offset : offset + limit]
-        reader = JobReader(self.client, admin=scope is None)
-        page = await self.call("read_job_details", reader.jobs(runs, paused))
+        reader = JobReader(self.client, full_reasons=scope is None)
+        page = [api_job(j) for j in await self.call("read_job_details", reader.jobs(runs, holds))]
         return JobList(jobs=page, count=len(page), total=sum(totals), limit=limit, offset=offset)
 
     async def counts(self, scope: Scope | None) -> dict[str, QueueCounts]:
         """Jobs per queue and state, by count queries run side by side."""
-        paused = await self.paused_pools()
+        holds = await self.holds()
         now = datetime.now(UTC)
         keys: list[tuple[str, JobState]] = []
         queries: list[Awaitable[int]] = []
         for pool in POOLS:
             for state in JobState:
-                for part in slices_for(state, (pool,), paused, now):
+                for part in slices_for(state, (pool,), holds, now):
                     keys.append((pool, state))
                     queries.append(self._count(part, scope))
         found = await asyncio.gather(*queries)
@@ -416,9 +427,9 @@ class Gateway:
     async def cancel(self, job_id: UUID, scope: Scope | None) -> JobState:
         """Cancel a job that has not ended; returns the state it is in now."""
         run, state = await self._run_and_state(job_id, scope)
-        if run.state is not None and run.state.is_final():
+        if state.final:
             raise JobConflict(f"job {job_id} has already ended ({state})")
-        started = run.state is not None and run.state.type in _STARTED
+        started = run.state is not None and run.state.type in STARTED
         # A run with a process must be killed by its worker (Cancelling); one without a process
         # has nothing to kill, and Cancelling would leave it hanging (docs/DESIGN.md, "Prefect
         # behaviour the code relies on").
@@ -429,13 +440,13 @@ class Gateway:
     async def delete(self, job_id: UUID, scope: Scope | None) -> None:
         """Delete a job that is not running (BullMQ refused to remove active jobs too)."""
         run, state = await self._run_and_state(job_id, scope)
-        if run.state is not None and run.state.type in _STARTED:
+        if run.state is not None and run.state.type in STARTED:
             raise JobConflict(f"job {job_id} is {state}; cancel it before removing it")
         await self.call("delete_flow_run", self.client.delete_flow_run(run.id))
 
     async def _run_and_state(self, job_id: UUID, scope: Scope | None) -> tuple[FlowRun, JobState]:
-        run, paused = await asyncio.gather(self.find(job_id, scope), self.paused_pools())
-        return run, state_of(run, paused, datetime.now(UTC))
+        run, holds = await asyncio.gather(self.find(job_id, scope), self.holds())
+        return run, state_of(run, holds, datetime.now(UTC))
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -500,10 +511,6 @@ class Gateway:
             if len(page) < wanted:
                 break
         return runs
-
-
-#: States in which a run has (or is about to get) a process of its own.
-_STARTED = {StateType.PENDING, StateType.RUNNING, StateType.CANCELLING}
 
 
 def _due(run: FlowRun) -> tuple[datetime, str]:

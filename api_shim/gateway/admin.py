@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from api_shim.gateway import POOLS, Gateway
 from api_shim.schemas import CleanResult, QueuePaused
-from deployments.control.pausing import set_paused as set_pools_paused
+from deployments.control.jobs import set_paused as set_pools_paused
 from tasks.job_records import JobRetention, clean_job_records
 
 

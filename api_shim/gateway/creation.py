@@ -21,8 +21,10 @@ from datetime import UTC, datetime
 
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterIdempotencyKey
-from prefect.client.schemas.objects import FlowRun, State, StateType
+from prefect.client.schemas.objects import FlowRun, State
 from prefect.states import Cancelled, Cancelling
+
+from deployments.control.states import STARTED
 
 log = logging.getLogger("api_shim")
 
@@ -31,9 +33,6 @@ REAP_SECONDS = 180.0
 REAP_POLL = 3.0
 #: Seconds the gateway spends at most looking up a run whose create had no answer.
 SETTLE_SECONDS = 5.0
-
-#: States in which a run has (or is about to get) a process that must be stopped.
-_STARTED = {StateType.PENDING, StateType.RUNNING, StateType.CANCELLING}
 
 
 async def find_by_key(client: PrefectClient, key: str) -> FlowRun | None:
@@ -91,7 +90,7 @@ class Reaper:
             f"not run: its enqueue request was answered 503 at {refused_at:%Y-%m-%d %H:%M:%S} "
             "UTC because Prefect did not confirm it in time"
         )
-        started = run.state is not None and run.state.type in _STARTED
+        started = run.state is not None and run.state.type in STARTED
         state: State[None] = Cancelling(message=message) if started else Cancelled(message=message)
         await self.client.set_flow_run_state(run.id, state, force=True)
         log.warning("reaper: cancelled flow run %s (%s)", run.id, message)

@@ -1,13 +1,14 @@
 """Which flow runs show as a given job state: the state table turned into Prefect filters.
 
 Most job states are a set of Prefect state types. SCHEDULED is split three ways, as
-`deployments.control.states.job_state` does for one run: paused in a paused pool, delayed when
-due later, waiting when due now. So `waiting` and `paused` are unions of two slices, each one
-filter.
+`deployments.control.states.job_state` does for one run: paused in a paused pool or work queue,
+delayed when due later, waiting when due now. So `waiting` and `paused` are unions of slices,
+each one filter: a pool with some of its work queues paused is cut by work-queue name.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,12 +22,12 @@ from prefect.client.schemas.filters import (
     FlowRunFilterState,
     FlowRunFilterStateType,
     FlowRunFilterTags,
-    WorkPoolFilter,
-    WorkPoolFilterName,
+    FlowRunFilterWorkQueueName,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 
 from deployments.control.catalogue import server_tag, user_tag
+from deployments.control.jobs import Holds
 from deployments.control.states import STATE_TABLE, JobState, state_types_for
 
 
@@ -64,6 +65,8 @@ class Slice:
     pools: tuple[str, ...]
     due_before: datetime | None = None
     due_after: datetime | None = None
+    #: Only these work queues of the pools (by name); None: all of them.
+    work_queues: tuple[str, ...] | None = None
 
     def flow_run_filter(
         self,
@@ -85,6 +88,11 @@ class Slice:
                 else None
             ),
             tags=scope.tags() if scope is not None else None,
+            work_queue_name=(
+                FlowRunFilterWorkQueueName(any_=list(self.work_queues))
+                if self.work_queues is not None
+                else None
+            ),
             state=(
                 FlowRunFilterState(type=FlowRunFilterStateType(any_=list(self.types)))
                 if self.types is not None
@@ -97,31 +105,51 @@ class Slice:
             ),
         )
 
-    def work_pool_filter(self) -> WorkPoolFilter:
-        return WorkPoolFilter(name=WorkPoolFilterName(any_=list(self.pools)))
-
 
 #: `after_` is inclusive like `before_`; one tick past `now` keeps the two SCHEDULED slices apart.
 _TICK = timedelta(microseconds=1)
 
 
+def _scheduled_parts(
+    pools: tuple[str, ...], holds: Holds
+) -> list[tuple[tuple[str, ...], tuple[str, ...] | None, bool]]:
+    """The pools' Scheduled runs cut by hold: (pools, work queues or None for all, held).
+
+    Pools cut the same way share a part, so nothing paused costs the one slice it always did.
+    Runs of a partly paused pool in a work queue it no longer has show in neither part.
+    """
+    parts: dict[tuple[tuple[str, ...] | None, bool], list[str]] = defaultdict(list)
+    for pool in pools:
+        paused = holds.paused_queues(pool)
+        if pool in holds.pools:
+            parts[(None, True)].append(pool)
+        elif not paused:
+            parts[(None, False)].append(pool)
+        else:
+            parts[(tuple(sorted(paused)), True)].append(pool)
+            others = holds.queue_names.get(pool, frozenset()) - paused
+            if others:
+                parts[(tuple(sorted(others)), False)].append(pool)
+    return [(tuple(found), queues, held) for (queues, held), found in parts.items()]
+
+
 def slices_for(
-    state: JobState | None, pools: Iterable[str], paused_pools: Iterable[str], now: datetime
+    state: JobState | None, pools: Iterable[str], holds: Holds, now: datetime
 ) -> list[Slice]:
     """Disjoint slices whose union is every run in `pools` that shows as `state` (all if None)."""
     pools = tuple(pools)
     if state is None:
         return [Slice(None, pools)] if pools else []
-    paused = tuple(p for p in pools if p in set(paused_pools))
-    running = tuple(p for p in pools if p not in paused)
     slices: list[Slice] = []
     plain = tuple(t for t in state_types_for(state) if t is not StateType.SCHEDULED)
     if plain and pools:
         slices.append(Slice(plain, pools))
-    if state is JobState.PAUSED and paused:
-        slices.append(Slice((StateType.SCHEDULED,), paused))
-    if state is JobState.DELAYED and running:
-        slices.append(Slice((StateType.SCHEDULED,), running, due_after=now + _TICK))
-    if state is STATE_TABLE[StateType.SCHEDULED] and running:
-        slices.append(Slice((StateType.SCHEDULED,), running, due_before=now))
+    scheduled = (StateType.SCHEDULED,)
+    for part, queues, held in _scheduled_parts(pools, holds):
+        if state is JobState.PAUSED and held:
+            slices.append(Slice(scheduled, part, work_queues=queues))
+        if state is JobState.DELAYED and not held:
+            slices.append(Slice(scheduled, part, due_after=now + _TICK, work_queues=queues))
+        if state is STATE_TABLE[StateType.SCHEDULED] and not held:
+            slices.append(Slice(scheduled, part, due_before=now, work_queues=queues))
     return slices

@@ -34,8 +34,6 @@ from tasks.core.settings import get_settings
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
-#: Job states after which nothing more happens to a job (unless it is retried).
-FINAL = {JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED}
 #: Seconds between keep-alive comments on a quiet event stream, so proxies keep it open.
 KEEPALIVE_SECONDS = 15.0
 
@@ -172,10 +170,10 @@ async def _events(
                 state=job.state,
                 progress=job.progress,
                 message=job.failed_reason,
-                final=job.state in FINAL,
+                final=job.state.final,
             )
             yield _sse("job", event.model_dump_json(by_alias=True))
-            if job.state in FINAL:
+            if job.state.final:
                 yield _sse("end", event.model_dump_json(by_alias=True))
                 return
         elif quiet >= KEEPALIVE_SECONDS:

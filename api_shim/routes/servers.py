@@ -167,16 +167,16 @@ async def _enqueue(
         if idempotency_key
         else None
     )
-    job_id, stored = await gateway.enqueue(
+    job = await gateway.enqueue(
         job_type, parameters, user_id=caller.user_id, priority=_priority(priority),
         idempotency_key=key,
     )  # fmt: skip
     JOBS_ENQUEUED.labels(job_type.value).inc()
     data = answer.model_validate(
         {
-            "job_id": str(job_id),
-            "server_id": str(stored.get("server_id", server_id)),
-            id_name: str(stored.get(id_name)),
+            "job_id": str(job.job_id),
+            "server_id": str(job.parameters.get("server_id", server_id)),
+            id_name: str(job.parameters.get(id_name)),
             "message": f"{job_type.value} is queued and will run shortly",
         }
     )

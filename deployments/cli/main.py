@@ -23,16 +23,14 @@ from rich.markup import escape
 
 from deployments.cli.jobs import (
     CliError,
-    Enqueued,
-    Snapshot,
     enqueue,
     enqueue_maintenance,
     job_result,
-    prefect_client,
+    set_paused,
     watch,
 )
 from deployments.cli.render import JobProgress, backups_table, clean_summary, servers_table, show
-from deployments.control.pausing import pools_of, set_paused
+from deployments.control.jobs import Enqueued, JobSnapshot
 from deployments.control.queues import Priority
 from deployments.control.states import JobState
 from tasks.core.errors import InvalidOptions, JobError
@@ -141,7 +139,7 @@ def _camel(name: str) -> str:
 def _watch(job_id: UUID) -> None:
     try:
         with JobProgress(str(job_id), err) as bar:
-            last: Snapshot = asyncio.run(watch(job_id, bar.update))
+            last: JobSnapshot = asyncio.run(watch(job_id, bar.update))
     except KeyboardInterrupt:
         err.print(f"stopped watching; job {job_id} goes on", markup=False, soft_wrap=True)
         raise typer.Exit(130) from None
@@ -219,17 +217,11 @@ QueueArgument = Annotated[
 ]
 
 
-async def _set_paused(queue: str | None, paused: bool) -> list[str]:
-    pools_of(queue)  # an unknown queue is refused before anything connects
-    async with prefect_client() as client:
-        return await set_paused(client, queue, paused)
-
-
 @app.command()
 @reported
 def pause(queue: QueueArgument = None) -> None:
     """Hold new jobs of a queue (or all): they wait as `paused`; running jobs go on."""
-    pools = asyncio.run(_set_paused(queue, True))
+    pools = asyncio.run(set_paused(queue, True))
     out.print(f"paused {', '.join(pools)}", markup=False)
 
 
@@ -237,7 +229,7 @@ def pause(queue: QueueArgument = None) -> None:
 @reported
 def resume(queue: QueueArgument = None) -> None:
     """Let the held jobs of a queue (or all) start again, highest priority first."""
-    pools = asyncio.run(_set_paused(queue, False))
+    pools = asyncio.run(set_paused(queue, False))
     out.print(f"resumed {', '.join(pools)}", markup=False)
 
 

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn
 from rich.table import Table
 from rich.text import Text
 
-from deployments.cli.jobs import Snapshot
+from deployments.control.jobs import JobSnapshot
 from tasks.core.inventory import Inventory
 from tasks.repository import BackupStatus, Manifest
 
@@ -104,7 +104,7 @@ def servers_table(inventory: Inventory) -> Table:
 
 
 class JobProgress:
-    """A live progress bar of one job, fed with `Snapshot`s; prints each change of state."""
+    """A live progress bar of one job, fed with `JobSnapshot`s; prints each change of state."""
 
     def __init__(self, job_id: str, console: Console) -> None:
         self._console = console
@@ -132,7 +132,7 @@ class JobProgress:
         if self._task is not None:
             self._bar.stop()
 
-    def update(self, snap: Snapshot) -> None:
+    def update(self, snap: JobSnapshot) -> None:
         state = f"{snap.state.value} ({snap.state_name})"
         if state != self._last_state:
             self._bar.console.print(f"{self._label}: {state}", highlight=False, markup=False)

@@ -23,6 +23,11 @@ class Deployment:
     limit: int | None = None
 
     @property
+    def module(self) -> str:
+        """The module of its flow, e.g. `flows.scan`: what a worker imports to run it."""
+        return self.entrypoint.partition(":")[0]
+
+    @property
     def full_name(self) -> str:
         """The `flow/deployment` name that `run_deployment` and the CLI take."""
         return f"{self.flow_name}/{self.name}"

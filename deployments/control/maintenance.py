@@ -1,4 +1,4 @@
-"""The maintenance deployment's schedule and on-demand runs.
+"""The maintenance deployment's schedule (its on-demand runs: deployments/control/jobs.py).
 
 The bootstrap gives the deployment one cron schedule, slug `maintenance`, from
 MM_MAINTENANCE_CRON (default daily at 03:00) in MM_MAINTENANCE_TIMEZONE (default UTC); an empty
@@ -8,15 +8,12 @@ prefect.yaml, so a schedule deactivated in the UI stays deactivated across boots
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import DeploymentScheduleCreate
-from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.schedules import CronSchedule
-from pydantic import ValidationError
 
 from deployments.control.catalogue import MAINTENANCE
+from tasks.core.schedules import valid_cron, valid_time_zone
 from tasks.core.settings import MaintenanceSettings
 
 #: The slug of the schedule the bootstrap owns on the maintenance deployment.
@@ -27,24 +24,18 @@ MAINTENANCE_TAG = "maintenance"
 
 
 def check_maintenance(settings: MaintenanceSettings) -> None:
-    """Refuse (ValueError) a cron expression or time zone that Prefect's `CronSchedule` would.
-
-    Here rather than in tasks/core/settings.py: the syntax is Prefect's, and tasks/core does not
-    import it."""
+    """Refuse (ValueError, naming the variable) a cron expression or time zone that Prefect's
+    `CronSchedule` would, with the check every schedule of ours goes through
+    (tasks/core/schedules.py)."""
     if settings.cron:
         try:
-            CronSchedule(cron=settings.cron)
-        except ValidationError:
-            raise ValueError(
-                f"MM_MAINTENANCE_CRON: {settings.cron!r} is not a valid cron expression"
-            ) from None
+            valid_cron(settings.cron)
+        except ValueError as exc:
+            raise ValueError(f"MM_MAINTENANCE_CRON: {exc}") from None
     try:
-        CronSchedule(cron="* * * * *", timezone=settings.timezone)
-    except ValidationError:
-        raise ValueError(
-            f"MM_MAINTENANCE_TIMEZONE: {settings.timezone!r} is not an IANA time zone,"
-            " e.g. Europe/Paris"
-        ) from None
+        valid_time_zone(settings.timezone)
+    except ValueError as exc:
+        raise ValueError(f"MM_MAINTENANCE_TIMEZONE: {exc}") from None
 
 
 def maintenance_schedule(settings: MaintenanceSettings) -> DeploymentScheduleCreate | None:
@@ -92,14 +83,3 @@ async def sync_maintenance_schedule(
         )
         return f"updated the maintenance schedule ({want.schedule})"
     return None
-
-
-async def create_maintenance_run(client: PrefectClient, parameters: dict[str, Any]) -> FlowRun:
-    """A maintenance flow run now, in the deployment's own work queue (`low`)."""
-    deployment = await client.read_deployment_by_name(MAINTENANCE.full_name)
-    return await client.create_flow_run_from_deployment(
-        deployment.id,
-        parameters=parameters,
-        work_queue_name=MAINTENANCE.priority.queue_name,
-        tags=[MAINTENANCE_TAG],
-    )

@@ -59,6 +59,7 @@ from prefect.runner._process_manager import ProcessHandle
 from prefect.settings import Settings, get_current_settings
 from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, ProcessWorkerResult
 
+from deployments.control.catalogue import ALL_DEPLOYMENTS
 from deployments.control.csrf import serialize_token_fetches
 
 if TYPE_CHECKING:
@@ -69,15 +70,14 @@ if TYPE_CHECKING:
 
 #: Imported once by the fork server, so that no run pays for them. Importing them starts no
 #: thread (checked in tests/integration/test_forkserver.py), which is what makes forking safe.
+#: The flows are those of the job catalogue, so a new deployment is preloaded too.
 PRELOAD = (
     "prefect.engine",
     "prefect.flow_engine",
     "prefect.flows",
     "prefect.deployments.steps",
     "paramiko",
-    "flows.backup",
-    "flows.scan",
-    "flows.update",
+    *dict.fromkeys(deployment.module for deployment in ALL_DEPLOYMENTS),
     "deployments.worker.forkserver",
     "deployments.worker.preload",
 )

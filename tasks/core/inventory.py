@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from tasks.core.errors import InventoryError, ServerNotFound
+from tasks.core.schedules import CronExpression, TimeZone
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -34,17 +35,6 @@ def _remote_path(path: str) -> str:
     return path
 
 
-def _cron(expression: str) -> str:
-    # Prefect's own schedule model decides what a valid cron is, so the bootstrap never fails later.
-    from prefect.client.schemas.schedules import CronSchedule
-
-    try:
-        CronSchedule(cron=expression)
-    except ValidationError:
-        raise ValueError(f"{expression!r} is not a valid cron expression") from None
-    return expression
-
-
 def _user_id(user_id: str) -> str:
     """An owner is a token's `sub` as it is: not blank, no control characters."""
     if not user_id.strip():
@@ -52,16 +42,6 @@ def _user_id(user_id: str) -> str:
     if _CONTROL.search(user_id):
         raise ValueError(f"owner {user_id!r} contains a control character")
     return user_id
-
-
-def _timezone(name: str) -> str:
-    from prefect.client.schemas.schedules import CronSchedule
-
-    try:
-        CronSchedule(cron="* * * * *", timezone=name)
-    except ValidationError:
-        raise ValueError(f"{name!r} is not an IANA time zone, e.g. Europe/Paris") from None
-    return name
 
 
 RemotePath = Annotated[str, AfterValidator(_remote_path)]
@@ -89,8 +69,8 @@ class BackupSpec(_Model):
 
     paths: list[RemotePath] = Field(min_length=1)
     #: Cron expression (UTC unless `timezone` is set); each tick runs a `backup:scheduled` job.
-    schedule: Annotated[str, AfterValidator(_cron)] | None = None
-    timezone: Annotated[str, AfterValidator(_timezone)] = "UTC"
+    schedule: CronExpression | None = None
+    timezone: TimeZone = "UTC"
     #: Shell command run before the transfer, e.g. to stop a container.
     pre: str | None = None
     #: Shell command run after the transfer, also when the backup failed.

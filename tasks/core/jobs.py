@@ -23,8 +23,11 @@ class JobType(StrEnum):
     UPDATE_SERVER = "update:server"
 
 
-BackupJob = Literal["backup:manual", "backup:scheduled"]
-ScanJob = Literal["scan:full", "scan:quick"]
+# The job types of each flow's `job_type` parameter, as members of the one enum: a flow run's
+# parameters arrive as strings, which these Literals accept (a StrEnum member equals its value).
+BackupJob = Literal[JobType.BACKUP_MANUAL, JobType.BACKUP_SCHEDULED]
+ScanJob = Literal[JobType.SCAN_FULL, JobType.SCAN_QUICK]
+UpdateJob = Literal[JobType.UPDATE_SERVER]
 
 
 class BackupOptions(BaseModel):

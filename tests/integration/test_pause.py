@@ -8,10 +8,19 @@ Breaks: one work queue (the update pool's `critical` priority) is paused through
 `PATCH /api/work_queues/{id}`, which once hung the embedded SQLite server (docs/NOTES.md). Must
 survive: the PATCH answers at once, a job on that queue stays Scheduled while a job on another
 queue of the same pool runs, and after resume the held job completes.
+
+Breaks: a job waits on a paused work queue of a running pool, watched by `medicine-man watch`
+in a process of its own. Must hold: the CLI and the API (one job, and its list by state) both
+say `paused`, as they once did not (`waiting` in the API), and both follow it to `completed`.
 """
 
 from __future__ import annotations
 
+import os
+import queue
+import subprocess
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -124,6 +133,81 @@ def test_paused_work_queue_holds_its_jobs_while_the_pool_runs_others(
 
     assert api.wait_for_state(held, "completed", "failed", timeout=90)["state"] == "completed"
     assert _started_at(stack, other) < _started_at(stack, held)
+
+
+def _watch(stack: Stack, job_id: str) -> tuple[subprocess.Popen[str], queue.Queue[str]]:
+    """`medicine-man watch JOB` as an operator runs it, and the lines of its stderr as they come."""
+    env = {**os.environ, "PREFECT_API_URL": stack.api_url}
+    if stack.auth_string:
+        env["PREFECT_API_AUTH_STRING"] = stack.auth_string
+    process = subprocess.Popen(
+        [sys.executable, "-m", "deployments.cli.main", "watch", job_id],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            lines.put(line.rstrip("\n"))
+
+    threading.Thread(target=read, daemon=True).start()
+    return process, lines
+
+
+def _first_state(lines: queue.Queue[str], job_id: str, timeout: float) -> str:
+    """The first state the watch printed (`paused (Scheduled)`), once it has printed one."""
+    deadline = time.monotonic() + timeout
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        seen.append(line)
+        if line.startswith(f"{job_id[:8]}: "):
+            return line.removeprefix(f"{job_id[:8]}: ")
+    pytest.fail(f"`medicine-man watch` printed no state in {timeout} s: {seen}", pytrace=False)
+
+
+@pytest.mark.timeout(240)
+def test_the_cli_and_the_api_say_paused_for_a_job_on_a_paused_work_queue(
+    stack: Stack, api: Api, target: LocalTarget, inventory: InventoryFile
+):
+    server = inventory.add_server(target, update={"command": "true"}, owners=[api.user_id])
+    _set_queue_paused(stack, "update", "critical", paused=True)
+    resumed = False
+    watcher: subprocess.Popen[str] | None = None
+    try:
+        held = ok(api.post(f"/api/servers/{server}/update", json={"priority": "critical"}), 202)
+        held = held["jobId"]
+        watcher, lines = _watch(stack, held)
+        cli_state = _first_state(lines, held, timeout=90)
+        api_state = api.job(held)["state"]
+        assert (cli_state, api_state) == ("paused (Scheduled)", "paused")
+        assert held in _listed(api, "paused")
+        assert held not in _listed(api, "waiting") + _listed(api, "delayed")
+
+        _set_queue_paused(stack, "update", "critical", paused=False)
+        resumed = True
+        assert watcher.wait(timeout=120) == 0
+        assert watcher.stdout is not None
+        assert f"job {held} completed" in watcher.stdout.read()
+        assert api.job(held)["state"] == "completed"
+    finally:
+        if not resumed:
+            _set_queue_paused(stack, "update", "critical", paused=False)
+        if watcher is not None and watcher.poll() is None:
+            watcher.kill()
+
+
+def _listed(api: Api, state: str) -> list[str]:
+    """The ids of the update pool's jobs the API lists as `state`."""
+    page = ok(api.get("/api/jobs", params={"state": state, "queue": "update"}))
+    return [job["id"] for job in page["jobs"]]
 
 
 def test_unknown_queue_names_the_allowed_ones():

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from deployments.cli import jobs as cli_jobs
 from deployments.cli import main as cli
-from deployments.cli.jobs import DeploymentMissing, Enqueued, Snapshot
+from deployments.cli.jobs import DeploymentMissing
+from deployments.control.jobs import Enqueued, JobSnapshot
 from deployments.control.queues import Priority
 from deployments.control.states import JobState
 from tasks.atomic import atomic_file
@@ -44,7 +45,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[JobType, dict[str, Any],
 
     async def enqueue(job_type: JobType, parameters: dict[str, Any], priority: Any) -> Enqueued:
         calls.append((job_type, parameters, priority))
-        return Enqueued(job_id=job_id, deployment="x/x", queue="pool/queue")
+        return Enqueued(job_id=job_id, deployment="x/x", queue="pool/queue", parameters={})
 
     monkeypatch.setattr(cli, "enqueue", enqueue)
     return calls
@@ -143,6 +144,27 @@ class _Setting:
         return self._value
 
 
+def _snapshot(
+    state: JobState, name: str, message: str | None, percent: float, step: str | None
+) -> JobSnapshot:
+    return JobSnapshot(
+        id=uuid4(),
+        name="backup:manual",
+        parameters={},
+        state=state,
+        state_name=name,
+        message=message,
+        percent=percent,
+        step=step,
+        attempts=1,
+        result=None,
+        pool="backup",
+        created=None,
+        started=None,
+        ended=None,
+    )
+
+
 @pytest.mark.parametrize(
     ("state", "name", "message", "code"),
     [
@@ -155,13 +177,13 @@ class _Setting:
 def test_watch_exits_by_the_final_state(
     monkeypatch: pytest.MonkeyPatch, state: JobState, name: str, message: str | None, code: int
 ) -> None:
-    seen: list[Snapshot] = []
+    seen: list[JobSnapshot] = []
 
-    async def watch(job_id: UUID, on_update: Any) -> Snapshot:
+    async def watch(job_id: UUID, on_update: Any) -> JobSnapshot:
         for snap in (
-            Snapshot(JobState.WAITING, "Scheduled", None, 0.0, None, False),
-            Snapshot(JobState.ACTIVE, "Running", None, 40.0, "transfer started", False),
-            Snapshot(state, name, message, 65.0, "transferring", True),
+            _snapshot(JobState.WAITING, "Scheduled", None, 0.0, None),
+            _snapshot(JobState.ACTIVE, "Running", None, 40.0, "transfer started"),
+            _snapshot(state, name, message, 65.0, "transferring"),
         ):
             on_update(snap)
             seen.append(snap)
@@ -325,7 +347,9 @@ def test_clean_enqueues_the_maintenance_flow(monkeypatch: pytest.MonkeyPatch) ->
 
     async def enqueue_maintenance(parameters: dict[str, Any]) -> Enqueued:
         asked.append(parameters)
-        return Enqueued(job_id=job_id, deployment="maintenance/maintenance", queue="scan/low")
+        return Enqueued(
+            job_id=job_id, deployment="maintenance/maintenance", queue="scan/low", parameters={}
+        )
 
     monkeypatch.setattr(cli, "enqueue_maintenance", enqueue_maintenance)
     result = runner.invoke(cli.app, ["clean", "--dry-run"])
@@ -342,10 +366,12 @@ def test_clean_wait_prints_what_went(monkeypatch: pytest.MonkeyPatch) -> None:
     job_id = uuid4()
 
     async def enqueue_maintenance(parameters: dict[str, Any]) -> Enqueued:
-        return Enqueued(job_id=job_id, deployment="maintenance/maintenance", queue="scan/low")
+        return Enqueued(
+            job_id=job_id, deployment="maintenance/maintenance", queue="scan/low", parameters={}
+        )
 
-    async def watch(job_id: UUID, on_update: Any) -> Snapshot:
-        done = Snapshot(JobState.COMPLETED, "Completed", None, 100.0, "done", True)
+    async def watch(job_id: UUID, on_update: Any) -> JobSnapshot:
+        done = _snapshot(JobState.COMPLETED, "Completed", None, 100.0, "done")
         on_update(done)
         return done
 

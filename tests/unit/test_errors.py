@@ -20,6 +20,7 @@ RETRYABLE: dict[type[JobError], bool] = {
     errors.HostKeyMismatch: False,
     errors.RemotePathMissing: False,
     errors.RemoteCommandFailed: False,
+    errors.CommandOutcomeUnknown: False,
     errors.ArchiveInvalid: False,
     errors.RepositoryFull: False,
     errors.TransientError: True,

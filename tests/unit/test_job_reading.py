@@ -6,7 +6,7 @@ import uuid
 
 from prefect.client.schemas.objects import FlowRun, State, StateType, TaskRun
 
-from api_shim.gateway.jobs import attempts_of, settled
+from deployments.control.jobs import attempts_of, settled
 
 
 def flow_run(state: StateType | None, run_count: int = 1) -> FlowRun:

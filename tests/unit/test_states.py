@@ -5,9 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.objects import TERMINAL_STATES, StateType
 
-from deployments.control.states import STATE_TABLE, JobState, job_state, state_types_for
+from deployments.control.states import (
+    STARTED,
+    STATE_TABLE,
+    JobState,
+    job_state,
+    state_types_for,
+)
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
@@ -52,15 +58,15 @@ def test_scheduled_without_a_time_is_waiting() -> None:
 
 
 @pytest.mark.parametrize("offset", [timedelta(hours=1), timedelta(hours=-1)])
-def test_scheduled_in_a_paused_pool_is_paused(offset: timedelta) -> None:
-    state = job_state(StateType.SCHEDULED, scheduled_time=NOW + offset, now=NOW, pool_paused=True)
+def test_scheduled_in_a_paused_pool_or_work_queue_is_paused(offset: timedelta) -> None:
+    state = job_state(StateType.SCHEDULED, scheduled_time=NOW + offset, now=NOW, held=True)
     assert state is JobState.PAUSED
 
 
 @pytest.mark.parametrize("state_type", [t for t in StateType if t is not StateType.SCHEDULED])
 def test_only_scheduled_is_refined(state_type: StateType) -> None:
     later = NOW + timedelta(hours=1)
-    refined = job_state(state_type, scheduled_time=later, now=NOW, pool_paused=True)
+    refined = job_state(state_type, scheduled_time=later, now=NOW, held=True)
     assert refined is EXPECTED[state_type]
 
 
@@ -70,7 +76,7 @@ def _all_mappings() -> list[tuple[StateType, JobState]]:
         {},
         {"scheduled_time": NOW + timedelta(minutes=5), "now": NOW},
         {"scheduled_time": NOW - timedelta(minutes=5), "now": NOW},
-        {"pool_paused": True},
+        {"held": True},
     ]
     return sorted(
         {(t, job_state(t, **ctx)) for t in StateType for ctx in contexts},  # type: ignore[arg-type]
@@ -98,3 +104,14 @@ def test_state_types_for_examples() -> None:
     assert state_types_for(JobState.DELAYED) == [StateType.SCHEDULED]
     assert set(state_types_for(JobState.FAILED)) == {StateType.FAILED, StateType.CRASHED}
     assert set(state_types_for(JobState.PAUSED)) == {StateType.PAUSED, StateType.SCHEDULED}
+
+
+@pytest.mark.parametrize("state_type", list(StateType))
+def test_a_job_is_final_exactly_when_prefect_says_its_run_is(state_type: StateType) -> None:
+    assert job_state(state_type).final is (state_type in TERMINAL_STATES)
+
+
+def test_a_started_run_is_neither_final_nor_due() -> None:
+    assert STARTED == {StateType.PENDING, StateType.RUNNING, StateType.CANCELLING}
+    assert not STARTED & set(TERMINAL_STATES)
+    assert StateType.SCHEDULED not in STARTED
