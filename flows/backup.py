@@ -24,6 +24,7 @@ from tasks.outcome import RESULT_OPTIONS, publish_result
 from tasks.progress import Progress
 from tasks.remote import Connection
 from tasks.repository import BackupStatus
+from tasks.server_slot import server_slot
 from tasks.servers import find_server
 from tasks.ssh import job_connection
 
@@ -48,8 +49,9 @@ def backup(
     progress = Progress.start()
     progress.milestone(10, "started")
     server = find_server(server_id)
-    # One connection for the plan and the hooks (and the transfer, through paramiko).
-    with job_connection(server) as connection:
+    # The server's one slot (no update or other backup of it meanwhile), then one connection
+    # for the plan and the hooks (and the transfer, through paramiko).
+    with server_slot(server, progress), job_connection(server) as connection:
         plan = plan_backup(server, options, connection)
         progress.milestone(20, "server verified")
         manifest = create_backup_record(server, backup_id, job_id, user_id, job_type, plan)

@@ -14,6 +14,7 @@ from tasks.core.errors import RemoteCommandFailed
 from tasks.core.jobs import JobType, UpdateJob
 from tasks.outcome import RESULT_OPTIONS, publish_result
 from tasks.progress import Progress
+from tasks.server_slot import server_slot
 from tasks.servers import find_server, verify_server
 from tasks.ssh import job_connection
 from tasks.update import create_update_record, fail_update_record, run_update
@@ -36,8 +37,9 @@ def update(
     progress = Progress.start()
     progress.milestone(10, "started")
     server = find_server(server_id)
-    # One connection for the check and the update command.
-    with job_connection(server) as connection:
+    # The server's one slot (no backup or other update of it meanwhile), then one connection
+    # for the check and the update command.
+    with server_slot(server, progress), job_connection(server) as connection:
         verify_server(server, connection)
         progress.milestone(20, "server verified")
         record = create_update_record(server, update_id, job_id, user_id, job_type)

@@ -119,3 +119,25 @@ def test_failed_update_reports_exit_status_and_records_stderr_tail_without_retry
     assert record["status"] == "failed"
     assert record["exitStatus"] == 7
     assert "dpkg was interrupted" in record["stderrTail"]
+
+
+def test_an_update_that_outlives_its_timeout_ran_once_and_the_job_says_why(
+    stack, target, inventory, run_job, wait_for_final_state, tmp_path
+):
+    """Breaks: the update command is still running when its timeout ends the wait. Must
+    survive: it is not sent again (it may still be doing its work), and the job says so."""
+    counter = tmp_path / "update-ran"
+    server_id = inventory.add_server(
+        target, update={"command": f"echo ran >> {counter}; sleep 15", "timeout": 2}
+    )
+
+    run = wait_for_final_state(run_job("update/update", {"server_id": str(server_id)}))
+
+    assert run.state.is_failed(), run.state
+    assert "may still be running there" in (run.state.message or "")
+    with stack.sync_client() as client:
+        assert task_run_named(client, run.id, "run update").run_count == 1
+    assert counter.read_text() == "ran\n"
+    (record_path,) = (stack.results_root / "updates" / str(server_id)).glob("*.json")
+    record = json.loads(record_path.read_text())
+    assert record["status"] == "failed" and record["commandStartedAt"] is not None

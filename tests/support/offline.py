@@ -9,6 +9,7 @@ files under the test's tmp_path, and the SSH is `tasks.fake_ssh`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from tasks.core.settings import get_settings
 from tasks.fake_ssh import FakeSSH
 from tasks.progress import Progress
 from tasks.remote import Connection
+from tasks.server_slot import slot_name
 
 FLOW_MODULES = (flows.backup, flows.scan, flows.update)
 
@@ -66,6 +68,8 @@ class Offline:
     connections: list[Connection] = field(default_factory=list)
     #: Artifacts the tasks would have created (tables, failures).
     artifacts: list[dict[str, Any]] = field(default_factory=list)
+    #: The server slots the flows held (tasks/server_slot.py), in order.
+    slots: list[str] = field(default_factory=list)
 
     def add_server(self, **fields: Any) -> Server:
         """A server in the inventory file (read by the flows' `find_server`)."""
@@ -93,6 +97,12 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Offline
     get_settings.cache_clear()
     state = Offline(FakeSSH(), RecordedProgress(), tmp_path)
 
+    @contextlib.contextmanager
+    def server_slot(server: Server, progress: Progress) -> Iterator[None]:
+        # Prefect's concurrency limit needs its server; the slot's name is what we can check.
+        state.slots.append(slot_name(server))
+        yield
+
     def job_connection(server: Server) -> Connection:
         connection = Connection(server, state.fake.open)
         state.connections.append(connection)
@@ -103,6 +113,8 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Offline
             if isinstance(value, Task):
                 monkeypatch.setattr(module, name, value.fn)
         monkeypatch.setattr(module, "job_connection", job_connection)
+        if hasattr(module, "server_slot"):
+            monkeypatch.setattr(module, "server_slot", server_slot)
         monkeypatch.setattr(module, "publish_result", lambda result: result)
     monkeypatch.setattr(Progress, "start", classmethod(lambda cls: state.progress))
 

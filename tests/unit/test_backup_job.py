@@ -27,6 +27,7 @@ from tasks.core.jobs import BackupOptions
 from tasks.fake_ssh import FakeSSH
 from tasks.remote import Connection
 from tasks.repository import BackupRepository, BackupStatus
+from tasks.server_slot import slot_name
 from tests.support.offline import Offline, offline
 
 __all__ = ["offline"]
@@ -144,6 +145,7 @@ def test_a_backup_runs_pre_then_tar_then_post_over_one_connection(offline: Offli
     assert tar == shlex.join(tar_command(PATHS, "none"))
     assert offline.fake.sessions == 1 and offline.fake.connections == 1
     assert offline.fake.calls[-1].kind == "close"  # the flow closed it
+    assert offline.slots == [slot_name(server)]  # no update or other backup of it meanwhile
     manifest = BackupRepository(offline.tmp_path / "backups").read(server.id, backup_id)
     assert manifest is not None and manifest.status is BackupStatus.COMPLETED
     assert manifest.size == len(ARCHIVE) and manifest.file_count == 3

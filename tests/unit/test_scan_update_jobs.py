@@ -25,6 +25,7 @@ from tasks.core.errors import (
 )
 from tasks.probes import FULL_PROBES, QUICK_PROBES, QUICK_SCRIPT
 from tasks.results import UpdateRecord, scan_path, update_path
+from tasks.server_slot import slot_name
 from tests.support.offline import Offline, offline
 
 __all__ = ["offline"]
@@ -60,6 +61,7 @@ def test_a_full_scan_asks_every_probe_over_one_connection_and_stores_the_answers
     stored = json.loads(scan_path(server.id, scan_id).read_text())
     assert stored["status"] == "completed" and stored["results"] == results
     assert offline.artifacts[0]["key"] == f"scan-{server.id}"
+    assert offline.slots == []  # a scan only reads: it may run beside a backup or an update
 
 
 def test_a_quick_scan_sends_one_probe_and_reports_its_milestones(offline: Offline) -> None:
@@ -112,6 +114,7 @@ def test_an_update_checks_the_server_then_runs_its_command_as_written_on_the_sam
 
     assert offline.fake.commands == ["uname -srm", UPDATE]
     assert offline.fake.sessions == 1
+    assert offline.slots == [slot_name(server)]
     assert result["status"] == "completed" and result["exitStatus"] == 0
     path = update_path(server.id, update_id)
     stored = UpdateRecord.model_validate_json(path.read_text())
