@@ -52,18 +52,25 @@ from prefect.events.filters import (
     EventRelatedFilter,
 )
 from prefect.flows import load_flow_from_flow_run
-from prefect.runner._flow_run_executor import FlowRunExecutionResult, FlowRunExecutorContext
-from prefect.runner._process_manager import ProcessHandle
 from prefect.settings import Settings, get_current_settings
 from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, ProcessWorkerResult
 
 from deployments.control.csrf import serialize_token_fetches
+from deployments.worker.prefect_private import (
+    CONTROL_PORT_VARIABLE,
+    CONTROL_TOKEN_VARIABLE,
+    FLOW_RUN_ID_VARIABLE,
+    HOOKS_VARIABLE,
+    ControlChannel,
+    FlowRunExecutionResult,
+    FlowRunExecutorContext,
+    ProcessHandle,
+)
 
 if TYPE_CHECKING:
     from multiprocessing.context import SpawnProcess
 
     from prefect.client.schemas.objects import FlowRun
-    from prefect.runner._control_channel import ControlChannel
 
 #: Imported once by the fork server, so that no run pays for them. Importing them starts no
 #: thread (checked in tests/integration/test_forkserver.py), which is what makes forking safe.
@@ -170,16 +177,16 @@ class ForkServerStarter:
         task_status: anyio.abc.TaskStatus[ProcessHandle] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         env = {key: value for key, value in self._env.items() if value is not None}
-        env["PREFECT__FLOW_RUN_ID"] = str(flow_run.id)
+        env[FLOW_RUN_ID_VARIABLE] = str(flow_run.id)
         # The worker reports a crash itself; the child must not run crash hooks twice.
-        env["PREFECT__ENABLE_CANCELLATION_AND_CRASHED_HOOKS"] = "false"
+        env[HOOKS_VARIABLE] = "false"
         registered = False
         if self._control_channel is not None:
             # Lets a cancel reach the run as an intent before its SIGTERM, as in the stock path.
             with contextlib.suppress(RuntimeError):
                 port, token = self._control_channel.register(flow_run.id)
-                env["PREFECT__CONTROL_PORT"] = str(port)
-                env["PREFECT__CONTROL_TOKEN"] = token
+                env[CONTROL_PORT_VARIABLE] = str(port)
+                env[CONTROL_TOKEN_VARIABLE] = token
                 registered = True
         process = _CONTEXT.Process(
             target=run_engine,
