@@ -83,6 +83,8 @@ PRIVATE_ATTRIBUTES: dict[tuple[str, str], dict[str, str]] = {
         "_description": "class attribute, read by `get_description()`",
         # Overridden: pools stay type `process`, so the type-mismatch warning is a false alarm.
         "_record_work_pool_snapshot": "method (self, work_pool) -> None",
+        # Overridden: the worker reports a crash the executor reported already once more.
+        "_propose_crashed_state": "async method (self, flow_run, message, client=None) -> None",
     },
 }
 
@@ -97,5 +99,19 @@ STDLIB_PRIVATE: dict[str, dict[str, str]] = {
     "atexit": {
         # ... then atexit's, in the interpreter's own order.
         "_run_exitfuncs": "function () -> None",
+    },
+    # A forked run's exit status, read from the pipe the fork server writes it into, with a
+    # lost fork server told apart from an exit (forkserver.py, `_RunPopen`, `_RunProcess`).
+    "multiprocessing.context": {
+        "ForkServerProcess._Popen": "staticmethod (process_obj) -> Popen, the hook we replace",
+    },
+    "multiprocessing.popen_forkserver": {
+        "Popen.poll": "method (flag) -> int | None, which we override",
+    },
+    "multiprocessing.forkserver": {
+        "read_signed": "function (fd) -> int, raising EOFError on a closed pipe",
+    },
+    "multiprocessing.process": {
+        "BaseProcess._popen": "set by `start()` to `self._Popen(self)`",
     },
 }

@@ -148,6 +148,11 @@ def test_the_members_we_override_keep_their_signatures() -> None:
     worker = _get("prefect.workers.base", "BaseWorker")
     snapshot = _parameters(worker._record_work_pool_snapshot, "")
     assert snapshot == ["work_pool"], f"BaseWorker._record_work_pool_snapshot{snapshot}"
+    crashed = _parameters(worker._propose_crashed_state, "")
+    assert crashed == ["flow_run", "message", "client"], (
+        f"BaseWorker._propose_crashed_state{crashed}"
+    )
+    assert inspect.iscoroutinefunction(worker._propose_crashed_state)
 
 
 _STDLIB = [(m, n) for m, names in prefect_private.STDLIB_PRIVATE.items() for n in names]
@@ -155,7 +160,22 @@ _STDLIB = [(m, n) for m, names in prefect_private.STDLIB_PRIVATE.items() for n i
 
 @pytest.mark.parametrize(("module", "name"), _STDLIB, ids=[f"{m}.{n}" for m, n in _STDLIB])
 def test_each_private_name_of_the_standard_library_still_exists(module: str, name: str) -> None:
-    assert callable(getattr(importlib.import_module(module), name, None)), f"{module}.{name}"
+    *path, last = name.split(".")
+    owner: Any = importlib.import_module(module)
+    for part in path:
+        owner = getattr(owner, part, None)
+    if last == "_popen":  # An instance attribute: assigned by `start()`.
+        assert "self._popen = self._Popen(self)" in inspect.getsource(owner.start), name
+        return
+    assert callable(getattr(owner, last, None)), f"{module}.{name} is gone; see {_FENCE}"
+
+
+def test_a_fork_server_popen_reads_its_status_from_its_sentinel() -> None:
+    """`_RunPopen.poll` replaces the stock one: it must still read what `_launch` opened."""
+    from multiprocessing import popen_forkserver
+
+    assert "self.sentinel" in inspect.getsource(popen_forkserver.Popen._launch)
+    assert "read_signed(self.sentinel)" in inspect.getsource(popen_forkserver.Popen.poll)
 
 
 def test_no_other_module_of_the_worker_type_imports_a_private_prefect_name() -> None:
