@@ -18,6 +18,10 @@ set up once for the worker's life, as Prefect's Runner does, not once per run as
 process worker does: per run, that was a new client, two websockets to the server and a
 cancellation poll of their own.
 
+The fork server and each run die with their owner, even a SIGKILLed one, and a run whose fork
+server is lost is made sure dead before it is reported (deployments/worker/lifeline.py;
+docs/DESIGN.md, "Who owns each process").
+
 It serves the same `process` pools as the stock worker, which stays a drop-in fallback
 (`MM_WORKER_TYPE=process`). Start it with `prefect worker start --type forkserver --pool scan`
 (the `prefect.collections` entry point in pyproject.toml registers the type).
@@ -120,8 +124,6 @@ _T = TypeVar("_T")
 
 #: Seconds between looks at a run whose fork server is gone, until it has died too.
 ORPHAN_POLL = 0.05
-
-_logger = get_logger("worker.forkserver")
 
 
 #: Flow-run events of the pool after which there may be a run to start: a new or rescheduled
@@ -330,7 +332,8 @@ async def end_orphan(flow_run_id: UUID, pid: int, started: int | None) -> None:
     lifeline.kill_session(pid)
     while lifeline.is_alive(pid, started):
         await anyio.sleep(ORPHAN_POLL)
-    _logger.error(
+    # Fetched here: a logger made at import is disabled when Prefect configures logging.
+    get_logger("worker.forkserver").error(
         "The fork server of flow run %s is gone; %s",
         flow_run_id,
         f"killed the run's process {pid}, which would have died with it"
@@ -370,6 +373,8 @@ class ForkServerWorker(ProcessWorker):
     _display_name = "Process (fork server)"
 
     async def setup(self) -> None:
+        #: Runs whose crash the executor has reported already (see `_propose_crashed_state`).
+        self._crash_reported: set[UUID] = set()
         # Entered before, and closed after, everything of the worker's own exit stack: its task
         # groups nest around the worker's, and it outlives the runs in flight. Its observer and
         # process manager serve any number of runs.
@@ -381,8 +386,6 @@ class ForkServerWorker(ProcessWorker):
             await self._executors_stack.aclose()
             raise
         await in_starter_thread(warm_up)
-        #: Runs whose crash the executor has reported already (see `_propose_crashed_state`).
-        self._crash_reported: set[UUID] = set()
         self._wake = anyio.Event()
         self._event_loops = await self._exit_stack.enter_async_context(anyio.create_task_group())
         self._event_loops.start_soon(self._follow_events)
