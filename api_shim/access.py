@@ -20,7 +20,7 @@ from api_shim.gateway import Scope
 from tasks.core.callers import Caller
 from tasks.core.errors import InventoryError
 from tasks.core.inventory import Inventory, Server, load_inventory, server_not_found
-from tasks.core.settings import get_api_settings
+from tasks.core.settings import get_settings
 
 log = logging.getLogger("api_shim")
 
@@ -32,7 +32,7 @@ def inventory_for(caller: Caller) -> Inventory:
     included: a user's answer says only that it is unreadable, and the log has the rest.
     """
     try:
-        return load_inventory(get_api_settings().inventory)
+        return load_inventory(get_settings().paths.inventory)
     except InventoryError as exc:
         if caller.is_admin:
             raise

@@ -36,7 +36,7 @@ from api_shim.schemas import ErrorData, ErrorDetail, ErrorEnvelope
 from deployments.control.csrf import serialize_token_fetches
 from tasks.core.callers import AuthError, Role, mint_token
 from tasks.core.errors import InventoryError, ServerNotFound
-from tasks.core.settings import get_api_settings
+from tasks.core.settings import get_settings
 
 log = logging.getLogger("api_shim")
 
@@ -47,7 +47,8 @@ class NoPrefectUrl(RuntimeError):
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings = get_api_settings()  # refuses to start without a secret outside dev mode
+    settings = get_settings().api
+    secret = settings.secret  # refuses to start without a safe secret outside dev mode
     serialize_token_fetches()  # many requests share the gateway's one Prefect client
     api_url = PREFECT_API_URL.value()
     if not api_url:
@@ -55,7 +56,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise NoPrefectUrl()
     if settings.generated_secret:
         token = mint_token(
-            settings.secret,
+            secret,
             "dev-admin",
             Role.ADMIN,
             issuer=settings.jwt_issuer,
@@ -79,7 +80,7 @@ app = FastAPI(
 )
 for module in (health, servers, jobs, queues, metrics):
     app.include_router(module.router)
-app.add_middleware(BodyGuard, limit=lambda: get_api_settings().max_body_bytes)
+app.add_middleware(BodyGuard, limit=lambda: get_settings().api.max_body_bytes)
 # Added last, so outermost: the time includes the body guard's.
 app.add_middleware(RequestTiming)
 

@@ -8,7 +8,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from tasks.core.callers import AuthError, Caller, verify_token
-from tasks.core.settings import get_api_settings
+from tasks.core.settings import get_settings
 
 
 class Forbidden(Exception):
@@ -37,7 +37,7 @@ async def current_caller(
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthError("Authorization header must be 'Bearer <token>'")
-    settings = get_api_settings()
+    settings = get_settings().api
     return verify_token(
         token.strip(),
         settings.secret,

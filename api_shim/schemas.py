@@ -256,21 +256,24 @@ class PrefectStatus(Schema):
 
 
 class ServiceHealth(Schema):
-    """Readiness: `ok` once Prefect answers and has all that jobs need."""
+    """Readiness: `ok` once Prefect answers and has all that jobs need.
+
+    Only what is missing, nothing else: /health needs no token, so it names neither Prefect's
+    address nor its version (the shim's log has the reason of an `unavailable`).
+    """
 
     #: ok: an enqueue would be accepted; unavailable: Prefect does not answer; not_ready: it
     #: answers but lacks some of `missing` (the bootstrap has not run, or they were deleted).
     status: Literal["ok", "unavailable", "not_ready"]
-    prefect: PrefectStatus
-    #: What Prefect lacks, e.g. `deployment backup/backup`, `work queue scan/low`.
+    #: What Prefect lacks, e.g. `deployment backup/backup`, `work queue scan/low`; `Prefect API`
+    #: when it does not answer.
     missing: list[str] = Field(default_factory=list)
 
 
 class Liveness(Schema):
-    """The shim's process answers; says nothing of Prefect."""
+    """The shim's process answers; says nothing of Prefect, nor of the process itself."""
 
     status: Literal["alive"] = "alive"
-    uptime_seconds: float
 
 
 class WorkerCount(Schema):

@@ -208,7 +208,7 @@ class BackupBench:
         manifest = _manifest(self.server, compression)
         plan = BackupPlan(compression=compression, estimated_bytes=1 << 30, estimated_files=0)
         done = transfer_archive.fn(self.server, manifest, plan, QuietProgress())
-        path = BackupRepository(get_settings().backup_root).archive_path(done)
+        path = BackupRepository(get_settings().paths.backup_root).archive_path(done)
         # Renamed, so no other side's file name clashes; checked outside the timed part below.
         checked = path.with_name(f"{client}.{compression}")
         path.rename(checked)

@@ -27,9 +27,9 @@ from pathlib import Path
 import yaml
 from prefect.client.schemas.objects import StateType
 
-from deployments.system.backends import BackendSettings
 from deployments.system.local_target import LocalTarget, free_port
 from deployments.system.stack import Stack
+from tasks.core.settings import BackendSettings
 from tests.support.scaled import REDIS_DB_BENCH, auth_string, scaled_backend
 
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from tasks.core.settings import get_settings
+
 #: Bumped whenever the generator changes, so an old cached tree is not reused.
 VERSION = 1
 MTIME = 1_700_000_000
@@ -51,8 +53,7 @@ QUICK = TreeSpec("quick", small_files=2_500, small_dirs=25, total_bytes=128 << 2
 
 def data_dir() -> Path:
     """Where benchmark data is cached (not in the repository)."""
-    default = Path.home() / ".cache" / "medicine-man-bench"
-    return Path(os.environ.get("MM_BENCH_DATA", default)).expanduser()
+    return get_settings().bench.data.expanduser()
 
 
 def ensure_tree(spec: TreeSpec) -> Path:

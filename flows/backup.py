@@ -22,8 +22,10 @@ from tasks.core.inventory import BackupSpec, Server
 from tasks.core.jobs import BackupJob, BackupOptions
 from tasks.outcome import RESULT_OPTIONS, publish_result
 from tasks.progress import Progress
+from tasks.remote import Connection
 from tasks.repository import BackupStatus
 from tasks.servers import find_server
+from tasks.ssh import job_connection
 
 
 @flow(name="backup", flow_run_name="{job_type} {server_id}", **RESULT_OPTIONS)
@@ -46,27 +48,29 @@ def backup(
     progress = Progress.start()
     progress.milestone(10, "started")
     server = find_server(server_id)
-    plan = plan_backup(server, options)
-    progress.milestone(20, "server verified")
-    manifest = create_backup_record(server, backup_id, job_id, user_id, job_type, plan)
-    progress.milestone(30, "backup record created")
-    if manifest.status is not BackupStatus.COMPLETED:
-        assert server.backup is not None
-        spec = server.backup
-        try:
-            if spec.pre:
-                run_hook(server, "pre", spec.pre)
-            manifest = transfer_archive(server, manifest, plan, progress)
-        except BaseException as exc:
-            # The manifest is the operator's: the whole story, command text included.
-            fail_backup_record(manifest, getattr(exc, "detail", None) or str(exc))
-            _run_post(server, spec)
-            raise
-        # Restart what pre stopped before the (slower) verification.
-        post_error = _run_post(server, spec)
-        manifest = complete_backup_record(manifest)
-        if post_error is not None:
-            raise post_error
+    # One connection for the plan and the hooks (and the transfer, through paramiko).
+    with job_connection(server) as connection:
+        plan = plan_backup(server, options, connection)
+        progress.milestone(20, "server verified")
+        manifest = create_backup_record(server, backup_id, job_id, user_id, job_type, plan)
+        progress.milestone(30, "backup record created")
+        if manifest.status is not BackupStatus.COMPLETED:
+            assert server.backup is not None
+            spec = server.backup
+            try:
+                if spec.pre:
+                    run_hook(server, "pre", spec.pre, connection)
+                manifest = transfer_archive(server, manifest, plan, progress, connection)
+            except BaseException as exc:
+                # The manifest is the operator's: the whole story, command text included.
+                fail_backup_record(manifest, getattr(exc, "detail", None) or str(exc))
+                _run_post(server, spec, connection)
+                raise
+            # Restart what pre stopped before the (slower) verification.
+            post_error = _run_post(server, spec, connection)
+            manifest = complete_backup_record(manifest)
+            if post_error is not None:
+                raise post_error
     progress.milestone(100, "backup record updated")
     return publish_result(
         {
@@ -80,12 +84,12 @@ def backup(
     )
 
 
-def _run_post(server: Server, spec: BackupSpec) -> Exception | None:
+def _run_post(server: Server, spec: BackupSpec, connection: Connection) -> Exception | None:
     """Run the post command whatever happened before; its failure is returned, not raised."""
     if not spec.post:
         return None
     try:
-        run_hook(server, "post", spec.post)
+        run_hook(server, "post", spec.post, connection)
     except Exception as exc:
         return exc
     return None

@@ -15,6 +15,7 @@ from tasks.outcome import RESULT_OPTIONS, publish_result
 from tasks.progress import Progress
 from tasks.scan import create_scan_record, fail_scan_record, scan_server, store_scan_results
 from tasks.servers import find_server
+from tasks.ssh import job_connection
 
 
 @flow(name="scan", flow_run_name="{job_type} {server_id}", **RESULT_OPTIONS)
@@ -37,7 +38,8 @@ def scan(
     record = create_scan_record(server, scan_id, job_id, user_id, job_type)
     progress.milestone(20, "scan record created")
     try:
-        results = scan_server(server, job_type == "scan:quick", progress)
+        with job_connection(server) as connection:
+            results = scan_server(server, job_type == "scan:quick", progress, connection)
     except BaseException as exc:
         fail_scan_record(record, str(exc))
         raise

@@ -14,6 +14,7 @@ from tasks.core.errors import RemoteCommandFailed
 from tasks.outcome import RESULT_OPTIONS, publish_result
 from tasks.progress import Progress
 from tasks.servers import find_server, verify_server
+from tasks.ssh import job_connection
 from tasks.update import create_update_record, fail_update_record, run_update
 
 
@@ -34,18 +35,20 @@ def update(
     progress = Progress.start()
     progress.milestone(10, "started")
     server = find_server(server_id)
-    verify_server(server)
-    progress.milestone(20, "server verified")
-    record = create_update_record(server, update_id, job_id, user_id, job_type)
-    progress.milestone(30, "update record created")
-    progress.milestone(40, "update running")
-    try:
-        record = run_update(server, record)
-    except RemoteCommandFailed:
-        raise  # run_update recorded the exit status and output already
-    except BaseException as exc:
-        fail_update_record(record, str(exc))
-        raise
+    # One connection for the check and the update command.
+    with job_connection(server) as connection:
+        verify_server(server, connection)
+        progress.milestone(20, "server verified")
+        record = create_update_record(server, update_id, job_id, user_id, job_type)
+        progress.milestone(30, "update record created")
+        progress.milestone(40, "update running")
+        try:
+            record = run_update(server, record, connection)
+        except RemoteCommandFailed:
+            raise  # run_update recorded the exit status and output already
+        except BaseException as exc:
+            fail_update_record(record, str(exc))
+            raise
     progress.milestone(90, "update finished")
     progress.milestone(100, "update record stored")
     return publish_result(

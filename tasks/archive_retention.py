@@ -23,11 +23,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
-from functools import lru_cache
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
+from tasks.core.settings import KeepSettings
 from tasks.repository import BackupStatus, Manifest
 
 
@@ -66,28 +63,11 @@ class KeepPolicy:
         return f"last {self.last}, daily {self.daily}, weekly {self.weekly}, monthly {self.monthly}"
 
 
-class ArchiveRetentionSettings(BaseSettings):
+def keep_policy(settings: KeepSettings) -> KeepPolicy:
     """The default policy of every server: MM_KEEP_LAST, MM_KEEP_DAILY, and so on."""
-
-    model_config = SettingsConfigDict(env_prefix="MM_", extra="ignore")
-
-    keep_last: int = Field(7, ge=0, description="Newest completed backups kept per server.")
-    keep_daily: int = Field(7, ge=0, description="Days with a backup kept (the newest of each).")
-    keep_weekly: int = Field(4, ge=0, description="ISO weeks with a backup kept.")
-    keep_monthly: int = Field(6, ge=0, description="Months with a backup kept.")
-
-    def policy(self) -> KeepPolicy:
-        return KeepPolicy(
-            last=self.keep_last,
-            daily=self.keep_daily,
-            weekly=self.keep_weekly,
-            monthly=self.keep_monthly,
-        )
-
-
-@lru_cache
-def get_archive_retention_settings() -> ArchiveRetentionSettings:
-    return ArchiveRetentionSettings()
+    return KeepPolicy(
+        last=settings.last, daily=settings.daily, weekly=settings.weekly, monthly=settings.monthly
+    )
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,10 @@ from tasks.core.jobs import BackupOptions
 from tasks.core.settings import get_settings
 from tasks.outcome import failure_published
 from tasks.progress import Progress
+from tasks.remote import Connection, session_for
 from tasks.repository import BackupRepository, BackupStatus, Compression, Manifest, utcnow
 from tasks.retry import RETRY_POLICY
-from tasks.ssh import connect, download
+from tasks.ssh import open_session
 
 # Paths arrive as positional parameters ("$@"), never spliced into the script text.
 _PLAN_SCRIPT = r"""
@@ -47,7 +48,12 @@ class BackupPlan:
 
 
 def repository() -> BackupRepository:
-    return BackupRepository(get_settings().backup_root)
+    return BackupRepository(get_settings().paths.backup_root)
+
+
+def plan_command(paths: list[str]) -> list[str]:
+    """The remote check of the paths: each one a positional parameter of the script."""
+    return ["sh", "-c", _PLAN_SCRIPT, "sh", *paths]
 
 
 def tar_command(paths: list[str], compression: Compression) -> list[str]:
@@ -96,13 +102,15 @@ def parse_plan(output: str) -> tuple[list[str], set[str], int, int]:
 
 
 @task(name="verify server", cache_policy=NO_CACHE, **RETRY_POLICY)
-def plan_backup(server: Server, options: BackupOptions) -> BackupPlan:
+def plan_backup(
+    server: Server, options: BackupOptions, connection: Connection | None = None
+) -> BackupPlan:
     """Connect, check every path exists, pick the codec and estimate the size."""
     if server.backup is None:
         raise InvalidOptions(f"{server.name} has no `backup` section in the inventory")
     paths = server.backup.paths
-    with connect(server) as ssh:
-        result = ssh.run(["sh", "-c", _PLAN_SCRIPT, "sh", *paths], check=False)
+    with session_for(server, connection, open_session) as ssh:
+        result = ssh.run(plan_command(paths), check=False)
     missing, codecs, files, size = parse_plan(result.text)
     if result.exit_status == 3:
         raise RemotePathMissing(
@@ -159,30 +167,38 @@ def create_backup_record(
 
 
 @task(name="run hook", cache_policy=NO_CACHE, **RETRY_POLICY)
-def run_hook(server: Server, which: str, command: str) -> None:
+def run_hook(
+    server: Server, which: str, command: str, connection: Connection | None = None
+) -> None:
     """Run the inventory's pre or post command on the server."""
     logger = get_run_logger()
     # Never the command's text: it may hold a token, and logs reach more eyes than admins'.
     logger.info("%s: running the %s command", server.name, which)
-    with failure_published(), connect(server) as ssh:
+    with failure_published(), session_for(server, connection, open_session) as ssh:
         ssh.run_lines(
             command,
             lambda stream, line: logger.info("%s %s: %s", which, stream, line),
-            timeout=get_settings().ssh_idle_timeout,
+            timeout=get_settings().ssh.idle_timeout,
             label=f"the {which} command",
         )
 
 
 @task(name="transfer archive", cache_policy=NO_CACHE, **RETRY_POLICY)
 def transfer_archive(
-    server: Server, manifest: Manifest, plan: BackupPlan, progress: Progress
+    server: Server,
+    manifest: Manifest,
+    plan: BackupPlan,
+    progress: Progress,
+    connection: Connection | None = None,
 ) -> Manifest:
     """Stream tar from the server into the repository; size and sha256 computed on the way."""
     repo = repository()
     progress.milestone(40, "transfer started")
-    with repo.open_archive(manifest) as archive:
-        result = download(
-            server,
+    with (
+        session_for(server, connection, open_session) as ssh,
+        repo.open_archive(manifest) as archive,
+    ):
+        result = ssh.download(
             tar_command(manifest.paths, manifest.compression),
             archive,
             on_progress=lambda size: progress.between(

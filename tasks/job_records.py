@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from uuid import UUID
 
 from prefect.client.orchestration import PrefectClient
@@ -31,36 +30,14 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.sorting import FlowRunSort
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tasks.core.settings import JobRecordSettings
 
 #: The most runs Prefect deletes in one bulk call (docs/DESIGN.md, "Prefect behaviour the code
 #: relies on").
 BATCH = 50
 
 _FAILED = [StateType.FAILED, StateType.CRASHED]
-
-
-class RetentionSettings(BaseSettings):
-    """How long job records are kept: MM_COMPLETED_JOBS_DAYS and friends."""
-
-    model_config = SettingsConfigDict(env_prefix="MM_", extra="ignore")
-
-    completed_jobs_days: float = Field(7, ge=0, description="Age limit of completed jobs.")
-    completed_jobs_per_queue: int = Field(1000, ge=0, description="Newest completed kept.")
-    failed_jobs_days: float = Field(7, ge=0, description="Age limit of failed/crashed jobs.")
-
-    def policy(self) -> JobRetention:
-        return JobRetention(
-            completed_age=timedelta(days=self.completed_jobs_days),
-            completed_count=self.completed_jobs_per_queue,
-            failed_age=timedelta(days=self.failed_jobs_days),
-        )
-
-
-@lru_cache
-def get_retention_settings() -> RetentionSettings:
-    return RetentionSettings()
 
 
 @dataclass(frozen=True)
@@ -70,6 +47,15 @@ class JobRetention:
     completed_age: timedelta = timedelta(days=7)
     completed_count: int = 1000
     failed_age: timedelta = timedelta(days=7)
+
+
+def job_retention(settings: JobRecordSettings) -> JobRetention:
+    """The policy of MM_COMPLETED_JOBS_DAYS, MM_COMPLETED_JOBS_PER_QUEUE, MM_FAILED_JOBS_DAYS."""
+    return JobRetention(
+        completed_age=timedelta(days=settings.completed_jobs_days),
+        completed_count=settings.completed_jobs_per_queue,
+        failed_age=timedelta(days=settings.failed_jobs_days),
+    )
 
 
 async def clean_job_records(

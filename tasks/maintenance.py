@@ -21,14 +21,10 @@ from prefect import get_client, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-from tasks.archive_retention import (
-    KeepPolicy,
-    get_archive_retention_settings,
-    plan_retention,
-)
+from tasks.archive_retention import KeepPolicy, keep_policy, plan_retention
 from tasks.core.inventory import Inventory, Server, load_inventory
 from tasks.core.settings import get_settings
-from tasks.job_records import clean_job_records, get_retention_settings
+from tasks.job_records import clean_job_records, job_retention
 from tasks.repository import BackupRepository
 
 
@@ -115,7 +111,7 @@ def prune_repository(
 @task(name="clean old job records", cache_policy=NO_CACHE)
 def clean_old_job_records(dry_run: bool = False) -> dict[str, int]:
     """Delete the job records (flow runs) past MM_COMPLETED_JOBS_DAYS and friends, every pool."""
-    policy = get_retention_settings().policy()
+    policy = job_retention(get_settings().job_records)
 
     async def clean() -> dict[str, int]:
         async with get_client() as client:
@@ -137,16 +133,16 @@ def clean_old_job_records(dry_run: bool = False) -> dict[str, int]:
 def prune_backup_archives(dry_run: bool = False) -> list[ServerPrune]:
     """Keep each server's last / daily / weekly / monthly backups; remove the other ones."""
     settings = get_settings()
-    repository = BackupRepository(settings.backup_root)
+    repository = BackupRepository(settings.paths.backup_root)
     if not repository.server_ids():
         get_run_logger().info("no backups in %s", repository.root)
         return []
     # A broken or missing inventory fails the task: its per-server rules may keep more.
-    inventory = load_inventory(settings.inventory)
+    inventory = load_inventory(settings.paths.inventory)
     return prune_repository(
         repository,
         inventory,
-        get_archive_retention_settings().policy(),
+        keep_policy(settings.keep),
         get_run_logger(),
         dry_run=dry_run,
     )

@@ -1,16 +1,19 @@
-"""Download a remote program's output into a file through the system OpenSSH client.
+"""The OpenSSH transport: a remote program's output into a file through the system `ssh`.
 
-The fast path of `tasks.ssh.download` (BENCHMARKS.md): `ssh` decrypts and writes the archive
-file itself, and we hash it behind it from the page cache (`HashingWriter.catch_up`), so no
-byte of the stream passes through Python's GIL. It keeps every property of the paramiko path:
+`OpenSSHDownloader`, the `tasks.remote.Downloader` behind `tasks.ssh.SSHSession.download`'s
+fast path (BENCHMARKS.md): `ssh` decrypts and writes the archive file itself, and we hash it
+behind it from the page cache (`HashingWriter.catch_up`), so no byte of the stream passes
+through Python's GIL. It keeps every property of the paramiko path:
 
 - the host key is checked against the server's known-hosts file and nothing else
   (`StrictHostKeyChecking=yes`, no global file, never updated, no SSHFP records);
 - only the inventory's key authenticates: no agent, no other identity, no password, no prompt;
 - no user or system ssh config (`-F /dev/null`): no ProxyCommand, forwarding or multiplexing;
-- the remote command is the same quoted argument list (`shlex.join`), after `--` and the host;
+- the remote command is the same quoted argument list (`tasks.remote.quoted`), after `--`
+  and the host;
 - a hung server fails with `SSHTimeout` after the idle timeout, as a paramiko read would;
-- ssh's own failures (exit status 255) become the errors of `tasks.core.errors` in `_failure`.
+- ssh's own failures (exit status 255) become the errors of `tasks.core.errors` through
+  `tasks.remote.connection_error`, as paramiko's do (`_failure` reads ssh's message).
 
 `unusable` says when it cannot keep them (no `ssh`, a key file ssh would refuse for its mode,
 a path ssh's option parser would read differently); the caller then uses paramiko.
@@ -25,23 +28,22 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
 from tasks.atomic import HashingWriter
-from tasks.core.errors import (
-    HostKeyMismatch,
-    HostKeyUnknown,
-    JobError,
-    RepositoryFull,
-    SSHAuthError,
-    SSHConnectError,
-    SSHDisconnected,
-    SSHTimeout,
-)
+from tasks.core.errors import JobError, RepositoryFull, SSHTimeout
 from tasks.core.inventory import Server
-from tasks.core.settings import WorkSettings
+from tasks.core.settings import SSHSettings
+from tasks.remote import (
+    CommandResult,
+    Failure,
+    OnProgress,
+    connection_error,
+    keep_tail,
+    quoted,
+)
 
 #: The order paramiko prefers too (tasks.ssh.FAST_CIPHERS first), then OpenSSH's other ciphers.
 CIPHERS = (
@@ -52,7 +54,6 @@ CIPHERS = (
 SSH_FAILED = 255
 #: Seconds between looks at the file when the hash has caught up with ssh.
 POLL = 0.005
-STDERR_KEEP = 64 << 10
 #: Less free space than this where the archive is written, and an ssh that failed mid-stream
 #: failed for want of room (ssh writes up to 64 KiB at a time).
 FULL_BELOW = 1 << 20
@@ -84,7 +85,7 @@ def unusable(server: Server) -> str | None:
     return None
 
 
-def argv(server: Server, settings: WorkSettings, command: str) -> list[str]:
+def argv(server: Server, settings: SSHSettings, command: str) -> list[str]:
     """The ssh command line that runs `command` (already quoted) on `server`."""
     options = {
         "BatchMode": "yes",
@@ -110,7 +111,7 @@ def argv(server: Server, settings: WorkSettings, command: str) -> list[str]:
         "PermitLocalCommand": "no",
         "Ciphers": CIPHERS,
         "Compression": "no",
-        "ConnectTimeout": str(math.ceil(settings.ssh_connect_timeout)),
+        "ConnectTimeout": str(math.ceil(settings.connect_timeout)),
         "LogLevel": "ERROR",
     }
     args = [client() or "ssh", "-F", "/dev/null", "-T"]
@@ -119,9 +120,26 @@ def argv(server: Server, settings: WorkSettings, command: str) -> list[str]:
     return [*args, "-p", str(server.port), "-l", server.username, "--", server.host, command]
 
 
+class OpenSSHDownloader:
+    """Downloads from one server through the system `ssh`, one process (connection) each."""
+
+    def __init__(self, server: Server, settings: SSHSettings) -> None:
+        self.server = server
+        self._settings = settings
+
+    def download(
+        self, argv: Sequence[str], archive: HashingWriter, *, on_progress: OnProgress | None = None
+    ) -> CommandResult:
+        """`tasks.remote.Downloader.download`: `argv` quoted here, stderr's tail kept."""
+        status, stderr = download(
+            self.server, self._settings, quoted(argv), archive, on_progress=on_progress
+        )
+        return CommandResult(status, b"", stderr)
+
+
 def download(
     server: Server,
-    settings: WorkSettings,
+    settings: SSHSettings,
     command: str,
     archive: HashingWriter,
     on_progress: Callable[[int], object] | None = None,
@@ -130,7 +148,7 @@ def download(
 
     Returns the remote exit status and the tail of stderr; `archive` has counted and hashed
     every byte by then. Raises the `tasks.core.errors` of a failed connection, or `SSHTimeout` when
-    nothing arrived for `ssh_idle_timeout` seconds (ssh is killed first).
+    nothing arrived for `idle_timeout` seconds (ssh is killed first).
     """
     stderr = bytearray()
     process = subprocess.Popen(
@@ -152,9 +170,9 @@ def download(
                     on_progress(archive.size)
             elif exited:
                 break
-            elif time.monotonic() - last_data > settings.ssh_idle_timeout:
+            elif time.monotonic() - last_data > settings.idle_timeout:
                 raise SSHTimeout(
-                    f"{server.name}: no data from the server for {settings.ssh_idle_timeout:.0f} s"
+                    f"{server.name}: no data from the server for {settings.idle_timeout:.0f} s"
                 )
             else:
                 time.sleep(POLL)
@@ -186,36 +204,28 @@ def _disk_full(fd: int) -> bool:
 def _keep_stderr(pipe: IO[bytes], tail: bytearray) -> None:
     with pipe:
         while chunk := os.read(pipe.fileno(), 65536):
-            tail.extend(chunk)
-            if len(tail) > STDERR_KEEP:
-                del tail[: len(tail) - STDERR_KEEP]
+            keep_tail(tail, chunk)
 
 
 def _failure(server: Server, stderr: bytes, *, received: bool) -> JobError:
-    """The error of an ssh that exited 255, from its message, as `tasks.ssh._translated` maps
-    paramiko's exceptions."""
+    """The error of an ssh that exited 255: its message read for the `Failure` it names."""
     text = stderr.decode("utf-8", "replace")
     lines = [line.strip() for line in text.splitlines() if line.strip() and "@@@" not in line]
     last = lines[-1] if lines else "ssh exited with status 255"
-    where = f"{server.name} ({server.username}@{server.host}:{server.port})"
-    known_hosts = server.known_hosts_file
     if received:
         # Keys and logins are settled before the first byte: this is a connection that broke.
-        return SSHDisconnected(f"connection to {where} dropped: {last}")
+        return connection_error(server, Failure.LINK, last, connected=True)
     if "REMOTE HOST IDENTIFICATION HAS CHANGED" in text or "has changed and you have" in text:
         changed = next((line for line in lines if line.startswith("Host key for")), last)
-        return HostKeyMismatch(f"host key of {where} changed ({changed}); refusing to connect")
+        return connection_error(server, Failure.HOST_KEY_CHANGED, changed, connected=False)
     if "Host key verification failed" in text:
-        return HostKeyUnknown(
-            f"host key of {where} is not in {known_hosts}; "
-            f"add it with: ssh-keyscan -p PORT HOST >> {known_hosts}"
-        )
+        return connection_error(server, Failure.HOST_KEY_UNKNOWN, "", connected=False)
     # ssh's own words ("user@host: Permission denied (publickey)."), not a remote tar's.
     if "Permission denied (" in text or "Too many authentication failures" in text:
-        return SSHAuthError(f"{where} refused our key {server.private_key_file}: {last}")
+        return connection_error(server, Failure.AUTH_REFUSED, last, connected=False)
     if "timed out" in text:
-        return SSHTimeout(f"{where} did not answer in time: {last}")
-    return SSHConnectError(f"cannot connect to {where}: {last}")
+        return connection_error(server, Failure.TIMED_OUT, last, connected=False)
+    return connection_error(server, Failure.LINK, last, connected=False)
 
 
 def _quoted(path: Path) -> str:

@@ -50,11 +50,13 @@ class UpdateRecord(_Record):
 
 
 def scan_path(server_id: UUID, scan_id: UUID) -> Any:
-    return get_settings().results_root / "scans" / str(UUID(str(server_id))) / f"{scan_id}.json"
+    return (
+        get_settings().paths.results_root / "scans" / str(UUID(str(server_id))) / f"{scan_id}.json"
+    )
 
 
 def update_path(server_id: UUID, update_id: UUID) -> Any:
-    root = get_settings().results_root / "updates" / str(UUID(str(server_id)))
+    root = get_settings().paths.results_root / "updates" / str(UUID(str(server_id)))
     return root / f"{UUID(str(update_id))}.json"
 
 

@@ -17,10 +17,11 @@ from prefect.cache_policies import NO_CACHE
 from tasks.core.inventory import Server
 from tasks.probes import FULL_PROBES, QUICK_PROBES, summary_rows
 from tasks.progress import Progress
+from tasks.remote import Connection, session_for
 from tasks.repository import utcnow
 from tasks.results import ScanRecord, save_scan
 from tasks.retry import RETRY_POLICY
-from tasks.ssh import connect
+from tasks.ssh import open_session
 
 
 def create_scan_record(
@@ -40,7 +41,9 @@ def create_scan_record(
 
 
 @task(name="scan server", cache_policy=NO_CACHE, **RETRY_POLICY)
-def scan_server(server: Server, quick: bool, progress: Progress) -> dict[str, Any]:
+def scan_server(
+    server: Server, quick: bool, progress: Progress, connection: Connection | None = None
+) -> dict[str, Any]:
     """Connect (host key checked, key accepted), then run each probe over that connection.
 
     A probe that fails is reported, not fatal; a connection that fails is the task's failure,
@@ -48,7 +51,8 @@ def scan_server(server: Server, quick: bool, progress: Progress) -> dict[str, An
     """
     probes = QUICK_PROBES if quick else FULL_PROBES
     results: dict[str, Any] = {}
-    with connect(server) as ssh:
+    with session_for(server, connection, open_session) as ssh:
+        ssh.connect()
         progress.milestone(30, "server verified")
         for done, probe in enumerate(probes, start=1):
             answer = ssh.run(probe.argv, check=False)

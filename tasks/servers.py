@@ -9,8 +9,9 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.core.inventory import Server, load_inventory
 from tasks.core.settings import get_settings
+from tasks.remote import Connection, session_for
 from tasks.retry import RETRY_POLICY
-from tasks.ssh import connect
+from tasks.ssh import open_session
 
 
 def find_server(server_id: UUID) -> Server:
@@ -19,11 +20,11 @@ def find_server(server_id: UUID) -> Server:
     A plain function, not a task: it reads a local file, an unknown server is no reason to retry,
     and a task's three state events cost Prefect's server more than the read itself.
     """
-    return load_inventory(get_settings().inventory).get(server_id)
+    return load_inventory(get_settings().paths.inventory).get(server_id)
 
 
 @task(name="verify server", cache_policy=NO_CACHE, **RETRY_POLICY)
-def verify_server(server: Server) -> str:
+def verify_server(server: Server, connection: Connection | None = None) -> str:
     """Connect (host key checked, key accepted) and return the server's `uname -srm`."""
-    with connect(server) as ssh:
+    with session_for(server, connection, open_session) as ssh:
         return ssh.run(["uname", "-srm"]).text.strip()

@@ -1,22 +1,23 @@
-"""The SSH layer: run a command, stream its output, over one paramiko connection.
+"""The paramiko transport: `SSHSession`, the `tasks.remote.Session` of every job task.
 
-Everything that crosses to a server goes through `SSHSession`, or `download` for an archive.
-Commands given as argument lists are quoted here (never a shell string built by hand); the
-operator's own shell commands from the inventory (pre/post/update) go through `run_shell`,
-named so the difference shows. Paramiko and socket exceptions become our own (`tasks.core.errors`)
-in `_translated`, and nowhere else; `download` streams through the system OpenSSH client when
-`tasks.openssh` can keep every property of this module, and maps ssh's failures likewise.
+Everything that crosses to a server goes through an `SSHSession` (`open_session`, `connect`, or
+a job's `tasks.remote.Connection` from `job_connection`). Commands given as argument lists are
+quoted here (never a shell string built by hand); the operator's own shell commands from the
+inventory (pre/post/update) go through `run_lines`, as written there. The key file and the
+known-hosts file are checked once per session, when it opens; paramiko and socket exceptions
+become our own (`tasks.core.errors`) in `_translated`, through `tasks.remote.connection_error`.
+`download` streams through the system OpenSSH client (`tasks.openssh`) when that transport can
+keep every property of this one, and through this connection otherwise.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import select
-import shlex
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -25,17 +26,28 @@ import paramiko
 from tasks import openssh
 from tasks.atomic import HashingWriter
 from tasks.core.errors import (
-    HostKeyMismatch,
     HostKeyUnknown,
     JobError,
-    RemoteCommandFailed,
     SSHAuthError,
-    SSHConnectError,
     SSHDisconnected,
     SSHTimeout,
 )
 from tasks.core.inventory import Server
-from tasks.core.settings import WorkSettings, get_settings
+from tasks.core.settings import SSHSettings, get_settings
+from tasks.remote import (
+    CommandResult,
+    Connection,
+    Failure,
+    OnLine,
+    OnProgress,
+    command_failed,
+    connection_error,
+    keep_tail,
+    quoted,
+    short,
+)
+
+__all__ = ["CommandResult", "SSHSession", "connect", "download", "job_connection", "open_session"]
 
 # These make paramiko stream at ~0.97x of OpenSSH instead of ~0.54x (measured: docs/DESIGN.md,
 # "Backups stream through OpenSSH").
@@ -43,23 +55,6 @@ WINDOW_SIZE = 8 << 20
 MAX_PACKET_SIZE = 256 << 10
 READ_SIZE = 1 << 20
 FAST_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
-STDERR_KEEP = 64 << 10
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    """What a finished remote command left behind."""
-
-    exit_status: int
-    stdout: bytes
-    stderr: bytes
-
-    @property
-    def text(self) -> str:
-        return self.stdout.decode("utf-8", "replace")
-
-    def stderr_tail(self, lines: int = 20) -> str:
-        return "\n".join(self.stderr.decode("utf-8", "replace").splitlines()[-lines:])
 
 
 def _tuned_transport(sock: socket.socket, **kwargs: Any) -> paramiko.Transport:
@@ -77,43 +72,54 @@ def _tuned_transport(sock: socket.socket, **kwargs: Any) -> paramiko.Transport:
     return transport
 
 
+class _UnknownHostKey(Exception):
+    """Raised by `_RejectUnknownHost` inside paramiko, mapped by `_translated`; not an
+    `SSHException`, so no handler of paramiko's can take it for a broken link."""
+
+    def __init__(self, key_name: str) -> None:
+        super().__init__(key_name)
+        self.key_name = key_name
+
+
 class _RejectUnknownHost(paramiko.MissingHostKeyPolicy):
     """Never trust a key on first use: the operator adds it to known_hosts."""
-
-    def __init__(self, known_hosts: str) -> None:
-        self._known_hosts = known_hosts
 
     def missing_host_key(
         self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
     ) -> None:
-        raise HostKeyUnknown(
-            f"host key of {hostname} ({key.get_name()}) is not in {self._known_hosts}; "
-            f"add it with: ssh-keyscan -p PORT HOST >> {self._known_hosts}"
+        raise _UnknownHostKey(key.get_name())
+
+
+def _failure(exc: BaseException) -> tuple[Failure, str] | None:
+    """What kind of failure a paramiko or socket exception is, and its words; None: not ours."""
+    if isinstance(exc, _UnknownHostKey):
+        return Failure.HOST_KEY_UNKNOWN, exc.key_name
+    if isinstance(exc, paramiko.BadHostKeyException):
+        return Failure.HOST_KEY_CHANGED, (
+            f"got {exc.key.get_name()} {exc.key.get_fingerprint().hex()}, known_hosts has "
+            f"{exc.expected_key.get_name()} {exc.expected_key.get_fingerprint().hex()}"
         )
+    if isinstance(exc, paramiko.AuthenticationException):
+        return Failure.AUTH_REFUSED, str(exc)
+    if isinstance(exc, TimeoutError):
+        return Failure.TIMED_OUT, str(exc) or "timed out"
+    if isinstance(exc, paramiko.SSHException | EOFError | ConnectionError | OSError):
+        return Failure.LINK, str(exc)
+    return None
 
 
 @contextlib.contextmanager
 def _translated(server: Server, connected: bool) -> Iterator[None]:
     """Turn paramiko and socket exceptions into the error tree of `tasks.core.errors`."""
-    where = f"{server.name} ({server.username}@{server.host}:{server.port})"
     try:
         yield
     except JobError:
         raise
-    except paramiko.BadHostKeyException as exc:
-        raise HostKeyMismatch(
-            f"host key of {where} changed: got {exc.key.get_name()} "
-            f"{exc.key.get_fingerprint().hex()}, known_hosts has {exc.expected_key.get_name()} "
-            f"{exc.expected_key.get_fingerprint().hex()}; refusing to connect"
-        ) from None
-    except paramiko.AuthenticationException as exc:
-        raise SSHAuthError(f"{where} refused our key {server.private_key_file}: {exc}") from None
-    except TimeoutError as exc:
-        raise SSHTimeout(f"{where} did not answer in time: {exc or 'timed out'}") from None
-    except (paramiko.SSHException, EOFError, ConnectionError, OSError) as exc:
-        if connected:
-            raise SSHDisconnected(f"connection to {where} dropped: {exc}") from None
-        raise SSHConnectError(f"cannot connect to {where}: {exc}") from None
+    except Exception as exc:
+        seen = _failure(exc)
+        if seen is None:
+            raise
+        raise connection_error(server, *seen, connected=connected) from None
 
 
 def _load_key(server: Server) -> paramiko.PKey:
@@ -141,33 +147,27 @@ def _require_known_hosts(server: Server) -> Path:
     return known_hosts
 
 
+def open_session(server: Server, settings: SSHSettings | None = None) -> SSHSession:
+    """A session to `server`, its key file and known-hosts file checked; it connects at its
+    first command (or `connect()`), so a download through OpenSSH opens no paramiko link."""
+    settings = settings or get_settings().ssh
+    return SSHSession(server, settings, _load_key(server), _require_known_hosts(server))
+
+
 @contextlib.contextmanager
-def connect(server: Server, settings: WorkSettings | None = None) -> Iterator[SSHSession]:
+def connect(server: Server, settings: SSHSettings | None = None) -> Iterator[SSHSession]:
     """An authenticated session with a verified host key, closed on exit."""
-    settings = settings or get_settings()
-    key = _load_key(server)
-    known_hosts = _require_known_hosts(server)
-    client = paramiko.SSHClient()
+    session = open_session(server, settings)
     try:
-        with _translated(server, connected=False):
-            client.load_host_keys(str(known_hosts))
-            client.set_missing_host_key_policy(_RejectUnknownHost(str(known_hosts)))
-            client.connect(
-                server.host,
-                port=server.port,
-                username=server.username,
-                pkey=key,
-                timeout=settings.ssh_connect_timeout,
-                banner_timeout=settings.ssh_connect_timeout,
-                auth_timeout=settings.ssh_connect_timeout,
-                allow_agent=False,
-                look_for_keys=False,
-                # The stubs describe an older paramiko; 5.x passes only `disabled_algorithms`.
-                transport_factory=cast(Any, _tuned_transport),
-            )
-        yield SSHSession(client, server, settings)
+        session.connect()
+        yield session
     finally:
-        client.close()
+        session.close()
+
+
+def job_connection(server: Server, settings: SSHSettings | None = None) -> Connection:
+    """The connection a job's tasks share (`tasks.remote.Connection`), over paramiko."""
+    return Connection(server, functools.partial(open_session, settings=settings))
 
 
 def download(
@@ -175,55 +175,103 @@ def download(
     argv: Sequence[str],
     archive: HashingWriter,
     *,
-    on_progress: Callable[[int], object] | None = None,
-    settings: WorkSettings | None = None,
+    on_progress: OnProgress | None = None,
+    settings: SSHSettings | None = None,
 ) -> CommandResult:
-    """Run a program on the server and write its stdout into `archive`, counted and hashed.
-
-    Through the system OpenSSH client when `settings.ssh_client` allows it and
-    `openssh.unusable` finds nothing against it (about 2x faster, BENCHMARKS.md); through
-    paramiko otherwise. The same checks come first either way (key file, known-hosts file),
-    and the same errors come out. The exit status is the caller's to judge (`check=False`).
-    """
-    settings = settings or get_settings()
-    _load_key(server)
-    _require_known_hosts(server)
-    if settings.ssh_client != "paramiko" and openssh.unusable(server) is None:
-        status, stderr = openssh.download(
-            server, settings, shlex.join(argv), archive, on_progress=on_progress
-        )
-        return CommandResult(status, b"", stderr)
-
-    def write(chunk: bytes) -> None:
-        archive.write(chunk)
-        if on_progress is not None:
-            on_progress(archive.size)
-
-    with connect(server, settings) as ssh:
-        return ssh.stream(argv, write, check=False)
+    """`SSHSession.download` on a session of its own."""
+    session = open_session(server, settings)
+    try:
+        return session.download(argv, archive, on_progress=on_progress)
+    finally:
+        session.close()
 
 
 class SSHSession:
-    """Commands on one connected server."""
+    """Commands on one server over one paramiko connection, opened at the first of them.
 
-    def __init__(self, client: paramiko.SSHClient, server: Server, settings: WorkSettings) -> None:
-        self._client = client
+    Opened by `open_session`, which has checked the key file and the known-hosts file.
+    """
+
+    def __init__(
+        self, server: Server, settings: SSHSettings, key: paramiko.PKey, known_hosts: Path
+    ) -> None:
         self.server = server
-        self._idle_timeout = settings.ssh_idle_timeout
+        self._settings = settings
+        self._key = key
+        self._known_hosts = known_hosts
+        self._client: paramiko.SSHClient | None = None
+        self._idle_timeout = settings.idle_timeout
+
+    def connect(self) -> None:
+        """Connect and log in now if not yet: the host key verified, our key accepted."""
+        if self._client is not None:
+            return
+        settings = self._settings
+        client = paramiko.SSHClient()
+        try:
+            with _translated(self.server, connected=False):
+                client.load_host_keys(str(self._known_hosts))
+                client.set_missing_host_key_policy(_RejectUnknownHost())
+                client.connect(
+                    self.server.host,
+                    port=self.server.port,
+                    username=self.server.username,
+                    pkey=self._key,
+                    timeout=settings.connect_timeout,
+                    banner_timeout=settings.connect_timeout,
+                    auth_timeout=settings.connect_timeout,
+                    allow_agent=False,
+                    look_for_keys=False,
+                    # The stubs describe an older paramiko; 5.x passes only `disabled_algorithms`.
+                    transport_factory=cast(Any, _tuned_transport),
+                )
+        except BaseException:
+            client.close()
+            raise
+        self._client = client
+
+    @property
+    def alive(self) -> bool:
+        if self._client is None:
+            return True  # not connected yet: the next command connects
+        transport = self._client.get_transport()
+        return transport is not None and transport.is_active()
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
     def run(self, argv: Sequence[str], *, check: bool = True) -> CommandResult:
         """Run a program with these arguments (each quoted) and collect its output."""
-        return self._collect(shlex.join(argv), check=check)
+        return self._collect(quoted(argv), check=check)
 
-    def run_shell(self, command: str, *, check: bool = True) -> CommandResult:
-        """Run an operator's shell command from the inventory, as written there."""
-        return self._collect(command, check=check)
+    def download(
+        self, argv: Sequence[str], archive: HashingWriter, *, on_progress: OnProgress | None = None
+    ) -> CommandResult:
+        """Run a program on the server and write its stdout into `archive`, counted and hashed.
+
+        Through the system OpenSSH client when `settings.client` allows it and
+        `openssh.unusable` finds nothing against it (about 2x faster, BENCHMARKS.md), on a
+        connection of its own; through this session's paramiko connection otherwise. The same
+        errors come out either way. The exit status is the caller's to judge.
+        """
+        if self._settings.client != "paramiko" and openssh.unusable(self.server) is None:
+            downloader = openssh.OpenSSHDownloader(self.server, self._settings)
+            return downloader.download(argv, archive, on_progress=on_progress)
+
+        def write(chunk: bytes) -> None:
+            archive.write(chunk)
+            if on_progress is not None:
+                on_progress(archive.size)
+
+        return self.stream(argv, write, check=False)
 
     def stream(
         self, argv: Sequence[str], write: Callable[[bytes], object], *, check: bool = True
     ) -> CommandResult:
         """Run a program and hand its stdout to `write` in large blocks as it arrives."""
-        command = shlex.join(argv)
+        command = quoted(argv)
         with _translated(self.server, connected=True):
             channel = self._open(command)
             stderr = bytearray()
@@ -234,7 +282,7 @@ class SSHSession:
                         break
                     write(data)
                     if channel.recv_stderr_ready():
-                        _keep_tail(stderr, channel.recv_stderr(READ_SIZE))
+                        keep_tail(stderr, channel.recv_stderr(READ_SIZE))
                 return self._finish(channel, command, b"", stderr, check=check)
             finally:
                 channel.close()
@@ -242,7 +290,7 @@ class SSHSession:
     def run_lines(
         self,
         command: str,
-        on_line: Callable[[str, str], object],
+        on_line: OnLine,
         *,
         timeout: float,
         check: bool = True,
@@ -272,7 +320,7 @@ class SSHSession:
                         got = True
                     if channel.recv_stderr_ready():
                         chunk = channel.recv_stderr(65536)
-                        _keep_tail(stderr, chunk)
+                        keep_tail(stderr, chunk)
                         _feed_lines(pending["stderr"], chunk, "stderr", on_line)
                         got = True
                     if got:
@@ -302,6 +350,8 @@ class SSHSession:
         return CommandResult(result.exit_status, bytes(stdout), result.stderr)
 
     def _open(self, command: str) -> paramiko.Channel:
+        self.connect()
+        assert self._client is not None
         transport = self._client.get_transport()
         if transport is None or not transport.is_active():
             raise SSHDisconnected(f"connection to {self.server.name} is closed")
@@ -322,51 +372,23 @@ class SSHSession:
     ) -> CommandResult:
         name = self.server.name
         while channel.recv_stderr_ready():
-            _keep_tail(stderr, channel.recv_stderr(READ_SIZE))
+            keep_tail(stderr, channel.recv_stderr(READ_SIZE))
         if not channel.status_event.wait(self._idle_timeout):
             raise SSHTimeout(
-                f"{name}: no exit status for {label or _short(command)}",
-                detail=f"{name}: no exit status for {_short(command)}" if label else None,
+                f"{name}: no exit status for {label or short(command)}",
+                detail=f"{name}: no exit status for {short(command)}" if label else None,
             )
         status = channel.exit_status
         if status == -1:
             # The channel closed without an exit status: the server or the link died.
             raise SSHDisconnected(
-                f"{name}: connection dropped during {label or _short(command)}",
-                detail=f"{name}: connection dropped during {_short(command)}" if label else None,
+                f"{name}: connection dropped during {label or short(command)}",
+                detail=f"{name}: connection dropped during {short(command)}" if label else None,
             )
         result = CommandResult(status, stdout, bytes(stderr))
         if check and status != 0:
-            raise _failed(self.server, command, status, bytes(stderr), label)
+            raise command_failed(self.server, command, status, bytes(stderr), label)
         return result
-
-
-def _failed(
-    server: Server, command: str, status: int, stderr: bytes, label: str | None
-) -> RemoteCommandFailed:
-    tail = "\n".join(stderr.decode("utf-8", "replace").splitlines()[-20:])
-    full = f"{server.name}: {_short(command)} exited with status {status}" + (
-        f": {tail}" if tail else ""
-    )
-    if label is None:
-        return RemoteCommandFailed(full, exit_status=status, stderr_tail=tail)
-    # Its output may echo what the command holds (`set -x`, a failing curl with a token).
-    return RemoteCommandFailed(
-        f"{server.name}: {label} exited with status {status}",
-        exit_status=status,
-        stderr_tail=tail,
-        detail=full,
-    )
-
-
-def _short(command: str, limit: int = 120) -> str:
-    return repr(command if len(command) <= limit else command[: limit - 3] + "...")
-
-
-def _keep_tail(buffer: bytearray, chunk: bytes) -> None:
-    buffer.extend(chunk)
-    if len(buffer) > STDERR_KEEP:
-        del buffer[: len(buffer) - STDERR_KEEP]
 
 
 def _feed_lines(

@@ -11,10 +11,11 @@ from prefect.cache_policies import NO_CACHE
 from tasks.core.errors import InvalidOptions, RemoteCommandFailed
 from tasks.core.inventory import Server
 from tasks.outcome import failure_published
+from tasks.remote import Connection, session_for
 from tasks.repository import utcnow
 from tasks.results import UpdateRecord, save_update
 from tasks.retry import RETRY_POLICY
-from tasks.ssh import connect
+from tasks.ssh import open_session
 
 LOG_LINES_KEPT = 10_000
 
@@ -44,7 +45,9 @@ def create_update_record(
 
 
 @task(name="run update", cache_policy=NO_CACHE, **RETRY_POLICY)
-def run_update(server: Server, record: UpdateRecord) -> UpdateRecord:
+def run_update(
+    server: Server, record: UpdateRecord, connection: Connection | None = None
+) -> UpdateRecord:
     """Run the command; every output line goes to the flow-run log and the update's log file."""
     logger = get_run_logger()
     lines: deque[str] = deque(maxlen=LOG_LINES_KEPT)
@@ -54,7 +57,7 @@ def run_update(server: Server, record: UpdateRecord) -> UpdateRecord:
         (logger.warning if stream == "stderr" else logger.info)("%s", line)
 
     assert server.update is not None
-    with failure_published(), connect(server) as ssh:
+    with failure_published(), session_for(server, connection, open_session) as ssh:
         try:
             result = ssh.run_lines(
                 record.command,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -20,6 +21,7 @@ def _scrub() -> None:
 _scrub()
 
 # The session's services, one of each for every tier (a second stack would cost ~30 s).
+from tasks.core.settings import get_settings  # noqa: E402
 from tests.support.session import failover, inventory, stack, target  # noqa: E402
 
 __all__ = ["failover", "inventory", "stack", "target"]
@@ -51,3 +53,12 @@ def pytest_configure(config: pytest.Config) -> None:
 def clean_environ() -> None:
     """No PREFECT_* or MM_* variable from the shell reaches a test (like httpx's conftest)."""
     _scrub()
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings() -> Iterator[None]:
+    """Each test reads the MM_* settings of its own environment: the process's cache
+    (`get_settings`) is emptied before and after it, as a new process would start."""
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()

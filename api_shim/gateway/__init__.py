@@ -7,6 +7,7 @@ It answers with the shim's schemas, never Prefect objects, and raises the errors
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable
@@ -32,7 +33,7 @@ from api_shim.gateway.errors import (
     OutcomeUnknown,
 )
 from api_shim.gateway.jobs import PAGE, JobReader, state_of
-from api_shim.gateway.readiness import ReadyMark, missing_parts, work_queues
+from api_shim.gateway.readiness import PREFECT_API, ReadyMark, look, missing_parts
 from api_shim.gateway.selection import Scope, Slice, slices_for
 from api_shim.metrics import PREFECT_SECONDS
 from api_shim.schemas import Job, JobList, PrefectStatus, QueueCounts, ServiceHealth
@@ -54,6 +55,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+log = logging.getLogger("api_shim.gateway")
 
 #: Seconds the pool -> deployment ids map is kept.
 DEPLOYMENT_CACHE_SECONDS = 60.0
@@ -79,6 +82,9 @@ class Gateway:
         self.reaper = Reaper(client)
         self._deployments_read = -DEPLOYMENT_CACHE_SECONDS - 1.0
         self._ready = ReadyMark()
+        #: The look at Prefect that /health probes are waiting for, if one is under way.
+        self._looking: asyncio.Future[ServiceHealth] | None = None
+        self._last_verdict: tuple[str, tuple[str, ...]] | None = None
         #: Settled jobs (see `job`), by (run id, state id, for an admin), least recently read
         #: first.
         self._settled_jobs: OrderedDict[tuple[UUID, UUID | None, bool], Job] = OrderedDict()
@@ -112,6 +118,7 @@ class Gateway:
             raise JobNotFound() from None
         except TimeoutError:
             if not await self._listening():
+                self._ready.forget()
                 raise OutcomeUnknown(
                     f"the Prefect API at {self.api_url} cannot be reached (it refuses "
                     "connections); is the stack up (`make up`)?"
@@ -134,7 +141,9 @@ class Gateway:
                 f"the Prefect API at {self.api_url} answered {status}: {detail}"
             ) from None
         except (httpx.ConnectError, httpx.ConnectTimeout, OSError) as exc:
-            # Nothing was sent: Prefect did nothing.
+            # Nothing was sent: Prefect did nothing. /health must look again before it says
+            # ready once more.
+            self._ready.forget()
             raise OrchestratorUnavailable(
                 f"the Prefect API at {self.api_url} cannot be reached "
                 f"({exc or type(exc).__name__}); is the stack up (`make up`)?"
@@ -172,44 +181,47 @@ class Gateway:
         )
 
     async def health(self) -> ServiceHealth:
-        """Whether Prefect answers and has the pools, work queues and deployments that jobs
-        need (`api_shim.gateway.readiness`); never raises."""
-        prefect = await self.status()
-        if not prefect.reachable:
-            return ServiceHealth(status="unavailable", prefect=prefect)
-        try:
-            missing = await self.missing()
-        except GatewayError as exc:
-            prefect = PrefectStatus(reachable=False, api_url=self.api_url, message=exc.message)
-            return ServiceHealth(status="unavailable", prefect=prefect)
-        return ServiceHealth(
-            status="not_ready" if missing else "ok", prefect=prefect, missing=missing
-        )
+        """Whether an enqueue would be accepted: Prefect answers and has the pools, work queues
+        and deployments that jobs need (`api_shim.gateway.readiness`); never raises.
 
-    async def missing(self) -> list[str]:
-        """What Prefect lacks for a job to be accepted; [] without a look while the last
-        complete one is recent (`READY_RECHECK_SECONDS`)."""
+        From memory while the last complete look is fresh (`READY_RECHECK_SECONDS`); probes
+        that ask while a look is under way share it instead of starting their own.
+        """
         if not self._ready.due(time.monotonic()):
-            return []
-        pools, found = await asyncio.gather(
-            work_queues(self.call, self.client, POOLS),
-            asyncio.gather(*(self._deployment_id(d.full_name) for d in ALL_DEPLOYMENTS)),
-        )
-        names = {d.full_name for d, i in zip(ALL_DEPLOYMENTS, found, strict=True) if i is not None}
-        missing = missing_parts(pools, names)
+            return ServiceHealth(status="ok")
+        if self._looking is None or self._looking.done():
+            self._looking = asyncio.ensure_future(self._look())
+        # Shielded: a probe that hangs up must not cancel the look the others wait for.
+        return await asyncio.shield(self._looking)
+
+    async def _look(self) -> ServiceHealth:
+        try:
+            pools, found = await look(self.call, self.client)
+        except GatewayError as exc:
+            # The reason, with Prefect's address, goes to the log only: /health is open to all.
+            unavailable = ServiceHealth(status="unavailable", missing=[PREFECT_API])
+            self._verdict(unavailable, exc.message)
+            return unavailable
+        for deployment in ALL_DEPLOYMENTS:  # an id kept for one gone would only cost a 404
+            self._deployment_ids.pop(deployment.full_name, None)
+        self._deployment_ids.update(found)
+        missing = missing_parts(pools, found)
         if not missing:
             self._ready.seen(time.monotonic())
-        return missing
+        verdict = ServiceHealth(status="not_ready" if missing else "ok", missing=missing)
+        self._verdict(verdict, None)
+        return verdict
 
-    async def _deployment_id(self, full_name: str) -> UUID | None:
-        """The deployment's id, kept for creating runs; None when it is not registered."""
-        read = self.client.read_deployment_by_name(full_name)
-        try:
-            found = await self.call("read_deployment", read)
-        except JobNotFound:
-            return None
-        self._deployment_ids[full_name] = found.id
-        return found.id
+    def _verdict(self, health: ServiceHealth, reason: str | None) -> None:
+        """Log a change of verdict, once: probes repeat the same one every few seconds."""
+        said = (health.status, tuple(health.missing))
+        if said == self._last_verdict:
+            return
+        self._last_verdict = said
+        if health.status == "ok":
+            log.info("ready: Prefect has the pools, work queues and deployments")
+        else:
+            log.warning("not ready: %s", reason or f"Prefect lacks {', '.join(health.missing)}")
 
     async def paused_pools(self) -> set[str]:
         pools = await self.call("read_work_pools", self.client.read_work_pools())

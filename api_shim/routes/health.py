@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from api_shim.routes import GatewayDep, errors
-from api_shim.routes.metrics import STARTED
 from api_shim.schemas import Envelope, Liveness, ServiceHealth
 
 router = APIRouter(tags=["health"])
@@ -20,9 +17,9 @@ async def health(gateway: GatewayDep) -> JSONResponse:
     queues and the deployments; 503 (same body) naming what is missing otherwise."""
     found = await gateway.health()
     if found.status == "ok":
-        message = "API healthy"
+        message = "API ready"
     elif found.status == "unavailable":
-        message = f"Prefect unavailable: {found.prefect.message}"
+        message = "not ready: the Prefect API is unavailable (the shim's log says why)"
     else:
         message = (
             f"not ready: Prefect lacks {', '.join(found.missing)}; "
@@ -37,5 +34,4 @@ async def health(gateway: GatewayDep) -> JSONResponse:
 async def live() -> Envelope[Liveness]:
     """200 while this process serves requests; asks Prefect nothing, so that a liveness probe
     does not restart the shim during a Prefect outage (which a restart would not end)."""
-    uptime = round(time.monotonic() - STARTED, 3)
-    return Envelope[Liveness](message="API alive", data=Liveness(uptime_seconds=uptime))
+    return Envelope[Liveness](message="API alive", data=Liveness())

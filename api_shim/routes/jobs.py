@@ -30,7 +30,7 @@ from api_shim.schemas import (
     QueueCounts,
 )
 from deployments.control.states import JobState
-from tasks.core.settings import get_api_settings
+from tasks.core.settings import get_settings
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
@@ -150,7 +150,7 @@ async def job_events(job_id: UUID, scope: CallerScope, gateway: GatewayDep) -> S
     """Server-Sent Events: a `job` event whenever the state or progress changes, an `end`
     event once the job is final (or an `error` event if it can no longer be read)."""
     first = await gateway.job(job_id, scope)  # 404 before the stream starts
-    stream = _events(gateway, job_id, scope, first, get_api_settings().events_poll)
+    stream = _events(gateway, job_id, scope, first, get_settings().api.events_poll)
     return StreamingResponse(
         stream,
         media_type="text/event-stream",

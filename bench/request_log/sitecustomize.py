@@ -11,6 +11,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+# Read raw, not through tasks/core/settings.py (where it is declared, `BenchSettings`): this
+# runs at the start of every Python of the measured stack, before its imports, and must not
+# add pydantic's import to each of them.
 _LOG = os.environ.get("MM_BENCH_REQUEST_LOG")
 
 

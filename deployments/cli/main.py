@@ -324,12 +324,12 @@ def restore(
 @reported
 def servers() -> None:
     """List the servers of the inventory."""
-    show(out, servers_table(load_inventory(get_settings().inventory)))
+    show(out, servers_table(load_inventory(get_settings().paths.inventory)))
 
 
 def _repositories() -> list[BackupRepository]:
     """MM_BACKUP_ROOT, then MM_BACKUP_ROOTS: per-host repositories, mounted where this runs."""
-    return [BackupRepository(root) for root in get_settings().search_roots()]
+    return [BackupRepository(root) for root in get_settings().paths.search_roots()]
 
 
 def _find(backup_id: str) -> tuple[BackupRepository, Manifest]:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import timedelta
-from functools import lru_cache
 from uuid import UUID
 
 from prefect.client.orchestration import PrefectClient
@@ -44,16 +43,13 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.events import Event, RelatedResource, Resource
 from prefect.events.actions import ChangeFlowRunState
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from deployments.control.catalogue import ALL_DEPLOYMENTS
 from deployments.control.queues import QUEUES, Queue
+from tasks.core.settings import SupervisionSettings
 
 #: Runs per read, and events per POST, of `watch_unfinished_runs`.
 _PAGE = 200
-#: Prefect's floor for flow-run heartbeats (`prefect.flow_engine.MINIMUM_HEARTBEAT_INTERVAL`).
-MIN_HEARTBEAT_SECONDS = 30
 #: How much longer than one heartbeat interval a lock duration must be, for late events.
 HEARTBEAT_SLACK_SECONDS = 15
 
@@ -84,47 +80,31 @@ _ALIVE_OR_DONE = {
 }
 
 
-class SupervisionSettings(BaseSettings):
-    """How runs are watched: heartbeats, lock durations, attempts after crashes."""
-
-    model_config = SettingsConfigDict(env_prefix="MM_", extra="ignore")
-
-    heartbeat_seconds: int = Field(
-        MIN_HEARTBEAT_SECONDS,
-        ge=MIN_HEARTBEAT_SECONDS,
-        description="PREFECT_FLOWS_HEARTBEAT_FREQUENCY of workers and flow runs.",
-    )
-    lock_durations: dict[str, float] = Field(
-        default_factory=dict,
-        description='Seconds per queue replacing the queue table\'s, e.g. {"backup": 50}.',
-    )
-    crash_attempts: int = Field(
-        3, ge=1, description="Runs of one job in all, counting the first, when it keeps crashing."
-    )
-
-    @model_validator(mode="after")
-    def _locks_outlast_heartbeats(self) -> SupervisionSettings:
-        floor = self.heartbeat_seconds + HEARTBEAT_SLACK_SECONDS
-        for queue in QUEUES:
-            seconds = self.lock_duration(queue).total_seconds()
-            if seconds < floor:
-                raise ValueError(
-                    f"lock duration of {queue.name} ({seconds:.0f} s) must be at least"
-                    f" {floor} s: one heartbeat interval plus {HEARTBEAT_SLACK_SECONDS} s"
-                )
-        unknown = set(self.lock_durations) - {q.name for q in QUEUES}
-        if unknown:
-            raise ValueError(f"lock durations for unknown queues: {', '.join(sorted(unknown))}")
-        return self
-
-    def lock_duration(self, queue: Queue) -> timedelta:
-        seconds = self.lock_durations.get(queue.name)
-        return queue.lock_duration if seconds is None else timedelta(seconds=seconds)
+def lock_duration(settings: SupervisionSettings, queue: Queue) -> timedelta:
+    """The queue's lock duration: MM_LOCK_DURATIONS's for it, else the queue table's."""
+    seconds = settings.lock_durations.get(queue.name)
+    return queue.lock_duration if seconds is None else timedelta(seconds=seconds)
 
 
-@lru_cache
-def get_supervision_settings() -> SupervisionSettings:
-    return SupervisionSettings()
+def check_supervision(settings: SupervisionSettings) -> None:
+    """Refuse (ValueError) lock durations that the queue table cannot use: for unknown queues,
+    or shorter than one heartbeat interval and some slack (a live run would be crashed).
+
+    Here rather than in tasks/core/settings.py, which may not import the queue table."""
+    floor = settings.heartbeat_seconds + HEARTBEAT_SLACK_SECONDS
+    for queue in QUEUES:
+        seconds = lock_duration(settings, queue).total_seconds()
+        if seconds < floor:
+            raise ValueError(
+                f"MM_LOCK_DURATIONS: lock duration of {queue.name} ({seconds:.0f} s) must be at"
+                f" least {floor} s: one heartbeat interval (MM_HEARTBEAT_SECONDS) plus"
+                f" {HEARTBEAT_SLACK_SECONDS} s"
+            )
+    unknown = set(settings.lock_durations) - {q.name for q in QUEUES}
+    if unknown:
+        raise ValueError(
+            f"MM_LOCK_DURATIONS: lock durations for unknown queues: {', '.join(sorted(unknown))}"
+        )
 
 
 def stalled_name(queue: Queue) -> str:
@@ -143,7 +123,7 @@ def stalled_automation(
 ) -> AutomationCore:
     """Crash a run of `deployment_ids` silent for the queue's lock duration after a heartbeat
     (or after the bootstrap's `WATCH_EVENT`)."""
-    seconds = int(settings.lock_duration(queue).total_seconds())
+    seconds = int(lock_duration(settings, queue).total_seconds())
     return AutomationCore(
         name=stalled_name(queue),
         description=(
@@ -259,6 +239,7 @@ def wanted_automations(
     deployment_ids: dict[str, list[UUID]], settings: SupervisionSettings
 ) -> list[AutomationCore]:
     """Both automations of every pool, and the gave-up one; `deployment_ids` by pool name."""
+    check_supervision(settings)
     wanted = []
     for queue in QUEUES:
         ids = deployment_ids.get(queue.name, [])

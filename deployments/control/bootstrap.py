@@ -32,21 +32,20 @@ from prefect.client.schemas.objects import WorkQueue
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import get_current_settings
-from pydantic import ValidationError
 
 from deployments.control.automations import (
+    check_supervision,
     ensure_automations,
-    get_supervision_settings,
     watch_unfinished_runs,
 )
 from deployments.control.catalogue import BACKUP
 from deployments.control.job_template import base_job_template
-from deployments.control.maintenance import get_maintenance_settings, sync_maintenance_schedule
+from deployments.control.maintenance import check_maintenance, sync_maintenance_schedule
 from deployments.control.queues import QUEUES, Priority, Queue
 from tasks.core.errors import InventoryError
 from tasks.core.inventory import Inventory, load_inventory
 from tasks.core.jobs import JobType
-from tasks.core.settings import get_settings
+from tasks.core.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -64,22 +63,25 @@ def schedule_slug(server_id: object) -> str:
     return f"{SCHEDULE_SLUG_PREFIX}{server_id}"
 
 
-async def bootstrap(project_dir: Path, inventory: Inventory | None) -> None:
+async def bootstrap(
+    project_dir: Path, inventory: Inventory | None, settings: Settings | None = None
+) -> None:
     """Pools, queues, deployments, automations, schedules; `inventory=None` skips the backup
-    schedules."""
+    schedules. `settings`: this process's (`get_settings`) unless given."""
+    settings = settings or get_settings()
     async with get_client() as client:
         for queue in QUEUES:
             await ensure_pool(client, queue, project_dir)
     await deploy(project_dir)
     async with get_client() as client:
-        for change in await ensure_automations(client, get_supervision_settings()):
+        for change in await ensure_automations(client, settings.supervision):
             logger.info("%s", change)
         # After a restart of everything, runs left Pending or Running may have no stalled
         # watch (their heartbeats died unprocessed with the server): give them one.
         watched = await watch_unfinished_runs(client)
         if watched:
             logger.info("watching %d unfinished runs for heartbeats", watched)
-        schedule_change = await sync_maintenance_schedule(client, get_maintenance_settings())
+        schedule_change = await sync_maintenance_schedule(client, settings.maintenance)
         if schedule_change is not None:
             logger.info("%s", schedule_change)
         if inventory is not None:
@@ -234,12 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     logger.addHandler(handler)
     logger.propagate = False
     logger.setLevel(logging.INFO)
+    # Every setting checked before anything changes on the server, each bad one named.
     try:
-        get_maintenance_settings()
-    except ValidationError as exc:
-        logger.error("MM_MAINTENANCE_*: %s", exc)
+        settings = get_settings()
+        check_maintenance(settings.maintenance)
+        check_supervision(settings.supervision)
+    except ValueError as exc:  # a SettingsError, or a check's refusal
+        logger.error("%s", exc)
         return 2
-    path: Path = args.inventory or get_settings().inventory
+    path: Path = args.inventory or settings.paths.inventory
     inventory: Inventory | None = None
     if path.exists():
         try:
@@ -249,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     else:
         logger.warning("%s not found: backup schedules left as they are", path)
-    asyncio.run(bootstrap(args.project_dir.resolve(), inventory))
+    asyncio.run(bootstrap(args.project_dir.resolve(), inventory, settings))
     return 0
 
 

@@ -8,17 +8,16 @@ prefect.yaml, so a schedule deactivated in the UI stays deactivated across boots
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import DeploymentScheduleCreate
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.schedules import CronSchedule
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import ValidationError
 
 from deployments.control.catalogue import MAINTENANCE
+from tasks.core.settings import MaintenanceSettings
 
 #: The slug of the schedule the bootstrap owns on the maintenance deployment.
 SCHEDULE_SLUG = "maintenance"
@@ -27,48 +26,38 @@ SCHEDULE_SLUG = "maintenance"
 MAINTENANCE_TAG = "maintenance"
 
 
-class MaintenanceSettings(BaseSettings):
-    """When the maintenance flow runs by itself."""
+def check_maintenance(settings: MaintenanceSettings) -> None:
+    """Refuse (ValueError) a cron expression or time zone that Prefect's `CronSchedule` would.
 
-    model_config = SettingsConfigDict(env_prefix="MM_MAINTENANCE_", extra="ignore")
-
-    cron: str = Field("0 3 * * *", description="Cron expression; empty: no schedule.")
-    timezone: str = Field("UTC", description="IANA time zone of the cron expression.")
-
-    @field_validator("cron")
-    @classmethod
-    def _valid_cron(cls, value: str) -> str:
-        value = value.strip()
-        if value:
-            try:
-                CronSchedule(cron=value)
-            except ValidationError:
-                raise ValueError(f"{value!r} is not a valid cron expression") from None
-        return value
-
-    @field_validator("timezone")
-    @classmethod
-    def _valid_timezone(cls, value: str) -> str:
+    Here rather than in tasks/core/settings.py: the syntax is Prefect's, and tasks/core does not
+    import it."""
+    if settings.cron:
         try:
-            CronSchedule(cron="* * * * *", timezone=value)
+            CronSchedule(cron=settings.cron)
         except ValidationError:
-            raise ValueError(f"{value!r} is not an IANA time zone, e.g. Europe/Paris") from None
-        return value
-
-    def schedule(self) -> DeploymentScheduleCreate | None:
-        if not self.cron:
-            return None
-        return DeploymentScheduleCreate(
-            schedule=CronSchedule(cron=self.cron, timezone=self.timezone),
-            active=True,
-            parameters={},
-            slug=SCHEDULE_SLUG,
-        )
+            raise ValueError(
+                f"MM_MAINTENANCE_CRON: {settings.cron!r} is not a valid cron expression"
+            ) from None
+    try:
+        CronSchedule(cron="* * * * *", timezone=settings.timezone)
+    except ValidationError:
+        raise ValueError(
+            f"MM_MAINTENANCE_TIMEZONE: {settings.timezone!r} is not an IANA time zone,"
+            " e.g. Europe/Paris"
+        ) from None
 
 
-@lru_cache
-def get_maintenance_settings() -> MaintenanceSettings:
-    return MaintenanceSettings()
+def maintenance_schedule(settings: MaintenanceSettings) -> DeploymentScheduleCreate | None:
+    """The schedule the settings ask for (None: MM_MAINTENANCE_CRON is empty); checked first."""
+    check_maintenance(settings)
+    if not settings.cron:
+        return None
+    return DeploymentScheduleCreate(
+        schedule=CronSchedule(cron=settings.cron, timezone=settings.timezone),
+        active=True,
+        parameters={},
+        slug=SCHEDULE_SLUG,
+    )
 
 
 async def sync_maintenance_schedule(
@@ -87,7 +76,7 @@ async def sync_maintenance_schedule(
         ),
         None,
     )
-    want = settings.schedule()
+    want = maintenance_schedule(settings)
     if want is None:
         if have is None:
             return None

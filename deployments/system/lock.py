@@ -1,5 +1,7 @@
 """One stack per data directory: the supervisor of `make up` holds an exclusive `flock` on
-`<data_dir>/stack.lock` for its whole life, and names itself in `<data_dir>/stack.pid`.
+`<data_dir>/stack.lock` for its whole life, and names itself in `<data_dir>/stack.pid`; its
+children are listed in `<data_dir>/stack.children`, so that a stack whose supervisor was killed
+with SIGKILL leaves nothing the next one does not end (`end_leftovers`).
 
 The lock, not the pid file, decides: the kernel drops it when its holder dies however it dies
 (SIGKILL included), so a stale pid file never blocks a start. The pid file says who holds the
@@ -13,6 +15,9 @@ import contextlib
 import fcntl
 import json
 import os
+import signal
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -24,6 +29,10 @@ from tasks.atomic import write_atomic
 LOCK_FILE = "stack.lock"
 #: The supervisor's pid and start time, JSON, under the data directory.
 PID_FILE = "stack.pid"
+#: The supervisor's children (each the leader of its own session), pids and start times, JSON.
+CHILDREN_FILE = "stack.children"
+#: Seconds `end_leftovers` waits for what it killed to be gone.
+LEFTOVER_WAIT = 10.0
 
 
 @dataclass(frozen=True)
@@ -112,3 +121,41 @@ class DataDirLock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+def record_children(data_dir: Path, pids: Iterable[int]) -> None:
+    """Name the stack's running children, replacing the last list: each with its start time,
+    so that a later reader never takes another process that got its pid since for one of
+    them (the reason pids are never matched by name either)."""
+    children = [
+        {"pid": pid, "start_time": started}
+        for pid in pids
+        if (started := process_start_time(pid)) is not None
+    ]
+    write_atomic(data_dir / CHILDREN_FILE, json.dumps(children).encode() + b"\n")
+
+
+def end_leftovers(data_dir: Path) -> list[int]:
+    """SIGKILL the process groups of the children that the last stack on `data_dir` left
+    running (its supervisor was killed too hard to stop them), and return their pids.
+
+    Call it only while holding the data directory's lock: then no stack owns them.
+    """
+    try:
+        listed = json.loads((data_dir / CHILDREN_FILE).read_text())
+        children = [Holder(pid=int(c["pid"]), start_time=c["start_time"]) for c in listed]
+    except (OSError, ValueError, KeyError, TypeError):
+        children = []
+    ended = [c.pid for c in children if process_start_time(c.pid) == c.start_time]
+    for pid in ended:
+        # Each child leads its own session and process group: its descendants go with it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + LEFTOVER_WAIT
+    while time.monotonic() < deadline and any(
+        process_start_time(c.pid) == c.start_time for c in children if c.pid in ended
+    ):
+        time.sleep(0.05)
+    with contextlib.suppress(FileNotFoundError):
+        (data_dir / CHILDREN_FILE).unlink()
+    return ended

@@ -27,20 +27,21 @@ import httpx
 from prefect.client.orchestration import PrefectClient, SyncPrefectClient
 from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 from prefect.workers.process import ProcessWorker
-from pydantic import ValidationError
 
-from deployments.control.automations import MIN_HEARTBEAT_SECONDS
 from deployments.control.bootstrap import PROJECT_DIR, ensure_pool
 from deployments.control.queues import QUEUES, Queue, get_queue
 from deployments.system import credentials
-from deployments.system.backends import BackendSettings, get_backend_settings
+from deployments.system.backends import prefect_env
 from deployments.system.local_target import descendants
-from deployments.system.stack_settings import get_stack_settings
-from deployments.worker.forkserver import ForkServerWorker
-from tasks.core.settings import WorkSettings
+from deployments.system.lock import record_children
+from deployments.worker.forkserver import DRAIN_SIGNAL, ForkServerWorker
+from tasks.core.settings import BackendSettings, Settings, SettingsError, get_settings
 
 #: Seconds the Prefect server side gets after the workers, at least, to take their last reports.
 SERVER_GRACE = 5.0
+#: Seconds between telling the workers to take no more runs and looking for their runs: a poll
+#: already answered may still start the run it fetched, and that run must be seen and stopped.
+DRAIN_SETTLE = 0.5
 #: Inherited variables that would point the stack at another Prefect (a Cloud profile, say).
 #: Worker types the stack can start: ours, and Prefect's stock one as the fallback.
 FORKSERVER = ForkServerWorker.type
@@ -73,6 +74,14 @@ class StackError(RuntimeError):
     """A part of the stack did not start; the message ends with the tail of its log."""
 
 
+def _settings() -> Settings:
+    """This process's MM_* settings (`get_settings`); a bad value is a StackError naming it."""
+    try:
+        return get_settings()
+    except SettingsError as exc:
+        raise StackError(f"invalid MM_* setting: {exc}") from None
+
+
 @dataclass
 class Child:
     """One child process in its own process group, logging to a file."""
@@ -81,6 +90,8 @@ class Child:
     argv: list[str]
     log_path: Path
     popen: subprocess.Popen[bytes] | None = None
+    #: A fork-server worker, which takes no more runs after `DRAIN_SIGNAL`.
+    drains: bool = False
 
     def start(self, env: dict[str, str], cwd: Path) -> None:
         with _open_log(self.log_path) as log:
@@ -115,7 +126,8 @@ class Child:
         if self.popen.poll() is None:
             # Flow runs first, while the worker still lives to report them: a run killed after
             # its worker stays Running forever and holds a pool slot.
-            _terminate_groups(self.flow_run_groups(), timeout)
+            deadline = time.monotonic() + timeout
+            _terminate_groups(self.flow_run_groups(), lambda: deadline)
             _signal_group(self.popen.pid, signal.SIGTERM)
             try:
                 self.popen.wait(timeout)
@@ -193,16 +205,16 @@ class Stack:
     project_dir: Path = PROJECT_DIR
     backup_root: Path | None = None
     results_root: Path | None = None
-    api_port: int | None = field(default_factory=lambda: get_stack_settings().api_port)
+    api_port: int | None = field(default_factory=lambda: _settings().stack.api_port)
     ui: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
     jwt_secret: str | None = None
     auth_string: str | None = None
-    stop_grace: float = field(default_factory=lambda: get_stack_settings().stop_grace)
+    stop_grace: float = field(default_factory=lambda: _settings().stack.stop_grace)
     backend: BackendSettings | None = None
     server_ports: list[int] = field(default_factory=list)
     hosts: int = 1
-    worker_type: str = field(default_factory=lambda: get_stack_settings().worker_type)
+    worker_type: str = field(default_factory=lambda: _settings().stack.worker_type)
     server: Child | None = None
     #: Every Prefect API process (`server` is the first); one unless `server_ports` says more.
     servers: list[Child] = field(default_factory=list)
@@ -212,29 +224,32 @@ class Stack:
     shim: Child | None = None
     #: Seconds each startup phase took, by phase name.
     timings: dict[str, float] = field(default_factory=dict)
+    #: This process's MM_* settings, which the defaults above and below come from.
+    settings: Settings = field(init=False, repr=False)
+    #: When a stop in progress kills what still runs (`stop`, `hurry`).
+    _deadline: float = field(default=0.0, init=False, repr=False)
+    _hurried: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.data_dir = self.data_dir.resolve()
         self.project_dir = self.project_dir.resolve()
+        self.settings = _settings()
         # What the environment sets means the same here as for the workers and the CLI; only
         # what it leaves unset falls back to the data directory.
-        try:
-            work = WorkSettings()
-        except ValidationError as exc:
-            raise StackError(f"invalid MM_* setting: {exc}") from None
-        given = work.model_fields_set
+        paths = self.settings.paths
+        given = paths.model_fields_set
         if self.inventory is None and "inventory" in given:
-            self.inventory = work.inventory
+            self.inventory = paths.inventory
         if self.backup_root is None and "backup_root" in given:
-            self.backup_root = work.backup_root
+            self.backup_root = paths.backup_root
         if self.results_root is None and "results_root" in given:
-            self.results_root = work.results_root
+            self.results_root = paths.results_root
         self.backup_root = (self.backup_root or self.data_dir / "backups").resolve()
         self.results_root = (self.results_root or self.data_dir / "results").resolve()
         if self.inventory is not None:
             self.inventory = self.inventory.resolve()
         if self.backend is None:
-            self.backend = get_backend_settings()
+            self.backend = self.settings.backend
         try:
             self._find_secrets()
         except credentials.CredentialsError as exc:
@@ -259,7 +274,8 @@ class Stack:
                 )
             self.auth_string = credentials.prefect_auth_string(self.data_dir)
         if self.jwt_secret is None:
-            self.jwt_secret = os.environ.get("MM_JWT_SECRET") or credentials.jwt_secret(
+            given = self.settings.api.jwt_secret
+            self.jwt_secret = (given.get_secret_value() if given else "") or credentials.jwt_secret(
                 self.data_dir
             )
 
@@ -324,9 +340,7 @@ class Stack:
         env.setdefault("PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED", "false")
         # Heartbeats feed the automation that crashes stalled runs
         # (deployments.control.automations).
-        env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = env.get(
-            "MM_HEARTBEAT_SECONDS", str(MIN_HEARTBEAT_SECONDS)
-        )
+        env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = str(self.settings.supervision.heartbeat_seconds)
         return env
 
     def server_environment(self) -> dict[str, str]:
@@ -334,7 +348,7 @@ class Stack:
         and Redis settings, which no other process needs, and the API's own protections."""
         env = self.environment()
         assert self.backend is not None and self.auth_string is not None
-        env.update(self.backend.prefect_env())
+        env.update(prefect_env(self.backend))
         env.update(
             {
                 "PREFECT_SERVER_API_AUTH_STRING": self.auth_string,
@@ -560,6 +574,7 @@ class Stack:
                 **self.host_environment(host),
             },
         )
+        worker.drains = (worker_type or self.worker_type) == FORKSERVER
         self.workers[key] = worker
         if wait:
             self.wait_for_worker(pool, timeout, host=host)
@@ -611,6 +626,7 @@ class Stack:
         assert self.jwt_secret is not None
         env["MM_JWT_SECRET"] = self.jwt_secret
         self.shim.start(env, self.project_dir)
+        self._record_children(self.shim)
         port = self.api_port
         self._wait(self.shim, lambda: _port_open(port), timeout, f"API shim not on port {port}")
 
@@ -636,27 +652,50 @@ class Stack:
 
     def stop(self, grace: float | None = None) -> None:
         """Stop everything within about one grace period (`stop_grace` unless given); safe to
-        repeat.
+        repeat, and `hurry()` shortens it.
 
-        SIGTERM goes to all flow runs and the shim at once, then to all workers, then to the
-        server side; each wave waits together for what it signalled and SIGKILLs the rest. All
-        waves share one deadline (the server side gets at least `SERVER_GRACE` more seconds,
-        so the runs' final states reach it). A flow run still running at the deadline is
-        handed back: it is killed, ends Crashed (by its worker, or by the stalled-run
-        automation after the queue's lock duration), and the re-run automation of
+        First the workers take no more runs (fork-server workers; the stock one has no such
+        step). Then SIGTERM goes to all flow runs and the shim at once, then to all workers,
+        then to the server side; each wave waits together for what it signalled and SIGKILLs
+        the rest. All waves share one deadline (the server side gets at least `SERVER_GRACE`
+        more seconds, so the runs' final states reach it). A flow run still running at the
+        deadline is handed back: it is killed, ends Crashed (by its worker, or by the
+        stalled-run automation after the queue's lock duration), and the re-run automation of
         `deployments.control.automations` schedules it again while attempts remain.
         """
-        deadline = time.monotonic() + (self.stop_grace if grace is None else grace)
+        grace = self.stop_grace if grace is None else grace
+        self._deadline = time.monotonic() + (0.0 if self._hurried else grace)
+        began = time.monotonic()
         workers = [w for w in self.workers.values() if w.alive()]
+        draining = [w for w in workers if w.drains and w.pid is not None]
+        for worker in draining:
+            assert worker.pid is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, DRAIN_SIGNAL)
+        if draining:
+            time.sleep(DRAIN_SETTLE)
         # Flow runs first, while their workers still live to report them.
         runs = [g for w in workers for g in w.flow_run_groups()]
         front = [self.shim] if self.shim is not None else []
-        _end_together(runs, front, deadline)
-        _end_together([], workers, deadline)
+        _end_together(runs, front, self._until)
+        self.timings["stop runs"] = time.monotonic() - began
+        _end_together([], workers, self._until)
+        self.timings["stop workers"] = time.monotonic() - began
         back = [c for c in (self.services, *self.servers) if c is not None]
         if self.server is not None and all(c is not self.server for c in back):
             back.append(self.server)
-        _end_together([], back, max(deadline, time.monotonic() + SERVER_GRACE))
+        server_deadline = time.monotonic() + SERVER_GRACE
+        _end_together([], back, lambda: max(self._until(), server_deadline))
+        self.timings["stop"] = time.monotonic() - began
+
+    def hurry(self) -> None:
+        """Cut a stop in progress short: what still runs is killed (handed back) now. The
+        stop's order and its cleanup stay as they were. Before a stop, it makes that one quick."""
+        self._hurried = True
+        self._deadline = time.monotonic()
+
+    def _until(self) -> float:
+        return self._deadline
 
     def __enter__(self) -> Stack:
         return self.start()
@@ -680,7 +719,15 @@ class Stack:
     ) -> Child:
         child = Child(name, [sys.executable, "-m", module, *args], self.logs_dir / f"{name}.log")
         child.start(self.environment() if env is None else env, self.project_dir)
+        self._record_children(child)
         return child
+
+    def _record_children(self, new: Child) -> None:
+        """List every running child in the data directory, for the next stack to end them if
+        this one's supervisor is killed before it can (deployments/system/lock.py)."""
+        children = [*self.servers, self.services, *self.workers.values(), self.shim, new]
+        pids = {c.pid for c in children if c is not None and c.alive() and c.pid is not None}
+        record_children(self.data_dir, sorted(pids))
 
     @staticmethod
     def _wait(child: Child, ready: Callable[[], bool], timeout: float, what: str) -> None:
@@ -731,23 +778,23 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-def _end_together(pgids: list[int], children: list[Child], deadline: float) -> None:
+def _end_together(pgids: list[int], children: list[Child], deadline: Callable[[], float]) -> None:
     """SIGTERM the groups `pgids` and the children's groups, wait for all of them until
-    `deadline`, SIGKILL the groups still there, reap the children."""
+    `deadline()`, SIGKILL the groups still there, reap the children."""
     children = [c for c in children if c.alive()]
     groups = [*pgids, *(c.pid for c in children if c.pid is not None)]
-    _terminate_groups(groups, max(0.0, deadline - time.monotonic()))
+    _terminate_groups(groups, deadline)
     for child in children:
         child.reap()
 
 
-def _terminate_groups(pgids: list[int], timeout: float) -> None:
-    """SIGTERM each group, wait for its leader to go, SIGKILL the groups still there."""
+def _terminate_groups(pgids: list[int], deadline: Callable[[], float]) -> None:
+    """SIGTERM each group, wait for its leader to go until `deadline()` (read again on each
+    look: a stop can be hurried), SIGKILL the groups still there."""
     for pgid in pgids:
         _signal_group(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
     waiting = list(pgids)
-    while waiting and time.monotonic() < deadline:
+    while waiting and time.monotonic() < deadline():
         waiting = [p for p in waiting if _group_alive(p)]
         if waiting:
             time.sleep(0.1)

@@ -21,7 +21,6 @@ from uuid import UUID
 import yaml
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import arun_deployment
-from pydantic import SecretStr, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
@@ -29,14 +28,12 @@ from deployments.control.bootstrap import PROJECT_DIR
 from deployments.control.catalogue import CATALOGUE
 from deployments.system.credentials import PREFECT_AUTH_FILE
 from deployments.system.local_target import LocalTarget
-from deployments.system.lock import DataDirLock, StackRunning
+from deployments.system.lock import DataDirLock, StackRunning, end_leftovers
 from deployments.system.stack import Stack, StackError
-from deployments.system.stack_settings import get_stack_settings
 from tasks.atomic import write_atomic
 from tasks.core.callers import Role, mint_token
 from tasks.core.jobs import JobType
-from tasks.core.settings import ApiSettings
-from tasks.core.settings import get_settings as get_work_settings
+from tasks.core.settings import SettingsError, get_settings
 from tasks.progress import read_progress
 
 console = Console(stderr=True)
@@ -74,15 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--project-dir", type=Path, default=PROJECT_DIR, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=4200, help="Prefect API and UI")
     try:
-        settings = get_stack_settings()
-    except ValidationError as exc:
+        settings = get_settings()
+    except SettingsError as exc:
         console.print(f"[red]invalid MM_* setting: {exc}[/]", soft_wrap=True)
         return 2
-    parser.add_argument("--api-port", type=int, default=settings.api_port, help="MM_API_PORT")
+    parser.add_argument("--api-port", type=int, default=settings.stack.api_port, help="MM_API_PORT")
     parser.add_argument(
         "--stop-grace",
         type=float,
-        default=settings.stop_grace,
+        default=settings.stack.stop_grace,
         help="seconds running jobs get to finish on Ctrl-C before they are handed back"
         " (MM_STOP_GRACE)",
     )
@@ -99,6 +96,14 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]{exc}[/]", soft_wrap=True)
         return 1
     try:
+        ended = end_leftovers(data_dir)
+        if ended:
+            console.print(
+                f"[yellow]ended {len(ended)} processes (pids {', '.join(map(str, ended))}) that"
+                " the last stack here left running: its supervisor was killed before it could"
+                " stop them[/]",
+                soft_wrap=True,
+            )
         return run(args, data_dir)
     finally:
         lock.release()
@@ -107,14 +112,26 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, data_dir: Path) -> int:
     """The stack of `main`'s arguments, in the foreground until Ctrl-C or SIGTERM."""
 
-    # SIGTERM ends the stack like Ctrl-C does.
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
-
     target: LocalTarget | None = None
     stack: Stack | None = None
+    signals = 0
+
+    # SIGTERM ends the stack like Ctrl-C does. Only the first signal interrupts: the ones that
+    # follow, during the stop, hurry it (jobs are handed back at once) but never cut its
+    # cleanup short, which would leave the server and workers running.
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            raise KeyboardInterrupt
+        if stack is not None:
+            stack.hurry()
+
+    # SIGINT too, by name: a shell that starts us in the background leaves SIGINT ignored, and
+    # the workers would inherit that, and with it a stop that never ends (Prefect's CLI turns
+    # the worker's SIGTERM into a SIGINT to itself).
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         if args.demo:
             target = LocalTarget(home=data_dir / "demo" / "target").start()
@@ -124,7 +141,7 @@ def run(args: argparse.Namespace, data_dir: Path) -> int:
                 soft_wrap=True,
             )
         else:
-            inventory = (args.inventory or get_work_settings().inventory).resolve()
+            inventory = (args.inventory or get_settings().paths.inventory).resolve()
             if not inventory.exists():
                 inventory.parent.mkdir(parents=True, exist_ok=True)
                 inventory.write_text(EXAMPLE_INVENTORY)
@@ -155,16 +172,22 @@ def run(args: argparse.Namespace, data_dir: Path) -> int:
             asyncio.run(run_demo(stack))
         supervise(stack)
     except KeyboardInterrupt:
-        console.print("stopping ...")
+        console.print("stopping ... (another Ctrl-C hands running jobs back at once)")
     except StackError as exc:
         console.print(f"[red]{exc}[/]")
         return 1
     finally:
-        # A second Ctrl-C must not cut the shutdown short and leave orphans.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # From here on no signal interrupts: the stop below runs to its end, whatever comes.
+        signals = max(signals, 1)
         if stack is not None:
             stack.stop()
+            if "stop" in stack.timings:
+                took = stack.timings
+                console.print(
+                    f"stopped in {took['stop']:.1f} s (runs and shim {took['stop runs']:.1f} s,"
+                    f" workers {took['stop workers'] - took['stop runs']:.1f} s, server side"
+                    f" {took['stop'] - took['stop workers']:.1f} s)"
+                )
         if target is not None:
             target.stop()
     return 0
@@ -175,9 +198,13 @@ def dev_token(stack: Stack) -> str:
     assert stack.jwt_secret is not None
     # The shim's own settings, so the token carries the claims it checks (MM_JWT_ISSUER and
     # MM_JWT_AUDIENCE, when set).
-    shim = ApiSettings(jwt_secret=SecretStr(stack.jwt_secret))
+    shim = stack.settings.api
     return mint_token(
-        shim.secret, "dev-admin", Role.ADMIN, issuer=shim.jwt_issuer, audience=shim.jwt_audience
+        stack.jwt_secret,
+        "dev-admin",
+        Role.ADMIN,
+        issuer=shim.jwt_issuer,
+        audience=shim.jwt_audience,
     )
 
 

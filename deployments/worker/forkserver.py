@@ -48,6 +48,7 @@ import warnings
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 from uuid import UUID
 
@@ -132,6 +133,11 @@ WAKE_ON = frozenset({"Scheduled", "Completed", "Failed", "Crashed", "Cancelled",
 
 #: Seconds before following the event stream again after it broke (polling goes on meanwhile).
 RESUBSCRIBE_DELAY = 5.0
+
+#: The signal that tells the worker to take no more runs: the first step of the stack's stop
+#: (deployments/system/stack.py), before any run is signalled. Its runs go on; SIGTERM then
+#: stops the worker itself as Prefect's CLI does.
+DRAIN_SIGNAL = signal.SIGUSR1
 
 
 def _settings_sources(env: Mapping[str, str], cwd: str) -> tuple[frozenset[tuple[str, str]], str]:
@@ -375,6 +381,11 @@ class ForkServerWorker(ProcessWorker):
     async def setup(self) -> None:
         #: Runs whose crash the executor has reported already (see `_propose_crashed_state`).
         self._crash_reported: set[UUID] = set()
+        # First: the stack may ask for a drain as soon as the worker has registered, which
+        # happens before the warm-up below ends. setup() runs on the worker's main thread, where
+        # Python lets a handler be set.
+        self._draining = False
+        signal.signal(DRAIN_SIGNAL, self._drain)
         # Entered before, and closed after, everything of the worker's own exit stack: its task
         # groups nest around the worker's, and it outlives the runs in flight. Its observer and
         # process manager serve any number of runs.
@@ -397,6 +408,15 @@ class ForkServerWorker(ProcessWorker):
             await super().teardown(*exc_info)
         finally:
             await self._executors_stack.__aexit__(*exc_info)
+
+    def _drain(self, signum: int, frame: FrameType | None) -> None:
+        self._draining = True
+
+    async def get_and_submit_flow_runs(self) -> list[FlowRun]:
+        """Nothing once draining: both the interval poll and the event-woken one come here."""
+        if self._draining:
+            return []
+        return await super().get_and_submit_flow_runs()
 
     async def _follow_events(self) -> None:
         """Wake the poller on each flow-run event of the pool that may mean a run to start."""

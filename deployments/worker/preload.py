@@ -44,10 +44,10 @@ def read_inventory() -> None:
     cache (`get_settings`), which the runs must fill from their own environment.
     """
     from tasks.core.inventory import load_inventory
-    from tasks.core.settings import WorkSettings
+    from tasks.core.settings import PathSettings
 
     try:
-        load_inventory(WorkSettings().inventory)
+        load_inventory(PathSettings().inventory)
     except Exception:  # Missing or invalid now: each run reports it, as before.
         return
 

@@ -18,9 +18,10 @@
         ├── SSHTimeout            connect or read timed out (a hung target)
         └── SSHDisconnected       the channel dropped in the middle of the work
 
-Each class's docstring is its message when raised without arguments. `tasks.ssh` translates
-paramiko and socket exceptions into this tree in one place; `tasks.openssh` does the same for
-the system ssh client's failures (its exit status 255 and message).
+Each class's docstring is its message when raised without arguments. A connection's failures
+come into this tree in one place, `tasks.remote.connection_error`, whichever transport saw them
+(paramiko's exceptions in `tasks.ssh`, the system ssh client's exit status 255 and message in
+`tasks.openssh`).
 
 The message of an error about an operator's command (a backup hook, an update) names the step
 and the exit status only: it becomes the run's state message and its logs, which users of the

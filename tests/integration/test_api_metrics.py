@@ -127,7 +127,12 @@ def test_without_prefect_the_shim_answers_503_saying_so(orphan_shim):
     with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
         health = client.get("/health")
         assert health.status_code == 503
-        assert health.json()["data"]["prefect"]["reachable"] is False
+        assert health.json()["data"] == {"status": "unavailable", "missing": ["Prefect API"]}
+        assert "Prefect API is unavailable" in error(health, 503)
+        # Open to all: the reason, with Prefect's address, is in the shim's log only.
+        assert "127.0.0.1" not in health.text and "http" not in health.text
+        # Alive all the same: a liveness probe must not restart a shim that cannot help it.
+        assert ok(client.get("/health/live")) == {"status": "alive"}
         message = error(client.get("/api/metrics/queues"), 503)
         assert "unhealthy" in message.lower() and "cannot be reached" in message
         assert "cannot be reached" in error(client.get("/api/jobs"), 503)

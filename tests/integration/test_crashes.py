@@ -20,9 +20,10 @@ import pytest
 from prefect.client.schemas.actions import WorkPoolUpdate
 from prefect.client.schemas.objects import FlowRun, State, StateType
 
-from deployments.control.automations import SupervisionSettings, gave_up_message
+from deployments.control.automations import gave_up_message
 from deployments.system.local_target import LocalTarget, descendants
 from deployments.system.stack import Stack
+from tasks.core.settings import SupervisionSettings
 from tasks.repository import BackupRepository, BackupStatus
 from tests.integration.conftest import LOCK
 from tests.support.proxy import FaultyProxy

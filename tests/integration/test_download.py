@@ -31,7 +31,7 @@ from tasks.core.errors import (
     TransientError,
 )
 from tasks.core.inventory import Server
-from tasks.core.settings import WorkSettings
+from tasks.core.settings import SSHSettings
 from tasks.ssh import CommandResult, download
 from tests.support.proxy import FaultyProxy
 from tests.support.trees import make_tree
@@ -55,7 +55,7 @@ def _download(
             argv,
             archive,
             on_progress=seen.append,
-            settings=WorkSettings(ssh_client=client, ssh_idle_timeout=idle_timeout),
+            settings=SSHSettings(client=client, idle_timeout=idle_timeout),
         )
     return result, archive.size, archive.sha256, seen
 
@@ -177,7 +177,7 @@ def test_sshd_killed_mid_stream_is_a_transient_dropped_connection(
                 tar_command([str(source)], "none"),
                 out,
                 on_progress=kill_after_a_while,
-                settings=WorkSettings(ssh_client=client),
+                settings=SSHSettings(client=client),
             )
         assert isinstance(raised.value, TransientError)
         assert not (tmp_path / "a.tar").exists()

@@ -6,6 +6,7 @@ tests, which run on the fork-server worker (the stack's default).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -13,8 +14,8 @@ from pathlib import Path
 from uuid import UUID
 
 from deployments.system.local_target import descendants
-from deployments.system.stack import Stack
-from deployments.worker.forkserver import PRELOAD
+from deployments.system.stack import FORKSERVER, POLL_SECONDS, Stack
+from deployments.worker.forkserver import DRAIN_SIGNAL, PRELOAD
 
 
 def _cmdline(pid: int) -> bytes:
@@ -105,3 +106,27 @@ def test_a_new_run_is_picked_up_on_its_event_not_at_the_next_poll(
         del stack.extra_env["PREFECT_WORKER_QUERY_SECONDS"]
         stack.stop_worker("scan")
         stack.start_worker("scan")
+
+
+def test_a_draining_worker_takes_no_more_runs_and_its_successor_does(
+    stack: Stack, target, inventory, run_job, wait_for_final_state
+) -> None:
+    """The first step of the stack's stop: after `DRAIN_SIGNAL`, neither the pool's events nor
+    the interval poll start a run; the run waits for the next worker, which starts it."""
+    server_id = inventory.add_server(target)
+    worker = stack.workers["scan"]
+    assert worker.drains and worker.pid is not None
+    os.kill(worker.pid, DRAIN_SIGNAL)
+    try:
+        run_id = run_job("scan/scan", {"server_id": str(server_id), "job_type": "scan:quick"})
+        # Past the event's wake-up and two of the worker's interval polls (POLL_SECONDS).
+        time.sleep(2 * POLL_SECONDS[FORKSERVER] + 2)
+        with stack.sync_client() as client:
+            run = client.read_flow_run(run_id)
+        assert run.state is not None and run.state.is_scheduled(), run.state
+        assert worker.alive(), "the drain signal stopped the worker"
+    finally:
+        stack.stop_worker("scan")
+        stack.start_worker("scan")
+    run = wait_for_final_state(run_id)
+    assert run.state is not None and run.state.is_completed(), run.state

@@ -26,9 +26,9 @@ import pytest
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
 from deployments.control.catalogue import user_tag
-from deployments.system.backends import BackendSettings
 from deployments.system.local_target import LocalTarget, free_port
 from deployments.system.stack import Stack
+from tasks.core.settings import BackendSettings
 from tests.integration.conftest import MAINTENANCE_CRON, InventoryFile
 from tests.support.api import Api, error, ok
 from tests.support.cuttable import CuttableProxy

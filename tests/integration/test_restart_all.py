@@ -35,9 +35,9 @@ import pytest
 from prefect.client.schemas.objects import FlowRun, State, StateType
 
 from deployments.control.queues import QUEUES_BY_NAME
-from deployments.system.backends import BackendSettings
 from deployments.system.local_target import LocalTarget, free_port
 from deployments.system.stack import Stack
+from tasks.core.settings import BackendSettings
 from tasks.repository import BackupRepository, BackupStatus
 from tests.integration.conftest import LOCK, InventoryFile
 from tests.support.api import Api, ok

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import asyncpg
 import redis
 
-from deployments.system.backends import BackendSettings
+from tasks.core.settings import BackendSettings
 
 #: The maintenance connection (not an MM_ variable: the root conftest clears those).
 POSTGRES_ADMIN_URL = os.environ.get(

@@ -27,10 +27,10 @@ import pytest
 import yaml
 
 from deployments.control.queues import QUEUES_BY_NAME
-from deployments.system.backends import BackendSettings
 from deployments.system.local_target import LocalTarget, free_port
 from deployments.system.stack import Stack
 from tasks.atomic import write_atomic
+from tasks.core.settings import BackendSettings
 from tests.support.failover import Failover
 from tests.support.scaled import auth_string, scaled_backend
 

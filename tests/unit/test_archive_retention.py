@@ -12,11 +12,12 @@ import pytest
 
 from tasks.archive_retention import (
     NEWEST,
-    ArchiveRetentionSettings,
     KeepPolicy,
     Plan,
+    keep_policy,
     plan_retention,
 )
+from tasks.core.settings import KeepSettings, SettingsError, read_settings
 from tasks.repository import BackupRepository, BackupStatus, Manifest
 
 SERVER = UUID("0d4c2b1a-6f7e-4d3c-9b2a-1c0d9e8f7a61")
@@ -268,10 +269,10 @@ def test_negative_counts_are_refused() -> None:
 
 
 def test_settings_come_from_mm_keep_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert ArchiveRetentionSettings().policy() == KeepPolicy(7, 7, 4, 6)
+    assert keep_policy(KeepSettings()) == KeepPolicy(7, 7, 4, 6)
     monkeypatch.setenv("MM_KEEP_LAST", "3")
     monkeypatch.setenv("MM_KEEP_MONTHLY", "12")
-    assert ArchiveRetentionSettings().policy() == KeepPolicy(last=3, daily=7, weekly=4, monthly=12)
+    assert keep_policy(KeepSettings()) == KeepPolicy(last=3, daily=7, weekly=4, monthly=12)
     monkeypatch.setenv("MM_KEEP_DAILY", "-2")
-    with pytest.raises(ValueError, match="keep_daily"):
-        ArchiveRetentionSettings()
+    with pytest.raises(SettingsError, match="MM_KEEP_DAILY: Input should be greater than or equal"):
+        read_settings()

@@ -8,23 +8,24 @@ from datetime import timedelta
 import pytest
 from prefect.client.schemas.objects import FlowRun
 from prefect.states import Running
-from pydantic import ValidationError
 
 from deployments.control.automations import (
     GAVE_UP_NAME,
     WATCH_EVENT,
-    SupervisionSettings,
+    check_supervision,
+    lock_duration,
     stalled_automation,
     wanted_automations,
     watch_events,
 )
 from deployments.control.queues import QUEUES, QUEUES_BY_NAME
+from tasks.core.settings import SupervisionSettings
 
 
 def test_the_queue_table_gives_the_lock_durations_unless_overridden() -> None:
     settings = SupervisionSettings(lock_durations={"scan": 45})
-    assert settings.lock_duration(QUEUES_BY_NAME["scan"]) == timedelta(seconds=45)
-    assert settings.lock_duration(QUEUES_BY_NAME["backup"]) == timedelta(minutes=5)
+    assert lock_duration(settings, QUEUES_BY_NAME["scan"]) == timedelta(seconds=45)
+    assert lock_duration(settings, QUEUES_BY_NAME["backup"]) == timedelta(minutes=5)
 
 
 @pytest.mark.parametrize(
@@ -37,8 +38,9 @@ def test_the_queue_table_gives_the_lock_durations_unless_overridden() -> None:
     ids=["shorter-than-heartbeat-plus-slack", "unknown-queue", "heartbeat-below-prefect-floor"],
 )
 def test_settings_that_cannot_work_are_refused(fields: dict[str, object]) -> None:
-    with pytest.raises(ValidationError):
-        SupervisionSettings(**fields)  # type: ignore[arg-type]
+    # ValidationError (a ValueError) for the heartbeat, check_supervision's for the rest.
+    with pytest.raises(ValueError):
+        check_supervision(SupervisionSettings(**fields))  # type: ignore[arg-type]
 
 
 def test_every_pool_gets_a_stalled_and_a_rerun_automation_and_one_gives_up() -> None:

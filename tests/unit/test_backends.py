@@ -7,14 +7,15 @@ import re
 import pytest
 from pydantic import ValidationError
 
-from deployments.system.backends import BackendSettings
+from deployments.system.backends import prefect_env
+from tasks.core.settings import BackendSettings
 
 
 def test_embedded_by_default_adds_no_prefect_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     backend = BackendSettings()
     assert not backend.scaled
     assert backend.mode == "embedded"
-    assert backend.prefect_env() == {}
+    assert prefect_env(backend) == {}
 
 
 def test_scaled_mode_sets_every_prefect_redis_setting(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -22,7 +23,7 @@ def test_scaled_mode_sets_every_prefect_redis_setting(monkeypatch: pytest.Monkey
     monkeypatch.setenv("MM_REDIS_URL", "redis://:s%40cret@cache:6380/3")
     backend = BackendSettings()
     assert backend.scaled
-    assert backend.prefect_env() == {
+    assert prefect_env(backend) == {
         "PREFECT_API_DATABASE_CONNECTION_URL": "postgresql+asyncpg://prefect@db:5432/prefect",
         "PREFECT_MESSAGING_BROKER": "prefect_redis.messaging",
         "PREFECT_MESSAGING_CACHE": "prefect_redis.messaging",
@@ -38,9 +39,9 @@ def test_scaled_mode_sets_every_prefect_redis_setting(monkeypatch: pytest.Monkey
 
 
 def test_redis_defaults_to_port_6379_and_db_0() -> None:
-    env = BackendSettings(
-        database_url="postgresql+asyncpg://p@db/p", redis_url="redis://cache"
-    ).prefect_env()
+    env = prefect_env(
+        BackendSettings(database_url="postgresql+asyncpg://p@db/p", redis_url="redis://cache")
+    )
     assert (env["PREFECT_REDIS_MESSAGING_PORT"], env["PREFECT_REDIS_MESSAGING_DB"]) == ("6379", "0")
 
 

@@ -10,9 +10,10 @@ from uuid import UUID, uuid4
 import pytest
 from prefect.client.schemas.schedules import CronSchedule
 
-from deployments.control.maintenance import SCHEDULE_SLUG, MaintenanceSettings
+from deployments.control.maintenance import SCHEDULE_SLUG, check_maintenance, maintenance_schedule
 from tasks.archive_retention import KeepPolicy
 from tasks.core.inventory import Inventory
+from tasks.core.settings import MaintenanceSettings
 from tasks.maintenance import policy_for, prune_repository
 from tasks.repository import BackupRepository, BackupStatus, Manifest
 
@@ -193,7 +194,7 @@ def test_negative_keep_in_the_inventory_is_refused() -> None:
 
 
 def test_maintenance_runs_daily_at_three_by_default() -> None:
-    want = MaintenanceSettings().schedule()
+    want = maintenance_schedule(MaintenanceSettings())
     assert want is not None
     assert want.slug == SCHEDULE_SLUG
     assert want.schedule == CronSchedule(cron="0 3 * * *", timezone="UTC")
@@ -202,11 +203,11 @@ def test_maintenance_runs_daily_at_three_by_default() -> None:
 def test_maintenance_schedule_is_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MM_MAINTENANCE_CRON", "30 4 * * 0")
     monkeypatch.setenv("MM_MAINTENANCE_TIMEZONE", "Europe/Paris")
-    want = MaintenanceSettings().schedule()
+    want = maintenance_schedule(MaintenanceSettings())
     assert want is not None
     assert want.schedule == CronSchedule(cron="30 4 * * 0", timezone="Europe/Paris")
     monkeypatch.setenv("MM_MAINTENANCE_CRON", "")
-    assert MaintenanceSettings().schedule() is None
+    assert maintenance_schedule(MaintenanceSettings()) is None
 
 
 @pytest.mark.parametrize(
@@ -220,8 +221,8 @@ def test_bad_schedule_settings_are_refused(
     monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
 ) -> None:
     monkeypatch.setenv(variable, value)
-    with pytest.raises(ValueError, match=message):
-        MaintenanceSettings()
+    with pytest.raises(ValueError, match=f"{variable}: .*{message}"):
+        check_maintenance(MaintenanceSettings())
 
 
 def test_a_manifest_under_another_name_is_left_alone(repo: BackupRepository) -> None:

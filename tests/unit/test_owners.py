@@ -142,7 +142,7 @@ def test_a_broken_inventory_is_explained_to_admins_only(
 
     path = tmp_path / "inventory.yaml"
     path.write_text(yaml.safe_dump({"servers": [entry(A, backup={"pre": "curl tok-789"})]}))
-    monkeypatch.setattr(access, "get_api_settings", lambda: type("S", (), {"inventory": path})())
+    monkeypatch.setenv("MM_INVENTORY", str(path))
     with pytest.raises(InventoryError) as admins:
         access.inventory_for(ADMIN)
     assert "backup.paths" in str(admins.value)

@@ -1,8 +1,11 @@
-"""What /health counts as missing, and when it looks again."""
+"""What /health counts as missing, when it looks again, and that it says nothing else."""
 
 from __future__ import annotations
 
-from api_shim.gateway.readiness import WORK_QUEUES, ReadyMark, missing_parts
+from uuid import uuid4
+
+from api_shim.gateway.readiness import WORK_QUEUES, ReadyMark, full_names, missing_parts
+from api_shim.schemas import Envelope, Liveness, ServiceHealth
 from deployments.control.catalogue import ALL_DEPLOYMENTS
 from deployments.control.queues import QUEUES
 
@@ -49,3 +52,28 @@ def test_the_mark_is_checked_again_only_when_old_or_forgotten() -> None:
     mark.seen(130.0)
     mark.forget()
     assert mark.due(130.1)
+
+
+def test_full_names_join_each_deployment_to_its_own_flow() -> None:
+    backup_flow, scan_flow, foreign_flow = uuid4(), uuid4(), uuid4()
+    ours, misplaced, foreign = uuid4(), uuid4(), uuid4()
+    found = full_names(
+        [
+            ("backup", backup_flow, ours),
+            # Same deployment name, other flow: `scan/backup`, which the catalogue lacks.
+            ("backup", scan_flow, misplaced),
+            # A flow the read of our flows did not return: not one of ours.
+            ("scan", foreign_flow, foreign),
+        ],
+        {backup_flow: "backup", scan_flow: "scan"},
+    )
+    assert found == {"backup/backup": ours, "scan/backup": misplaced}
+    assert "deployment scan/scan" in missing_parts(EVERY_POOL, found)
+
+
+def test_the_probes_say_what_is_missing_and_nothing_else() -> None:
+    # Both answer without a token: no Prefect address, version or uptime for a stranger.
+    ready = Envelope[ServiceHealth](message="m", data=ServiceHealth(status="ok"))
+    assert ready.model_dump(mode="json", by_alias=True)["data"] == {"status": "ok", "missing": []}
+    alive = Envelope[Liveness](message="m", data=Liveness())
+    assert alive.model_dump(mode="json", by_alias=True)["data"] == {"status": "alive"}

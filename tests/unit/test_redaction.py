@@ -13,7 +13,7 @@ from tasks import outcome
 from tasks.core.errors import RemoteCommandFailed, SSHTimeout
 from tasks.core.inventory import Server
 from tasks.outcome import FAILURE, failure_published, full_reason
-from tasks.ssh import _failed
+from tasks.remote import command_failed
 
 TOKEN = "tok-9f8e7d6c5b4a"
 SERVER = Server.model_validate(
@@ -29,7 +29,9 @@ SERVER = Server.model_validate(
 
 def test_an_operators_command_fails_without_its_text_or_output_in_the_message() -> None:
     command = f"curl -fsS -H 'Authorization: Bearer {TOKEN}' http://hook/stop"
-    exc = _failed(SERVER, command, 22, f"+ curl ... {TOKEN}\nfailed\n".encode(), "the pre command")
+    exc = command_failed(
+        SERVER, command, 22, f"+ curl ... {TOKEN}\nfailed\n".encode(), "the pre command"
+    )
     assert str(exc) == "web1: the pre command exited with status 22"
     assert repr(exc) == "RemoteCommandFailed('web1: the pre command exited with status 22')"
     assert exc.exit_status == 22
@@ -38,7 +40,7 @@ def test_an_operators_command_fails_without_its_text_or_output_in_the_message() 
 
 
 def test_our_own_commands_keep_their_text_in_the_message() -> None:
-    exc = _failed(SERVER, "tar --create -- srv", 2, b"tar: srv: Cannot stat", None)
+    exc = command_failed(SERVER, "tar --create -- srv", 2, b"tar: srv: Cannot stat", None)
     assert "'tar --create -- srv' exited with status 2: tar: srv: Cannot stat" in str(exc)
     assert exc.detail is None
 

@@ -3,15 +3,16 @@ each secret only where it is needed."""
 
 from __future__ import annotations
 
+import signal
 import stat
 from pathlib import Path
 
 import pytest
 
-from deployments.system.backends import BackendSettings
+from deployments.system import up
 from deployments.system.credentials import JWT_SECRET_FILE, PREFECT_AUTH_FILE
 from deployments.system.stack import Stack, StackError
-from deployments.system.stack_settings import get_stack_settings
+from tasks.core.settings import BackendSettings
 
 EMBEDDED = BackendSettings(database_url=None, redis_url=None)
 SCALED = BackendSettings(
@@ -109,6 +110,47 @@ def test_the_environments_repositories_and_inventory_win_over_the_data_dir(
     assert env["MM_INVENTORY"] == str(tmp_path / "servers.yaml")
 
 
+def test_make_up_gives_its_workers_the_environments_repositories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make up` (deployments.system.up) with MM_BACKUP_ROOT set: the workers it starts, and so
+    their flow runs, write archives there, not under its data directory; the secret stays out."""
+    monkeypatch.setenv("MM_BACKUP_ROOT", str(tmp_path / "big-disk" / "backups"))
+    monkeypatch.setenv("MM_RESULTS_ROOT", str(tmp_path / "big-disk" / "results"))
+    monkeypatch.setenv("MM_INVENTORY", str(tmp_path / "servers.yaml"))
+    monkeypatch.setenv("MM_JWT_SECRET", "j" * 40)
+    built: list[Stack] = []
+
+    def start(self: Stack, timeout: float = 90.0) -> Stack:
+        built.append(self)
+        raise StackError("not started in a unit test")
+
+    monkeypatch.setattr(Stack, "start", start)
+    # `run` takes over SIGINT and SIGTERM, as `make up` must; give them back to pytest.
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        assert up.main(["--data-dir", str(tmp_path / "var")]) == 1
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    [stack] = built
+    worker = stack.host_environment(0)  # what `start_worker` passes to each worker
+    assert worker["MM_BACKUP_ROOT"] == str(tmp_path / "big-disk" / "backups")
+    assert worker["MM_RESULTS_ROOT"] == str(tmp_path / "big-disk" / "results")
+    assert worker["MM_INVENTORY"] == str(tmp_path / "servers.yaml")
+    assert "MM_JWT_SECRET" not in worker
+    assert not (tmp_path / "var" / "backups").exists()
+
+
+def test_every_worker_host_shares_the_environments_repository(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MM_BACKUP_ROOT", str(tmp_path / "shared"))
+    stack = Stack(tmp_path / "data", backend=EMBEDDED, hosts=2)
+    for host in range(2):
+        assert stack.host_environment(host)["MM_BACKUP_ROOT"] == str(tmp_path / "shared")
+
+
 def test_explicit_arguments_win_over_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -139,11 +181,7 @@ def test_port_grace_and_worker_type_come_from_the_environment(
     monkeypatch.setenv("MM_API_PORT", "3456")
     monkeypatch.setenv("MM_STOP_GRACE", "4.5")
     monkeypatch.setenv("MM_WORKER_TYPE", "process")
-    get_stack_settings.cache_clear()
-    try:
-        stack = Stack(tmp_path, backend=EMBEDDED)
-    finally:
-        get_stack_settings.cache_clear()
+    stack = Stack(tmp_path, backend=EMBEDDED)
     assert (stack.api_port, stack.stop_grace, stack.worker_type) == (3456, 4.5, "process")
     assert stack.environment()["MM_API_PORT"] == "3456"
 
@@ -152,7 +190,7 @@ def test_an_invalid_setting_is_a_stack_error_naming_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MM_SSH_CLIENT", "telnet")
-    with pytest.raises(StackError, match="ssh_client"):
+    with pytest.raises(StackError, match="MM_SSH_CLIENT"):
         Stack(tmp_path, backend=EMBEDDED)
 
 
