@@ -131,8 +131,7 @@ class Child:
             # Flow runs first, while the worker still lives to report them: a run killed after
             # its worker stays Running forever and holds a pool slot.
             deadline = time.monotonic() + timeout
-            runs = [p for p in descendants(self.popen.pid) if _leads_group(p)]
-            _terminate_groups(runs, lambda: deadline)
+            _terminate_groups(self.flow_run_groups(), lambda: deadline)
             _signal_group(self.popen.pid, signal.SIGTERM)
             try:
                 self.popen.wait(timeout)
@@ -142,11 +141,15 @@ class Child:
         self.popen = None
 
     def flow_run_groups(self) -> list[int]:
-        """Process groups among its descendants: a worker's flow runs, each in its own session."""
+        """Sessions among its descendants: a worker's flow runs, each in its own session.
+
+        Not a fork server, which leads only a group of its own: it dies with its worker, and
+        a signal of its own would kill the runs it serves at once (deployments/worker/lifeline.py).
+        """
         if not self.alive():
             return []
         assert self.popen is not None
-        return [p for p in descendants(self.popen.pid) if _leads_group(p)]
+        return [p for p in descendants(self.popen.pid) if _leads_session(p)]
 
     def reap(self) -> None:
         """Collect its exit status once its group has ended (or been killed)."""
@@ -607,7 +610,8 @@ class Stack:
             worker.stop(timeout)
 
     def kill_worker(self, pool: str, *, host: int = 0) -> None:
-        """kill -9 the worker of `pool` only; its flow-run processes live on, as in a crash."""
+        """kill -9 the worker of `pool` only, as in a crash. A fork-server worker's runs die with
+        it (deployments/worker/lifeline.py); the stock worker's live on."""
         worker = self.workers.get(self.worker_key(pool, host))
         if worker is not None:
             worker.kill()
@@ -775,9 +779,9 @@ def _check_port_free(port: int, what: str) -> None:
             raise StackError(f"port {port} for the {what} is in use; pick another one") from None
 
 
-def _leads_group(pid: int) -> bool:
+def _leads_session(pid: int) -> bool:
     with contextlib.suppress(ProcessLookupError):
-        return os.getpgid(pid) == pid
+        return os.getsid(pid) == pid
     return False
 
 

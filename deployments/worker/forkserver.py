@@ -18,6 +18,10 @@ set up once for the worker's life, as Prefect's Runner does, not once per run as
 process worker does: per run, that was a new client, two websockets to the server and a
 cancellation poll of their own.
 
+The fork server and each run die with their owner, even a SIGKILLed one, and a run whose fork
+server is lost is made sure dead before it is reported (deployments/worker/lifeline.py;
+docs/DESIGN.md, "Who owns each process").
+
 It serves the same `process` pools as the stock worker, which stays a drop-in fallback
 (`MM_WORKER_TYPE=process`). Start it with `prefect worker start --type forkserver --pool scan`
 (the `prefect.collections` entry point in pyproject.toml registers the type).
@@ -25,10 +29,15 @@ It serves the same `process` pools as the stock worker, which stays a drop-in fa
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import concurrent.futures
 import contextlib
 import multiprocessing
+import multiprocessing.connection
+import multiprocessing.context
 import multiprocessing.forkserver
+import multiprocessing.popen_forkserver
 import os
 import runpy
 import signal
@@ -40,7 +49,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+from uuid import UUID
 
 import anyio
 import anyio.abc
@@ -54,19 +64,30 @@ from prefect.events.filters import (
     EventRelatedFilter,
 )
 from prefect.flows import load_flow_from_flow_run
-from prefect.runner._flow_run_executor import FlowRunExecutionResult, FlowRunExecutorContext
-from prefect.runner._process_manager import ProcessHandle
+from prefect.logging import get_logger
 from prefect.settings import Settings, get_current_settings
 from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, ProcessWorkerResult
 
 from deployments.control.catalogue import ALL_DEPLOYMENTS
 from deployments.control.csrf import serialize_token_fetches
+from deployments.worker import lifeline
+from deployments.worker.prefect_private import (
+    CONTROL_PORT_VARIABLE,
+    CONTROL_TOKEN_VARIABLE,
+    FLOW_RUN_ID_VARIABLE,
+    HOOKS_VARIABLE,
+    ControlChannel,
+    FlowRunExecutionResult,
+    FlowRunExecutorContext,
+    ProcessHandle,
+)
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from multiprocessing.context import SpawnProcess
 
+    from prefect.client.orchestration import PrefectClient
     from prefect.client.schemas.objects import FlowRun
-    from prefect.runner._control_channel import ControlChannel
 
 #: Imported once by the fork server, so that no run pays for them. Importing them starts no
 #: thread (checked in tests/integration/test_forkserver.py), which is what makes forking safe.
@@ -87,9 +108,23 @@ PRELOAD = (
 # changes concurrently.
 serialize_token_fetches()
 
+#: Imported by the fork server before PRELOAD: it ties the fork server and its runs to the worker.
+BOOT = "deployments.worker.forkserver_boot"
+
 _CONTEXT = multiprocessing.get_context("forkserver")
 # Only our modules: the default preload re-imports the parent's `__main__` (Prefect's CLI).
-_CONTEXT.set_forkserver_preload(list(PRELOAD))
+_CONTEXT.set_forkserver_preload([BOOT, *PRELOAD])
+
+#: The one thread that starts the fork server and asks it for runs. The kernel's parent-death
+#: signal follows the thread that forked a child, not its process: a fork server started from
+#: one of anyio's pooled threads was killed when that thread idled out. This thread lives as
+#: long as the worker (the executor keeps it until the interpreter exits).
+_STARTER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="forkserver")
+
+_T = TypeVar("_T")
+
+#: Seconds between looks at a run whose fork server is gone, until it has died too.
+ORPHAN_POLL = 0.05
 
 
 #: Flow-run events of the pool after which there may be a run to start: a new or rescheduled
@@ -125,8 +160,85 @@ _SETTINGS_READ_FROM = _settings_sources(
 
 
 def warm_up() -> None:
-    """Start the fork server now (a second or two), rather than on the first run."""
+    """Start the fork server now (a second or two), rather than on the first run.
+
+    Call it on the starter thread (`in_starter_thread`). The fork server reads whom to die with
+    from its environment; it is started again from here if it died (`ensure_running`, on each
+    run's start), so the variable stays set.
+    """
+    os.environ[lifeline.OWNER_VARIABLE] = str(os.getpid())
     multiprocessing.forkserver.ensure_running()
+
+
+async def in_starter_thread(function: Callable[[], _T]) -> _T:
+    """`function()` on the starter thread, off the event loop."""
+    return await asyncio.wrap_future(_STARTER.submit(function))
+
+
+class _RunPopen(multiprocessing.popen_forkserver.Popen):
+    """multiprocessing's handle of a forked child, telling a lost fork server from an exit.
+
+    The fork server writes each child's wait status into the child's pipe; the stock `poll`
+    takes a pipe closed without it (the fork server died) for exit status 255, and two threads
+    polling at once (a join, and the next start's clean-up of finished children) could both
+    read, the second one then seeing end of file. Here reads take turns, and a lost pipe
+    leaves the status unknown (`None`) with `lost` set, for the starter to find the truth.
+    """
+
+    def __init__(self, process_obj: Any) -> None:
+        self.lost = False
+        self._reading = threading.Lock()
+        super().__init__(process_obj)
+
+    def poll(self, flag: int = os.WNOHANG) -> int | None:
+        if self.returncode is None and not self.lost:
+            timeout = 0 if flag == os.WNOHANG else None
+            if not multiprocessing.connection.wait([self.sentinel], timeout):
+                return None
+            with self._reading:
+                if self.returncode is None and not self.lost:
+                    try:
+                        self.returncode = multiprocessing.forkserver.read_signed(self.sentinel)
+                    except (OSError, EOFError):
+                        self.lost = True
+        return self.returncode
+
+
+class _RunProcess(multiprocessing.context.ForkServerProcess):
+    """A child of the fork server whose exit status comes through `_RunPopen`."""
+
+    @staticmethod
+    def _Popen(process_obj: Any) -> _RunPopen:
+        return _RunPopen(process_obj)
+
+
+class RunTermination:
+    """How Prefect's process manager stops a forked run (its `ProcessTerminationScope`).
+
+    SIGTERM to the run alone, as before, so that its engine winds down and stops its own
+    children; SIGKILL to its whole session's group, so that no ssh or tar outlives a run
+    killed for good.
+    """
+
+    wait_after_graceful_kill = True
+
+    def is_alive(self, pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def graceful_kill(self, pid: int) -> None:
+        os.kill(pid, signal.SIGTERM)
+
+    def hard_kill(self, pid: int) -> None:
+        lifeline.kill_session(pid)
+
+    def close(self) -> None:
+        pass
 
 
 def run_engine(flow_run_id: str, env: Mapping[str, str], cwd: str) -> None:
@@ -140,7 +252,8 @@ def run_engine(flow_run_id: str, env: Mapping[str, str], cwd: str) -> None:
     """
     from prefect.context import refresh_global_settings_context
 
-    os.setsid()  # Its own group, as the stock worker's runs: signals to the worker miss it.
+    # Its own session, and death with the fork server, were set right after the fork
+    # (deployments/worker/lifeline.py).
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
@@ -177,32 +290,62 @@ class ForkServerStarter:
         task_status: anyio.abc.TaskStatus[ProcessHandle] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         env = {key: value for key, value in self._env.items() if value is not None}
-        env["PREFECT__FLOW_RUN_ID"] = str(flow_run.id)
+        env.pop(lifeline.OWNER_VARIABLE, None)  # The fork server's, not the run's.
+        env[FLOW_RUN_ID_VARIABLE] = str(flow_run.id)
         # The worker reports a crash itself; the child must not run crash hooks twice.
-        env["PREFECT__ENABLE_CANCELLATION_AND_CRASHED_HOOKS"] = "false"
+        env[HOOKS_VARIABLE] = "false"
         registered = False
         if self._control_channel is not None:
             # Lets a cancel reach the run as an intent before its SIGTERM, as in the stock path.
             with contextlib.suppress(RuntimeError):
                 port, token = self._control_channel.register(flow_run.id)
-                env["PREFECT__CONTROL_PORT"] = str(port)
-                env["PREFECT__CONTROL_TOKEN"] = token
+                env[CONTROL_PORT_VARIABLE] = str(port)
+                env[CONTROL_TOKEN_VARIABLE] = token
                 registered = True
-        process = _CONTEXT.Process(
+        process = _RunProcess(
             target=run_engine,
             args=(str(flow_run.id), env, str(self._cwd)),
             name=f"flow-run-{flow_run.id}",
         )
         try:
             # A round trip to the fork server (milliseconds); off the event loop all the same.
-            await anyio.to_thread.run_sync(process.start)
+            await in_starter_thread(process.start)
         except BaseException:
             if registered and self._control_channel is not None:
                 self._control_channel.unregister(flow_run.id)
             raise
+        assert process.pid is not None
+        started = lifeline.start_time(process.pid)
         # ProcessHandle reads only `pid` and `exitcode`, which every multiprocessing process has.
-        task_status.started(ProcessHandle(cast("SpawnProcess", process)))
+        handle = ProcessHandle(cast("SpawnProcess", process), termination_scope=RunTermination())
+        task_status.started(handle)
         await anyio.to_thread.run_sync(process.join, abandon_on_cancel=True)
+        popen = cast("_RunPopen", process._popen)  # type: ignore[attr-defined]
+        if popen.lost:
+            await end_orphan(flow_run.id, process.pid, started)
+            # It died of SIGKILL: ours, or the one it asked for at its fork server's death.
+            popen.returncode = -signal.SIGKILL
+
+
+async def end_orphan(flow_run_id: UUID, pid: int, started: int | None) -> None:
+    """The fork server died under a run: make sure the run is dead before it is reported.
+
+    Its exit status went with the fork server. Taking the lost pipe for the run's end once
+    had a live run reported Crashed, then carry on. It dies with its fork server (its
+    parent-death signal) anyway; the kill makes sure, and takes its ssh and tar along.
+    """
+    was_alive = lifeline.is_alive(pid, started)
+    lifeline.kill_session(pid)
+    while lifeline.is_alive(pid, started):
+        await anyio.sleep(ORPHAN_POLL)
+    # Fetched here: a logger made at import is disabled when Prefect configures logging.
+    get_logger("worker.forkserver").error(
+        "The fork server of flow run %s is gone; %s",
+        flow_run_id,
+        f"killed the run's process {pid}, which would have died with it"
+        if was_alive
+        else f"the run's process {pid} had ended too (its exit status went with the server)",
+    )
 
 
 class ForkServerJobConfiguration(ProcessJobConfiguration):
@@ -236,6 +379,8 @@ class ForkServerWorker(ProcessWorker):
     _display_name = "Process (fork server)"
 
     async def setup(self) -> None:
+        #: Runs whose crash the executor has reported already (see `_propose_crashed_state`).
+        self._crash_reported: set[UUID] = set()
         # First: the stack may ask for a drain as soon as the worker has registered, which
         # happens before the warm-up below ends. setup() runs on the worker's main thread, where
         # Python lets a handler be set.
@@ -251,7 +396,7 @@ class ForkServerWorker(ProcessWorker):
         except BaseException:
             await self._executors_stack.aclose()
             raise
-        await anyio.to_thread.run_sync(warm_up)
+        await in_starter_thread(warm_up)
         self._wake = anyio.Event()
         self._event_loops = await self._exit_stack.enter_async_context(anyio.create_task_group())
         self._event_loops.start_soon(self._follow_events)
@@ -357,9 +502,22 @@ class ForkServerWorker(ProcessWorker):
         self._wake.set()
         if execution is None or execution.status_code is None:
             raise RuntimeError("Failed to start flow run process.")
+        if execution.status_code != 0 and not execution.crash_unreported:
+            self._crash_reported.add(flow_run.id)
         return ProcessWorkerResult(
             status_code=execution.status_code, identifier=str(execution.handle.pid)
         )
+
+    async def _propose_crashed_state(
+        self, flow_run: FlowRun, message: str, client: PrefectClient | None = None
+    ) -> None:
+        # Prefect's worker reports a non-zero exit again after its executor did: once is
+        # enough, and the second report could land on the run the re-run automation had
+        # scheduled again by then (deployments/control/automations.py).
+        if flow_run.id in self._crash_reported:
+            self._crash_reported.discard(flow_run.id)
+            return
+        await super()._propose_crashed_state(flow_run, message, client)
 
     def _record_work_pool_snapshot(self, work_pool: WorkPool) -> None:
         # Serving `process` pools is the point (the stock worker stays a drop-in fallback), so
