@@ -8,9 +8,12 @@ deleted (`forget`) by first renaming its manifest to a hidden `.<backupId>.forge
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import os
 import subprocess
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -21,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic.alias_generators import to_camel
 
 from tasks.atomic import HashingWriter, atomic_file, fsync_dir, write_atomic
-from tasks.core.errors import ArchiveInvalid, InvalidOptions
+from tasks.core.errors import ArchiveInvalid, BackupInProgress, InvalidOptions
 
 Compression = Literal["none", "gzip", "zstd"]
 
@@ -211,10 +214,37 @@ class BackupRepository:
         ]
         return sorted(manifests, key=lambda m: m.started_at)
 
-    def open_archive(self, manifest: Manifest) -> AbstractContextManager[HashingWriter]:
-        """A writer for the archive; see `atomic_file` (nothing visible until it succeeds)."""
-        self.remove_partials(manifest)
-        return atomic_file(self.archive_path(manifest), temp_prefix=f".{manifest.backup_id}.")
+    @contextlib.contextmanager
+    def open_archive(self, manifest: Manifest) -> Iterator[HashingWriter]:
+        """A writer for the archive; see `atomic_file` (nothing visible until it succeeds).
+
+        Only one run writes a backup id at a time (an exclusive `flock` on its lock file, which
+        the kernel drops when the run dies): a second one would remove the first one's
+        temp file as a crashed attempt's, under its feet. The file goes when the writer is
+        done, still holding the lock, so that no lock file outlives its backup.
+        """
+        directory = self.server_dir(manifest.server_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        lock_path = directory / f".{manifest.backup_id}.lock"
+        lock = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        held = False
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise BackupInProgress(
+                    f"backup {manifest.backup_id}: another run is writing it now"
+                ) from None
+            held = True
+            self.remove_partials(manifest)
+            with atomic_file(
+                self.archive_path(manifest), temp_prefix=f".{manifest.backup_id}."
+            ) as archive:
+                yield archive
+        finally:
+            if held:
+                lock_path.unlink(missing_ok=True)
+            os.close(lock)
 
     def remove_partials(self, manifest: Manifest) -> None:
         """Temp files a crashed earlier attempt of this backup left behind."""

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deployments.worker.lifeline import tied_to_this_process
+
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
 
@@ -106,6 +108,8 @@ class LocalTarget:
             stdout=subprocess.DEVNULL,
             stderr=open(self.home / "sshd.log", "ab"),
             start_new_session=True,
+            # The demo's server dies with `make demo`, SIGKILL included.
+            preexec_fn=tied_to_this_process(),
         )
         self.wait_ready()
         return self

@@ -23,6 +23,7 @@ from pathlib import Path
 from types import TracebackType
 
 from deployments.system import credentials
+from deployments.worker.lifeline import is_alive, start_time
 from tasks.atomic import write_atomic
 
 #: The file `flock`ed by the running stack's supervisor, under the data directory.
@@ -57,17 +58,6 @@ class StackRunning(RuntimeError):
         self.holder = holder
 
 
-def process_start_time(pid: int) -> int | None:
-    """When `pid` started, in clock ticks after boot; None if there is no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The name (field 2) may hold spaces and parentheses: count from the last ")"; field 3,
-    # the state, is the first after it, so field 22 is the 20th.
-    return int(stat.rsplit(")", 1)[1].split()[19])
-
-
 def read_holder(data_dir: Path) -> Holder | None:
     """What the pid file says, or None if it is missing or unreadable."""
     try:
@@ -96,7 +86,7 @@ class DataDirLock:
             raise StackRunning(self.data_dir, read_holder(self.data_dir)) from None
         self._fd = fd
         pid = os.getpid()
-        holder = {"pid": pid, "start_time": process_start_time(pid)}
+        holder = {"pid": pid, "start_time": start_time(pid)}
         write_atomic(self.data_dir / PID_FILE, json.dumps(holder).encode() + b"\n")
         return self
 
@@ -130,7 +120,7 @@ def record_children(data_dir: Path, pids: Iterable[int]) -> None:
     children = [
         {"pid": pid, "start_time": started}
         for pid in pids
-        if (started := process_start_time(pid)) is not None
+        if (started := start_time(pid)) is not None
     ]
     write_atomic(data_dir / CHILDREN_FILE, json.dumps(children).encode() + b"\n")
 
@@ -146,14 +136,14 @@ def end_leftovers(data_dir: Path) -> list[int]:
         children = [Holder(pid=int(c["pid"]), start_time=c["start_time"]) for c in listed]
     except (OSError, ValueError, KeyError, TypeError):
         children = []
-    ended = [c.pid for c in children if process_start_time(c.pid) == c.start_time]
+    ended = [c.pid for c in children if is_alive(c.pid, c.start_time)]
     for pid in ended:
         # Each child leads its own session and process group: its descendants go with it.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
     deadline = time.monotonic() + LEFTOVER_WAIT
     while time.monotonic() < deadline and any(
-        process_start_time(c.pid) == c.start_time for c in children if c.pid in ended
+        is_alive(c.pid, c.start_time) for c in children if c.pid in ended
     ):
         time.sleep(0.05)
     with contextlib.suppress(FileNotFoundError):

@@ -36,6 +36,7 @@ from deployments.system.backends import prefect_env
 from deployments.system.local_target import descendants
 from deployments.system.lock import record_children
 from deployments.worker.forkserver import DRAIN_SIGNAL, ForkServerWorker
+from deployments.worker.lifeline import tied_to_this_process
 from tasks.core.settings import BackendSettings, Settings, SettingsError, get_settings
 
 #: Seconds the Prefect server side gets after the workers, at least, to take their last reports.
@@ -108,6 +109,8 @@ class Child:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 umask=CHILD_UMASK,
+                # It dies with this process, SIGKILL included.
+                preexec_fn=tied_to_this_process(),
             )
 
     @property

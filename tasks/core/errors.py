@@ -13,7 +13,8 @@
     │   ├── RemoteCommandFailed   a remote command exited non-zero
     │   ├── CommandOutcomeUnknown a command that changes the server started, its end unseen
     │   ├── ArchiveInvalid        an archive does not match its manifest
-    │   └── RepositoryFull        the backup repository's disk filled up
+    │   ├── RepositoryFull        the backup repository's disk filled up
+    │   └── BackupInProgress      another run is writing the same backup id now
     └── TransientError            retried with backoff: the next try may work
         ├── SSHConnectError       refused, unreachable, or dropped during the handshake
         ├── SSHTimeout            connect or read timed out (a hung target)
@@ -113,6 +114,10 @@ class RepositoryFull(PermanentError):
     Not retried: each try would fill the disk again, failing the other backups that write to
     it meanwhile, and nothing frees room within the retries' 35 s.
     """
+
+
+class BackupInProgress(PermanentError):
+    """Another run is writing this backup id now; this one leaves it alone."""
 
 
 class SSHConnectError(TransientError):

@@ -23,6 +23,7 @@ RETRYABLE: dict[type[JobError], bool] = {
     errors.CommandOutcomeUnknown: False,
     errors.ArchiveInvalid: False,
     errors.RepositoryFull: False,
+    errors.BackupInProgress: False,
     errors.TransientError: True,
     errors.SSHConnectError: True,
     errors.SSHTimeout: True,

@@ -16,9 +16,9 @@ import pytest
 from deployments.system.lock import (
     CHILDREN_FILE,
     end_leftovers,
-    process_start_time,
     record_children,
 )
+from deployments.worker.lifeline import start_time
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_a_process_that_got_a_listed_pid_later_is_left_alone(
     tmp_path: Path, sessions: list[subprocess.Popen[bytes]]
 ) -> None:
     bystander = _session(sessions)
-    started = process_start_time(bystander.pid)
+    started = start_time(bystander.pid)
     assert started is not None
     # The list of a stack long gone, whose child had this pid and started earlier.
     (tmp_path / CHILDREN_FILE).write_text(

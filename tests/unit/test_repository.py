@@ -13,7 +13,7 @@ from uuid import UUID, uuid4
 import pytest
 
 from tasks.atomic import atomic_file, write_atomic
-from tasks.core.errors import ArchiveInvalid, InvalidOptions
+from tasks.core.errors import ArchiveInvalid, BackupInProgress, InvalidOptions
 from tasks.repository import CODECS, BackupRepository, BackupStatus, Compression, Manifest
 
 STARTED = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
@@ -168,6 +168,21 @@ def test_open_archive_removes_partials_of_an_earlier_attempt(repo: BackupReposit
         out.write(b"x")
     assert not stale.exists()
     assert other.exists()
+
+
+def test_a_second_writer_of_the_same_backup_id_is_refused_and_the_first_goes_on(
+    repo: BackupRepository,
+) -> None:
+    manifest = new_manifest()
+    with repo.open_archive(manifest) as first:
+        first.write(b"first")
+        with pytest.raises(BackupInProgress, match="another run is writing it now"):
+            with repo.open_archive(manifest):
+                pass
+        first.write(b" and more")
+    assert repo.archive_path(manifest).read_bytes() == b"first and more"
+    # No lock file is left beside the archive once its writer is done.
+    assert not list(repo.server_dir(manifest.server_id).glob("*.lock"))
 
 
 # --- manifests -------------------------------------------------------------------------------

@@ -12,9 +12,9 @@ from deployments.system.lock import (
     PID_FILE,
     DataDirLock,
     StackRunning,
-    process_start_time,
     read_holder,
 )
+from deployments.worker.lifeline import start_time
 
 
 def test_a_second_lock_on_the_same_data_dir_is_refused_with_the_holders_pid(
@@ -24,7 +24,7 @@ def test_a_second_lock_on_the_same_data_dir_is_refused_with_the_holders_pid(
         with pytest.raises(StackRunning, match=f"pid {os.getpid()}") as refused:
             DataDirLock(tmp_path / "var").acquire()
         assert refused.value.holder is not None
-        assert refused.value.holder.start_time == process_start_time(os.getpid())
+        assert refused.value.holder.start_time == start_time(os.getpid())
         # Another data directory is another stack.
         with DataDirLock(tmp_path / "other"):
             pass
@@ -33,7 +33,7 @@ def test_a_second_lock_on_the_same_data_dir_is_refused_with_the_holders_pid(
 def test_the_pid_file_names_the_holder_and_goes_with_the_lock(tmp_path: Path) -> None:
     lock = DataDirLock(tmp_path).acquire()
     written = json.loads((tmp_path / PID_FILE).read_text())
-    assert written == {"pid": os.getpid(), "start_time": process_start_time(os.getpid())}
+    assert written == {"pid": os.getpid(), "start_time": start_time(os.getpid())}
     lock.release()
     lock.release()
     assert not (tmp_path / PID_FILE).exists()
@@ -50,6 +50,6 @@ def test_a_stale_pid_file_does_not_block_a_start(tmp_path: Path) -> None:
 
 def test_start_time_is_field_22_of_proc_stat() -> None:
     stat = Path(f"/proc/{os.getpid()}/stat").read_text()
-    assert process_start_time(os.getpid()) == int(stat.rsplit(")", 1)[1].split()[19])
-    assert process_start_time(os.getpid()) == int(stat.split()[21])  # our name has no space
-    assert process_start_time(999999999) is None
+    assert start_time(os.getpid()) == int(stat.rsplit(")", 1)[1].split()[19])
+    assert start_time(os.getpid()) == int(stat.split()[21])  # our name has no space
+    assert start_time(999999999) is None
