@@ -11,11 +11,14 @@ from prefect.runtime import flow_run
 
 from flows.job_variables import refuse_job_variables
 from tasks.backup import (
+    clear_post_pending,
     complete_backup_record,
     create_backup_record,
     fail_backup_record,
     plan_backup,
+    post_left_pending,
     run_hook,
+    set_post_pending,
     transfer_archive,
 )
 from tasks.core.inventory import BackupSpec, Server
@@ -54,6 +57,13 @@ def backup(
     with server_slot(server, progress), job_connection(server) as connection:
         plan = plan_backup(server, options, connection)
         progress.milestone(20, "server verified")
+        assert server.backup is not None
+        if post_left_pending(server, backup_id):
+            # An earlier try ran pre and died before post: put the server back first.
+            post_error = _run_post(server, server.backup, connection)
+            if post_error is not None:
+                raise post_error
+            clear_post_pending(server, backup_id)
         manifest = create_backup_record(server, backup_id, job_id, user_id, job_type, plan)
         progress.milestone(30, "backup record created")
         if manifest.status is not BackupStatus.COMPLETED:
@@ -61,16 +71,18 @@ def backup(
             spec = server.backup
             try:
                 if spec.pre:
+                    manifest = set_post_pending(manifest, bool(spec.post))
                     run_hook(server, "pre", spec.pre, connection)
                 manifest = transfer_archive(server, manifest, plan, progress, connection)
             except BaseException as exc:
                 # The manifest is the operator's: the whole story, command text included.
                 fail_backup_record(manifest, getattr(exc, "detail", None) or str(exc))
                 _run_post(server, spec, connection)
+                clear_post_pending(server, backup_id)
                 raise
             # Restart what pre stopped before the (slower) verification.
             post_error = _run_post(server, spec, connection)
-            manifest = complete_backup_record(manifest)
+            manifest = complete_backup_record(manifest.model_copy(update={"post_pending": False}))
             if post_error is not None:
                 raise post_error
     progress.milestone(100, "backup record updated")

@@ -222,6 +222,25 @@ def transfer_archive(
     return manifest.model_copy(update={"size": archive.size, "sha256": archive.sha256})
 
 
+def set_post_pending(manifest: Manifest, pending: bool) -> Manifest:
+    """Record whether the post command is owed (after pre, before post), before it happens."""
+    marked = manifest.model_copy(update={"post_pending": pending})
+    repository().save(marked)
+    return marked
+
+
+def post_left_pending(server: Server, backup_id: UUID) -> bool:
+    """Whether an earlier try of this backup ran the pre command and died before post."""
+    earlier = repository().read(server.id, backup_id)
+    return earlier is not None and earlier.post_pending
+
+
+def clear_post_pending(server: Server, backup_id: UUID) -> None:
+    stored = repository().read(server.id, backup_id)
+    if stored is not None and stored.post_pending:
+        set_post_pending(stored, False)
+
+
 @task(name="update backup record", cache_policy=NO_CACHE)
 def complete_backup_record(manifest: Manifest) -> Manifest:
     """Verify the archive against the transfer's checksum, then mark the backup completed."""

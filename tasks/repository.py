@@ -69,6 +69,9 @@ class Manifest(BaseModel):
     finished_at: datetime | None = None
     status: BackupStatus = BackupStatus.RUNNING
     error: str | None = None
+    #: The pre command ran and the post command has not yet: a run that died here left the
+    #: server as pre left it (a stopped service), and the next try runs post first.
+    post_pending: bool = False
 
     @model_validator(mode="after")
     def _archive_beside_manifest(self) -> Manifest:

@@ -225,6 +225,46 @@ def test_a_pre_command_whose_link_dropped_is_not_run_again_and_post_still_runs(
     assert offline.fake.commands[-1] == POST
 
 
+def test_a_try_that_died_between_pre_and_post_gets_its_post_first_on_the_next(
+    offline: Offline,
+) -> None:
+    """A run killed after pre (SIGKILL: no post ran) left the server as pre left it; the re-run
+    runs post before anything else, then the backup as usual."""
+    server = hooked(offline)
+    # First in the script: the first try's tar fails, the next one's works (`script`'s reply).
+    offline.fake.reply(tar_command(PATHS, "none"), status=2, times=1)
+    script(offline.fake)
+    backup_id = uuid.uuid4()
+    repo = BackupRepository(offline.tmp_path / "backups")
+    with pytest.raises(RemoteCommandFailed):
+        run(offline, server.id, backup_id)
+    # What a try killed between its pre and its post commands leaves: post owed.
+    died = repo.read(server.id, backup_id)
+    assert died is not None
+    repo.save(died.model_copy(update={"post_pending": True}))
+    sent = len(offline.fake.commands)
+
+    result = run(offline, server.id, backup_id)
+
+    assert result["status"] == "completed"
+    _, first_post, pre, _, post = offline.fake.commands[sent:]
+    assert (first_post, pre, post) == (POST, PRE, POST)
+    done = repo.read(server.id, backup_id)
+    assert done is not None and not done.post_pending
+
+
+def test_pre_marks_post_as_owed_until_post_ran(offline: Offline) -> None:
+    server = hooked(offline)
+    script(offline.fake, tar_status=2)
+    backup_id = uuid.uuid4()
+    with pytest.raises(RemoteCommandFailed):
+        run(offline, server.id, backup_id)
+    # The failed try ran its post: nothing is owed to the next one.
+    failed = BackupRepository(offline.tmp_path / "backups").read(server.id, backup_id)
+    assert failed is not None and failed.status is BackupStatus.FAILED
+    assert not failed.post_pending
+
+
 def test_a_failed_post_fails_the_job_but_keeps_the_good_archive(offline: Offline) -> None:
     server = hooked(offline)
     script(offline.fake, post=5)
