@@ -13,19 +13,48 @@ import contextlib
 from collections.abc import Iterator
 
 from prefect import get_client, get_run_logger
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.actions import (
+    GlobalConcurrencyLimitCreate,
+    GlobalConcurrencyLimitUpdate,
+)
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from tasks.core.inventory import Server
 from tasks.progress import Progress
 
-#: Seconds a slot stays held without a renewal: how long a dead run's slot blocks its server.
+#: Seconds a slot stays held without a renewal: how long a dead run's slot blocks its server
+#: (Prefect's minimum).
 LEASE_SECONDS = 60.0
+#: The first part of every server limit's name.
+PREFIX = "server-"
 
 
 def slot_name(server: Server) -> str:
-    return f"server-{server.id}"
+    return f"{PREFIX}{server.id}"
+
+
+async def release_orphaned_slots(client: PrefectClient) -> list[str]:
+    """Free every server slot, for a Prefect server that has just started with its leases in
+    memory (embedded mode): they died with the last server process, so any slot still counted
+    active has no holder that could renew or release it, and would block its server for good.
+    Returns the names of the limits it freed.
+
+    Not for a server whose leases outlive it (scaled mode keeps them in Redis), nor one that
+    was already running: there, an active slot is a job's.
+    """
+    freed: list[str] = []
+    offset = 0
+    while page := await client.read_global_concurrency_limits(limit=200, offset=offset):
+        offset += len(page)
+        for limit in page:
+            if limit.name.startswith(PREFIX) and limit.active_slots > 0:
+                await client.update_global_concurrency_limit(
+                    limit.name, GlobalConcurrencyLimitUpdate(active_slots=0)
+                )
+                freed.append(limit.name)
+    return freed
 
 
 def ensure_limit(name: str) -> None:
@@ -49,12 +78,24 @@ def server_slot(server: Server, progress: Progress) -> Iterator[None]:
     try:
         # A first, quick try: the common case takes the free slot without a word. Entered
         # apart from the body, so that a TimeoutError of the body is never taken for this one.
-        held.enter_context(
-            concurrency(name, timeout_seconds=0.5, strict=True, lease_duration=LEASE_SECONDS)
-        )
+        held.enter_context(_hold(name, timeout_seconds=0.5))
     except TimeoutError:
         get_run_logger().info("%s: waiting for another job on this server to end", server.name)
         progress.milestone(progress.percent, "waiting for another job on this server")
-        held.enter_context(concurrency(name, strict=True, lease_duration=LEASE_SECONDS))
+        held.enter_context(_hold(name))
     with held:
         yield
+
+
+def _hold(
+    name: str, timeout_seconds: float | None = None
+) -> contextlib.AbstractContextManager[None]:
+    # A renewal that fails (the Prefect server restarting) must not end the job in the middle
+    # of a backup: the lease then runs out, at worst.
+    return concurrency(
+        name,
+        timeout_seconds=timeout_seconds,
+        strict=True,
+        lease_duration=LEASE_SECONDS,
+        raise_on_lease_renewal_failure=False,
+    )

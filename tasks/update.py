@@ -34,11 +34,17 @@ def create_update_record(
     if earlier is not None and earlier.outcome_unknown:
         # An earlier try of this job (a run that crashed and is run again) sent the command and
         # never saw it end: it may have done its work, or still be doing it.
-        raise CommandOutcomeUnknown(
+        refusal = CommandOutcomeUnknown(
             f"{server.name}: the update command of this job started at"
             f" {earlier.command_started_at:%Y-%m-%d %H:%M:%S} UTC in an earlier try and its end"
             " was not seen; it is not run again. Check the server, then enqueue a new update"
         )
+        save_update(
+            earlier.model_copy(
+                update={"status": "failed", "finished_at": utcnow(), "error": str(refusal)}
+            )
+        )
+        raise refusal
     record = UpdateRecord(
         update_id=update_id,
         server_id=server.id,

@@ -38,6 +38,7 @@ from deployments.system.lock import record_children
 from deployments.worker.forkserver import DRAIN_SIGNAL, ForkServerWorker
 from deployments.worker.lifeline import tied_to_this_process
 from tasks.core.settings import BackendSettings, Settings, SettingsError, get_settings
+from tasks.server_slot import release_orphaned_slots
 
 #: Seconds the Prefect server side gets after the workers, at least, to take their last reports.
 SERVER_GRACE = 5.0
@@ -460,6 +461,10 @@ class Stack:
         async with self.client() as client:
             for queue in QUEUES:
                 await ensure_pool(client, queue, self.project_dir)
+            assert self.backend is not None
+            if not self.backend.scaled:
+                # This server has just started, its leases in memory: the last one's are gone.
+                await release_orphaned_slots(client)
 
     def start_server(self, timeout: float = 90.0) -> None:
         """The Prefect server; with `server_ports`, its API processes and its services."""

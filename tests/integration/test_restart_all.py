@@ -1,12 +1,14 @@
-"""kill -9 the whole system mid-run, start it again: every job completes, once.
+"""kill -9 the whole system mid-run, start it again: every job ends, once.
 
 Breaks: 20 mixed jobs (backups, full and quick scans, updates) are enqueued through the API
 shim; while several of them run, the Prefect server, every worker with its fork server and its
 flow-run processes, and the shim are all killed with SIGKILL at once, as a power cut would.
 Then the same data directory (SQLite database, repositories) is started again on the same
-ports. Must survive: all 20 jobs end Completed; no job is duplicated (still 20 flow runs, each
-Completed once), each wrote its one record (one archive and one manifest per backup id, one
-scan record per scan id, one update record per update id), every archive matches its
+ports. Must survive: all 20 jobs end Completed, but an update whose command was running at the
+kill, which ends Failed saying it is not run again (it may have done its work: tasks/update.py);
+no job is duplicated (still 20 flow runs, each final once), each wrote its one record (one
+archive and one manifest per backup id, one scan record per scan id, one update record per
+update id), every archive matches its
 manifest's size and sha256 and lists with tar, and no temp (`.partial`) archive is left.
 
 The runs killed while Running are found by the stalled-run automation (no heartbeat for the
@@ -159,7 +161,7 @@ def enqueue(api: Api, world: World) -> list[Job]:
     scan_servers = [
         world.inventory.add_server(world.target, owners=[api.user_id]) for _ in range(3)
     ]
-    # Long enough to be running at the kill; run again, it just sleeps again.
+    # Long enough to be running at the kill; its re-run then refuses to send it again.
     update_server = world.inventory.add_server(
         world.target, update={"command": "sleep 4"}, owners=[api.user_id]
     )
@@ -226,9 +228,10 @@ def test_kill_9_of_everything_mid_run_then_restart_completes_every_job_once(
             jobs = enqueue(api, world)
         running = wait_until_running(stack, jobs, RUNNING_AT_KILL)
         with stack.sync_client() as client:
-            at_kill = Counter(
-                f"{job.kind}:{client.read_flow_run(job.job_id).state_name}" for job in jobs
-            )
+            states_at_kill = {
+                job.job_id: client.read_flow_run(job.job_id).state_name for job in jobs
+            }
+        at_kill = Counter(f"{job.kind}:{states_at_kill[job.job_id]}" for job in jobs)
         killed = kill_everything(stack)
         killed_at = time.monotonic()
         print(f"\nkilled {', '.join(killed)} with {running} jobs Running: {dict(at_kill)}")
@@ -249,30 +252,50 @@ def test_kill_9_of_everything_mid_run_then_restart_completes_every_job_once(
         )
         print(report)
 
-        # All 20 Completed, each exactly once, and no other run appeared.
-        assert all(r.state is not None and r.state.is_completed() for r in runs), report
-        completions = {
-            job.job_id: sum(s.type is StateType.COMPLETED for s in histories[job.job_id])
+        # Updates whose command ran at the kill refuse to run it again, and say so.
+        refused = {
+            job.job_id
             for job in jobs
+            if job.kind == "update" and update_outcome_unknown(world, job)
         }
-        assert set(completions.values()) == {1}, (completions, report)
+        assert refused <= {j for j, state in states_at_kill.items() if state == "Running"}, report
+        for job, run in zip(jobs, runs, strict=True):
+            assert run.state is not None, report
+            if job.job_id in refused:
+                assert run.state.is_failed(), report
+                assert "it is not run again" in (run.state.message or ""), report
+            else:
+                assert run.state.is_completed(), report
+        # Each final exactly once, and no other run appeared.
+        final = {StateType.COMPLETED, StateType.FAILED}
+        endings = {job.job_id: sum(s.type in final for s in histories[job.job_id]) for job in jobs}
+        assert set(endings.values()) == {1}, (endings, report)
         assert sorted(r.id for r in all_runs) == sorted(j.job_id for j in jobs), report
         rerun = [run for run in runs if run.run_count > 1]
         print(f"{len(rerun)} jobs ran again after the kill")
 
-        check_records(world, jobs)
+        check_records(world, jobs, refused)
         # And the restarted shim tells the same story.
         with Api(f"http://127.0.0.1:{world.api_port}", world.jwt_secret, "restart-test") as api:
             states = Counter(api.job(str(job.job_id))["state"] for job in jobs)
-        assert states == {"completed": len(jobs)}, states
+        expected = Counter({"completed": len(jobs) - len(refused), "failed": len(refused)})
+        assert states == +expected, states
     finally:
         if restarted is not None:
             restarted.stop()
         stack.stop()
 
 
-def check_records(world: World, jobs: list[Job]) -> None:
-    """One verified archive + manifest per backup, one record per scan and update, no leftovers."""
+def update_outcome_unknown(world: World, job: Job) -> bool:
+    """Whether the update's record says its command started and no try saw it end."""
+    path = world.data_dir / "results" / "updates" / str(job.server_id) / f"{job.record_id}.json"
+    record = json.loads(path.read_text()) if path.exists() else {}
+    return record.get("commandStartedAt") is not None and record.get("exitStatus") is None
+
+
+def check_records(world: World, jobs: list[Job], refused: set[UUID]) -> None:
+    """One verified archive + manifest per backup, one record per scan and update, no leftovers;
+    the `refused` updates' records say failed."""
     repo = BackupRepository(world.data_dir / "backups")
     results = world.data_dir / "results"
     expected: dict[Path, set[str]] = {}
@@ -290,10 +313,10 @@ def check_records(world: World, jobs: list[Job]) -> None:
         kind = "updates" if job.kind == "update" else "scans"
         record_path = results / kind / str(job.server_id) / f"{job.record_id}.json"
         record: dict[str, Any] = json.loads(record_path.read_text())
-        assert record["status"] == "completed", record
+        assert record["status"] == ("failed" if job.job_id in refused else "completed"), record
         assert record["jobId"] == str(job.job_id), record
         names = {record_path.name}
-        if job.kind == "update":
+        if job.kind == "update" and job.job_id not in refused:  # a refused one has no log
             names.add(f"{job.record_id}.log")
         expected.setdefault(record_path.parent, set()).update(names)
     # Exactly those files: no second archive, no `.partial`, no record of a job nobody asked for.

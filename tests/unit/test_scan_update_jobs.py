@@ -163,6 +163,8 @@ def test_an_update_that_times_out_is_not_run_again(offline: Offline) -> None:
     with pytest.raises(CommandOutcomeUnknown, match="earlier try"):
         update.fn(server_id=server.id, update_id=update_id)
     assert offline.fake.commands.count(UPDATE) == 1
+    refused = UpdateRecord.model_validate_json(update_path(server.id, update_id).read_text())
+    assert refused.status == "failed" and "not run again" in (refused.error or "")
 
 
 def test_an_update_that_could_not_connect_is_retryable_and_runs_on_the_next_try(
