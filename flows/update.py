@@ -17,7 +17,12 @@ from tasks.progress import Progress
 from tasks.server_slot import server_slot
 from tasks.servers import find_server, verify_server
 from tasks.ssh import job_connection
-from tasks.update import create_update_record, fail_update_record, run_update
+from tasks.update import (
+    create_update_record,
+    fail_update_record,
+    refuse_unseen_command,
+    run_update,
+)
 
 
 @flow(name="update", flow_run_name="{job_type} {server_id}", **RESULT_OPTIONS)
@@ -37,6 +42,7 @@ def update(
     progress = Progress.start()
     progress.milestone(10, "started")
     server = find_server(server_id)
+    refuse_unseen_command(server, update_id)
     # The server's one slot (no backup or other update of it meanwhile), then one connection
     # for the check and the update command.
     with server_slot(server, progress), job_connection(server) as connection:

@@ -26,25 +26,34 @@ def update_command(server: Server) -> str:
     return server.update.command
 
 
+@task(name="refuse an unseen command", cache_policy=NO_CACHE)
+def refuse_unseen_command(server: Server, update_id: UUID) -> None:
+    """Fail this job if an earlier try of it (a run that crashed and is run again) sent the
+    command and never saw it end: it may have done its work, or still be doing it.
+
+    Asked before the job waits for its server: the dead try's slot may stay held until its
+    lease runs out, and a job that will refuse anyway need not wait for it.
+    """
+    earlier = load_update(server.id, update_id)
+    if earlier is None or not earlier.outcome_unknown:
+        return
+    refusal = CommandOutcomeUnknown(
+        f"{server.name}: the update command of this job started at"
+        f" {earlier.command_started_at:%Y-%m-%d %H:%M:%S} UTC in an earlier try and its end"
+        " was not seen; it is not run again. Check the server, then enqueue a new update"
+    )
+    save_update(
+        earlier.model_copy(
+            update={"status": "failed", "finished_at": utcnow(), "error": str(refusal)}
+        )
+    )
+    raise refusal
+
+
 @task(name="create update record", cache_policy=NO_CACHE)
 def create_update_record(
     server: Server, update_id: UUID, job_id: UUID | None, user_id: str | None, job_type: str
 ) -> UpdateRecord:
-    earlier = load_update(server.id, update_id)
-    if earlier is not None and earlier.outcome_unknown:
-        # An earlier try of this job (a run that crashed and is run again) sent the command and
-        # never saw it end: it may have done its work, or still be doing it.
-        refusal = CommandOutcomeUnknown(
-            f"{server.name}: the update command of this job started at"
-            f" {earlier.command_started_at:%Y-%m-%d %H:%M:%S} UTC in an earlier try and its end"
-            " was not seen; it is not run again. Check the server, then enqueue a new update"
-        )
-        save_update(
-            earlier.model_copy(
-                update={"status": "failed", "finished_at": utcnow(), "error": str(refusal)}
-            )
-        )
-        raise refusal
     record = UpdateRecord(
         update_id=update_id,
         server_id=server.id,

@@ -160,9 +160,12 @@ def test_an_update_that_times_out_is_not_run_again(offline: Offline) -> None:
     assert stored.status == "failed" and "still running" in (stored.error or "")
     assert stored.outcome_unknown
 
+    slots = len(offline.slots)
     with pytest.raises(CommandOutcomeUnknown, match="earlier try"):
         update.fn(server_id=server.id, update_id=update_id)
     assert offline.fake.commands.count(UPDATE) == 1
+    # Refused before waiting for the server: the dead try's slot may still be leased.
+    assert len(offline.slots) == slots
     refused = UpdateRecord.model_validate_json(update_path(server.id, update_id).read_text())
     assert refused.status == "failed" and "not run again" in (refused.error or "")
 
