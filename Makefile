@@ -1,18 +1,20 @@
 # Targets a newcomer can guess. `make up` and `make test` install what they need first.
 .PHONY: install up demo test lint bench
 
-# uv from PATH, or the copy `install` puts into the user's site-packages.
-UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+# The uv that runs us (`uv run` sets UV), uv from PATH, or the copy `install` puts into the
+# user's site-packages.
+UV := $(or $(UV),$(shell command -v uv 2>/dev/null || echo python3 -m uv))
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 install:
-	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || \
+	@$(UV) --version >/dev/null 2>&1 || \
 		python3 -m pip install --user uv || \
 		python3 -m pip install --user --break-system-packages uv
 	$(UV) sync --frozen
 
+# UP_ARGS: more arguments, e.g. `make up UP_ARGS="--port 4300 --data-dir /srv/mm"` (`--help`).
 up: install
-	$(UV) run python -m deployments.system.up
+	$(UV) run python -m deployments.system.up $(UP_ARGS)
 
 demo: install
 	$(UV) run python -m deployments.system.up --demo

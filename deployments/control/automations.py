@@ -59,6 +59,14 @@ HEARTBEAT_SLACK_SECONDS = 15
 #: events in memory only. A run that lives sends a heartbeat within the lock duration anyway.
 WATCH_EVENT = "medicine-man.flow-run.watched"
 
+#: Emitted by the bootstrap of an embedded server for each run it finds Crashed
+#: (`refind_crashed_runs`): the re-run and gave-up automations take it for the run's own
+#: `prefect.flow-run.Crashed`, which may have died unprocessed with the last server process
+#: (its events are kept in memory), leaving the run Crashed with attempts left, for good.
+CRASH_FOUND_EVENT = "medicine-man.flow-run.crash-found"
+#: What the re-run and gave-up automations react to.
+_CRASHED = {"prefect.flow-run.Crashed", CRASH_FOUND_EVENT}
+
 #: Events that show a run is alive or no longer running, so its silence is no stall.
 _ALIVE_OR_DONE = {
     f"prefect.flow-run.{name}"
@@ -176,7 +184,7 @@ def rerun_automation(queue: Queue, settings: SupervisionSettings) -> AutomationC
                 "prefect.resource.role": "work-pool",
                 "prefect.resource.name": queue.name,
             },
-            expect={"prefect.flow-run.Crashed"},
+            expect=_CRASHED,
             for_each={"prefect.resource.id"},
             posture=Posture.Reactive,
             threshold=1,
@@ -220,7 +228,7 @@ def gave_up_automation(settings: SupervisionSettings) -> AutomationCore:
                 "prefect.resource.role": "work-pool",
                 "prefect.resource.name": [queue.name for queue in QUEUES],
             },
-            expect={"prefect.flow-run.Crashed"},
+            expect=_CRASHED,
             for_each={"prefect.resource.id"},
             posture=Posture.Reactive,
             threshold=1,
@@ -309,16 +317,62 @@ async def watch_unfinished_runs(client: PrefectClient) -> int:
     watch, so nothing would ever crash it: it would stay Running and hold its pool slot forever.
     The bootstrap runs at every start, so this covers a restart; returns how many runs it saw.
     """
-    ids = [(await client.read_deployment_by_name(d.full_name)).id for d in ALL_DEPLOYMENTS]
-    unfinished = FlowRunFilter(
-        state=FlowRunFilterState(
-            type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING])
+    runs = await _runs_in(client, [StateType.PENDING, StateType.RUNNING])
+    await _emit(client, watch_events(runs))
+    return len(runs)
+
+
+def crash_found_events(runs: Iterable[FlowRun]) -> list[Event]:
+    """One `CRASH_FOUND_EVENT` per run of a work pool, labelled as Prefect labels the run's own
+    state events: the automations match its run count and its work pool's name."""
+    return [
+        Event(
+            event=CRASH_FOUND_EVENT,
+            resource=Resource(
+                {
+                    "prefect.resource.id": f"prefect.flow-run.{run.id}",
+                    "prefect.resource.name": run.name,
+                    "prefect.run-count": str(run.run_count),
+                }
+            ),
+            related=[
+                RelatedResource(
+                    {
+                        "prefect.resource.id": f"prefect.work-pool.{run.work_pool_id}",
+                        "prefect.resource.name": run.work_pool_name,
+                        "prefect.resource.role": "work-pool",
+                    }
+                )
+            ],
+            payload={"state": run.state_name},
         )
-    )
+        for run in runs
+        if run.work_pool_name is not None
+    ]
+
+
+async def refind_crashed_runs(client: PrefectClient) -> int:
+    """Hand every Crashed run of our deployments to the re-run or gave-up automation again.
+
+    Only for a server that has just started with its events in memory (embedded mode): a run
+    handed back Crashed by a stop sends its Crashed event as the server is being stopped, and
+    the event may die with it. A Crashed run is only ever one whose event was lost (the
+    automations move every other one on at once), unless an operator switched them off, in
+    which case this changes nothing either. Returns how many runs it handed on.
+    """
+    runs = await _runs_in(client, [StateType.CRASHED])
+    await _emit(client, crash_found_events(runs))
+    return len(runs)
+
+
+async def _runs_in(client: PrefectClient, types: list[StateType]) -> list[FlowRun]:
+    """Every run of our deployments in one of the state `types`."""
+    ids = [(await client.read_deployment_by_name(d.full_name)).id for d in ALL_DEPLOYMENTS]
+    wanted = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=types)))
     runs: list[FlowRun] = []
     while True:
         page = await client.read_flow_runs(
-            flow_run_filter=unfinished,
+            flow_run_filter=wanted,
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=ids)),
             sort=FlowRunSort.ID_DESC,
             offset=len(runs),
@@ -326,10 +380,11 @@ async def watch_unfinished_runs(client: PrefectClient) -> int:
         )
         runs += page
         if len(page) < _PAGE:
-            break
-    events = watch_events(runs)
+            return runs
+
+
+async def _emit(client: PrefectClient, events: list[Event]) -> None:
     for start in range(0, len(events), _PAGE):
         batch = [e.model_dump(mode="json") for e in events[start : start + _PAGE]]
         response = await client.request("POST", "/events", json=batch)
         response.raise_for_status()
-    return len(events)

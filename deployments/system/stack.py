@@ -29,6 +29,7 @@ from prefect.client.orchestration import PrefectClient, SyncPrefectClient
 from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 from prefect.workers.process import ProcessWorker
 
+from deployments.control.automations import refind_crashed_runs
 from deployments.control.bootstrap import PROJECT_DIR, ensure_pool
 from deployments.control.queues import QUEUES, Queue, get_queue
 from deployments.system import credentials
@@ -45,6 +46,11 @@ SERVER_GRACE = 5.0
 #: Seconds between telling the workers to take no more runs and looking for their runs: a poll
 #: already answered may still start the run it fetched, and that run must be seen and stopped.
 DRAIN_SETTLE = 0.5
+#: Seconds the workers get, once their runs are gone, to report them Crashed, hurried or not:
+#: a run left Running waits out its queue's lock duration for the stalled-run automation.
+REPORT_GRACE = 5.0
+#: Prefect states of a run that a worker still has to report an end of.
+_IN_FLIGHT = ["PENDING", "RUNNING", "CANCELLING"]
 #: Inherited variables that would point the stack at another Prefect (a Cloud profile, say).
 #: Worker types the stack can start: ours, and Prefect's stock one as the fallback.
 FORKSERVER = ForkServerWorker.type
@@ -448,6 +454,10 @@ class Stack:
         if self.api_port is not None and (self.project_dir / "api_shim" / "app.py").exists():
             self.start_shim()
         self.bootstrap()
+        assert self.backend is not None
+        if not self.backend.scaled:
+            # After the bootstrap, which brings the automations these events are for.
+            asyncio.run(self._refind_crashed_runs())
         self.timings["bootstrap"] = time.monotonic() - mark
         for host in range(self.hosts):
             for queue in QUEUES:
@@ -465,6 +475,11 @@ class Stack:
             if not self.backend.scaled:
                 # This server has just started, its leases in memory: the last one's are gone.
                 await release_orphaned_slots(client)
+
+    async def _refind_crashed_runs(self) -> None:
+        # This server has just started, its events in memory: the last one's may be lost.
+        async with self.client() as client:
+            await refind_crashed_runs(client)
 
     def start_server(self, timeout: float = 90.0) -> None:
         """The Prefect server; with `server_ports`, its API processes and its services."""
@@ -696,8 +711,10 @@ class Stack:
             time.sleep(DRAIN_SETTLE)
         # Flow runs first, while their workers still live to report them.
         runs = [g for w in workers for g in w.flow_run_groups()]
+        in_flight = self._runs_in_flight() if runs else []
         front = [self.shim] if self.shim is not None else []
         _end_together(runs, front, self._until)
+        self._await_reports(in_flight)
         self.timings["stop runs"] = time.monotonic() - began
         _end_together([], workers, self._until)
         self.timings["stop workers"] = time.monotonic() - began
@@ -707,6 +724,40 @@ class Stack:
         server_deadline = time.monotonic() + SERVER_GRACE
         _end_together([], back, lambda: max(self._until(), server_deadline))
         self.timings["stop"] = time.monotonic() - began
+
+    def _runs_in_flight(self) -> list[str]:
+        """Ids of the runs of our pools that have not ended, as Prefect sees them; none when
+        it does not answer (then nobody could take a report either)."""
+        body = {
+            "flow_runs": {"state": {"type": {"any_": _IN_FLIGHT}}},
+            "work_pools": {"name": {"any_": [q.name for q in QUEUES]}},
+            "limit": 200,
+        }
+        try:
+            with self.http(timeout=2.0) as http:
+                answer = http.post("/flow_runs/filter", json=body)
+                answer.raise_for_status()
+                return [run["id"] for run in answer.json()]
+        except httpx.HTTPError:
+            return []
+
+    def _await_reports(self, ids: list[str]) -> None:
+        """Until Prefect has an end of each run in `ids` (their workers report each killed
+        one Crashed, and the re-run automation schedules it again), `REPORT_GRACE` at most."""
+        if not ids:
+            return
+        deadline = time.monotonic() + REPORT_GRACE
+        body = {"flow_runs": {"id": {"any_": ids}, "state": {"type": {"any_": _IN_FLIGHT}}}}
+        try:
+            with self.http(timeout=2.0) as http:
+                while time.monotonic() < deadline:
+                    answer = http.post("/flow_runs/count", json=body)
+                    answer.raise_for_status()
+                    if answer.json() == 0:
+                        return
+                    time.sleep(0.2)
+        except httpx.HTTPError:
+            return
 
     def hurry(self) -> None:
         """Cut a stop in progress short: what still runs is killed (handed back) now. The

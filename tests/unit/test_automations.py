@@ -7,13 +7,17 @@ from datetime import timedelta
 
 import pytest
 from prefect.client.schemas.objects import FlowRun
-from prefect.states import Running
+from prefect.events.schemas.automations import AutomationCore
+from prefect.states import Crashed, Running
 
 from deployments.control.automations import (
+    CRASH_FOUND_EVENT,
     GAVE_UP_NAME,
     WATCH_EVENT,
     check_supervision,
+    crash_found_events,
     lock_duration,
+    rerun_name,
     stalled_automation,
     wanted_automations,
     watch_events,
@@ -83,3 +87,35 @@ def test_a_watched_run_is_covered_by_its_pool_stalled_automation_like_a_heartbea
         "prefect.flow-run.Pending"
     )
     assert not stalled_trigger([other_id]).covers(received)
+
+
+@pytest.mark.parametrize(("run_count", "by"), [(1, "re-run"), (3, "gave-up")])
+def test_a_crash_found_at_start_is_taken_by_the_automation_its_run_count_calls_for(
+    run_count: int, by: str
+) -> None:
+    """The start's crash-found event matches what Prefect's own Crashed event would: the re-run
+    automation of the run's pool below the attempts, the gave-up one from the last on."""
+    from prefect.server.events.schemas.automations import EventTrigger as ServerTrigger
+    from prefect.server.events.schemas.events import Event as ServerEvent
+
+    settings = SupervisionSettings(crash_attempts=3)
+    run = FlowRun(
+        flow_id=uuid.uuid4(),
+        name="backup:manual x",
+        run_count=run_count,
+        work_pool_id=uuid.uuid4(),
+        work_pool_name="backup",
+        state=Crashed(),
+    )
+    unpooled = FlowRun(flow_id=uuid.uuid4(), name="no pool", state=Crashed())
+    (event,) = crash_found_events([run, unpooled])
+    received = ServerEvent.model_validate(event.model_dump(mode="json")).receive()
+
+    def covers(automation: AutomationCore) -> bool:
+        trigger = ServerTrigger.model_validate(automation.trigger.model_dump())
+        return trigger.covers(received) and trigger.expects(CRASH_FOUND_EVENT)
+
+    ids = {queue.name: [uuid.uuid4()] for queue in QUEUES}
+    taken = {a.name for a in wanted_automations(ids, settings) if covers(a)}
+    wanted = rerun_name(QUEUES_BY_NAME["backup"]) if by == "re-run" else GAVE_UP_NAME
+    assert taken == {wanted}
