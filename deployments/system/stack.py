@@ -694,8 +694,8 @@ class Stack:
         then to the server side; each wave waits together for what it signalled and SIGKILLs
         the rest. All waves share one deadline (the server side gets at least `SERVER_GRACE`
         more seconds, so the runs' final states reach it). A flow run still running at the
-        deadline is handed back: it is killed, ends Crashed (by its worker, or by the
-        stalled-run automation after the queue's lock duration), and the re-run automation of
+        deadline is handed back: it is killed, its worker reports it Crashed (within
+        `REPORT_GRACE`, even in a hurried stop), and the re-run automation of
         `deployments.control.automations` schedules it again while attempts remain.
         """
         grace = self.stop_grace if grace is None else grace
