@@ -36,6 +36,12 @@ CODECS: dict[str, tuple[str, list[str]]] = {
 }
 
 
+#: Suffix of an archive encrypted in the age format (what `age --decrypt` reads).
+AGE_SUFFIX = ".age"
+#: Suffix of a backup's member listing beside its manifest (not `.json`: manifests are those).
+LISTING_SUFFIX = ".files.jsonl"
+
+
 class BackupStatus(StrEnum):
     """Where a backup stands, as its manifest records it."""
 
@@ -45,6 +51,9 @@ class BackupStatus(StrEnum):
     COMPLETED = "completed"
     #: The backup failed; any partial archive was removed.
     FAILED = "failed"
+    #: It was completed, and a later check found its archive missing or not matching its
+    #: checksum: kept for the operator to look at, never counted as a good backup.
+    CORRUPT = "corrupt"
 
 
 class Manifest(BaseModel):
@@ -69,6 +78,14 @@ class Manifest(BaseModel):
     finished_at: datetime | None = None
     status: BackupStatus = BackupStatus.RUNNING
     error: str | None = None
+    #: The age public keys (`age1...`) the archive is encrypted to; empty for a plain archive.
+    recipients: list[str] = []
+    #: sha256 of the tar stream as the server sent it, before encryption (for a plain archive,
+    #: `sha256` itself): what a restore with the identity checks.
+    plaintext_sha256: str | None = None
+    #: When a check last re-read the stored archive and found it matching (None: never since
+    #: the backup was written and verified).
+    checked_at: datetime | None = None
     #: The pre command ran and the post command has not yet: a run that died here left the
     #: server as pre left it (a stopped service), and the next try runs post first.
     post_pending: bool = False
@@ -76,10 +93,16 @@ class Manifest(BaseModel):
     @model_validator(mode="after")
     def _archive_beside_manifest(self) -> Manifest:
         # An edited manifest must not point restore or cleanup at a file outside the repository.
-        expected = BackupRepository.archive_name(self.backup_id, self.compression)
+        expected = BackupRepository.archive_name(
+            self.backup_id, self.compression, encrypted=self.encrypted
+        )
         if self.archive != expected:
             raise ValueError(f"archive must be {expected!r}, not {self.archive!r}")
         return self
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.recipients)
 
 
 class Survey(BaseModel):
@@ -116,8 +139,14 @@ class BackupRepository:
         return self.server_dir(manifest.server_id) / manifest.archive
 
     @staticmethod
-    def archive_name(backup_id: UUID, compression: Compression) -> str:
-        return f"{UUID(str(backup_id))}{CODECS[compression][0]}"
+    def archive_name(backup_id: UUID, compression: Compression, *, encrypted: bool = False) -> str:
+        suffix = CODECS[compression][0] + (AGE_SUFFIX if encrypted else "")
+        return f"{UUID(str(backup_id))}{suffix}"
+
+    def listing_path(self, manifest: Manifest) -> Path:
+        """The archive's member listing, one JSON object per line, written at backup time so
+        that browsing needs neither the identity nor a read of the whole archive."""
+        return self.server_dir(manifest.server_id) / f"{manifest.backup_id}{LISTING_SUFFIX}"
 
     def read(self, server_id: UUID, backup_id: UUID) -> Manifest | None:
         path = self.manifest_path(server_id, backup_id)

@@ -22,6 +22,7 @@ _STATUS_STYLE = {
     BackupStatus.COMPLETED: "green",
     BackupStatus.RUNNING: "yellow",
     BackupStatus.FAILED: "red",
+    BackupStatus.CORRUPT: "red",
 }
 
 
