@@ -9,6 +9,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 #: Bytes written between two requests to the kernel to start writing them out (write-behind).
 WRITE_BEHIND = 32 << 20
@@ -31,6 +32,30 @@ def write_atomic(path: Path, data: bytes) -> None:
         out.write(data)
 
 
+class ArchiveSink(Protocol):
+    """What a download writes an archive into: a `HashingWriter`, or one behind an encryption
+    (`tasks.encryption.EncryptingWriter`). Bytes arrive through `write`, or from a child process
+    given `fileno()` that `catch_up` then accounts for."""
+
+    @property
+    def size(self) -> int:
+        """Bytes received so far."""
+        ...
+
+    def fileno(self) -> int: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def catch_up(self) -> int:
+        """Account for what a child wrote to `fileno()` since; returns how many bytes."""
+        ...
+
+    def storage_fd(self) -> int:
+        """A descriptor of the file on the repository's disk (whose free space says whether a
+        failed write was for want of room); `fileno()` itself unless that is a pipe."""
+        ...
+
+
 class HashingWriter:
     """An unbuffered file that counts and hashes what goes through it.
 
@@ -48,6 +73,9 @@ class HashingWriter:
         self._buffer: memoryview | None = None
 
     def fileno(self) -> int:
+        return self._fd
+
+    def storage_fd(self) -> int:
         return self._fd
 
     def write(self, data: bytes) -> None:

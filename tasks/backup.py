@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 from dataclasses import dataclass
 from uuid import UUID
@@ -9,10 +10,13 @@ from uuid import UUID
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.archive_listing import write_listing
+from tasks.atomic import HashingWriter
 from tasks.core.errors import InvalidOptions, RemoteCommandFailed, RemotePathMissing
 from tasks.core.inventory import Server
-from tasks.core.jobs import BackupOptions
+from tasks.core.jobs import BackupOptions, backup_recipients
 from tasks.core.settings import get_settings
+from tasks.encryption import EncryptingWriter, check_tools, encrypting
 from tasks.outcome import failure_published
 from tasks.progress import Progress
 from tasks.remote import Connection, run_once, session_for
@@ -45,6 +49,8 @@ class BackupPlan:
     compression: Compression
     estimated_bytes: int
     estimated_files: int
+    #: The age public keys to encrypt to; empty: a plain archive.
+    recipients: tuple[str, ...] = ()
 
 
 def repository() -> BackupRepository:
@@ -109,6 +115,8 @@ def plan_backup(
     if server.backup is None:
         raise InvalidOptions(f"{server.name} has no `backup` section in the inventory")
     paths = server.backup.paths
+    # Before the server is asked anything: encryption without a recipient fails at once.
+    recipients = backup_recipients(options, server.backup, get_settings().encryption)
     with session_for(server, connection, open_session) as ssh:
         result = ssh.run(plan_command(paths), check=False)
     missing, codecs, files, size = parse_plan(result.text)
@@ -123,11 +131,15 @@ def plan_backup(
             exit_status=result.exit_status,
             stderr_tail=result.stderr_tail(),
         )
+    compression = choose_compression(options, codecs, server)
+    if recipients:
+        check_tools(compression)
     return BackupPlan(
-        compression=choose_compression(options, codecs, server),
+        compression=compression,
         # tar adds a header block per member and pads each file to a block.
         estimated_bytes=size + files * 2 * TAR_BLOCK,
         estimated_files=files,
+        recipients=tuple(recipients),
     )
 
 
@@ -159,7 +171,10 @@ def create_backup_record(
         job_type=job_type,
         compression=plan.compression,
         paths=list(server.backup.paths),
-        archive=BackupRepository.archive_name(backup_id, plan.compression),
+        archive=BackupRepository.archive_name(
+            backup_id, plan.compression, encrypted=bool(plan.recipients)
+        ),
+        recipients=list(plan.recipients),
         started_at=utcnow(),
     )
     repo.save(manifest)
@@ -192,16 +207,22 @@ def transfer_archive(
     progress: Progress,
     connection: Connection | None = None,
 ) -> Manifest:
-    """Stream tar from the server into the repository; size and sha256 computed on the way."""
+    """Stream tar from the server into the repository; size and sha256 computed on the way.
+
+    An encrypted backup's tar goes through age (`tasks.encryption`) on its way to the file; its
+    plaintext's sha256 and member listing are taken on the way too, as no later reader here
+    can decrypt it.
+    """
     repo = repository()
     progress.milestone(40, "transfer started")
     with (
         session_for(server, connection, open_session) as ssh,
         repo.open_archive(manifest) as archive,
+        _encrypted(manifest, archive) as sink,
     ):
         result = ssh.download(
             tar_command(manifest.paths, manifest.compression),
-            archive,
+            sink,
             on_progress=lambda size: progress.between(
                 40, 90, size, plan.estimated_bytes, "transferring"
             ),
@@ -219,7 +240,21 @@ def transfer_archive(
                 "%s: files changed while they were read: %s", server.name, result.stderr_tail()
             )
     progress.milestone(90, "transfer done")
-    return manifest.model_copy(update={"size": archive.size, "sha256": archive.sha256})
+    stored = {"size": archive.size, "sha256": archive.sha256}
+    if isinstance(sink, EncryptingWriter):
+        write_listing(repo.listing_path(manifest), sink.members)
+        files = sum(1 for member in sink.members if member.type == "file")
+        stored |= {"plaintext_sha256": sink.sha256, "file_count": files}
+    return manifest.model_copy(update=stored)
+
+
+def _encrypted(
+    manifest: Manifest, archive: HashingWriter
+) -> contextlib.AbstractContextManager[HashingWriter | EncryptingWriter]:
+    """What the transfer writes into: `archive` itself, or age in front of it."""
+    if not manifest.encrypted:
+        return contextlib.nullcontext(archive)
+    return encrypting(archive, manifest.recipients, manifest.compression)
 
 
 def set_post_pending(manifest: Manifest, pending: bool) -> Manifest:

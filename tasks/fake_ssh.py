@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from tasks.atomic import HashingWriter
+from tasks.atomic import ArchiveSink
 from tasks.core.errors import JobError, TransientError
 from tasks.core.inventory import Server
 from tasks.remote import CommandResult, OnLine, OnProgress, command_failed, quoted
@@ -159,7 +159,7 @@ class FakeSession:
         return CommandResult(result.exit_status, b"", result.stderr)
 
     def download(
-        self, argv: Sequence[str], archive: HashingWriter, *, on_progress: OnProgress | None = None
+        self, argv: Sequence[str], archive: ArchiveSink, *, on_progress: OnProgress | None = None
     ) -> CommandResult:
         result = self._result("download", quoted(argv), check=False, label=None)
         # Two writes, so a caller's progress moves as it would during a real transfer.

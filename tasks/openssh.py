@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
-from tasks.atomic import HashingWriter
+from tasks.atomic import ArchiveSink
 from tasks.core.errors import JobError, RepositoryFull, SSHTimeout
 from tasks.core.inventory import Server
 from tasks.core.settings import SSHSettings
@@ -128,7 +128,7 @@ class OpenSSHDownloader:
         self._settings = settings
 
     def download(
-        self, argv: Sequence[str], archive: HashingWriter, *, on_progress: OnProgress | None = None
+        self, argv: Sequence[str], archive: ArchiveSink, *, on_progress: OnProgress | None = None
     ) -> CommandResult:
         """`tasks.remote.Downloader.download`: `argv` quoted here, stderr's tail kept."""
         status, stderr = download(
@@ -141,7 +141,7 @@ def download(
     server: Server,
     settings: SSHSettings,
     command: str,
-    archive: HashingWriter,
+    archive: ArchiveSink,
     on_progress: Callable[[int], object] | None = None,
 ) -> tuple[int, bytes]:
     """Run `command` on `server` with its stdout going into `archive`'s file.
@@ -182,7 +182,7 @@ def download(
         process.wait()
         reader.join(timeout=10)
     if process.returncode == SSH_FAILED:
-        if archive.size > 0 and _disk_full(archive.fileno()):
+        if archive.size > 0 and _disk_full(archive.storage_fd()):
             # ssh says nothing when it cannot write our file: it just exits 255.
             raise RepositoryFull(
                 f"the backup repository's disk is full (No space left on device) after "

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from tasks.atomic import HashingWriter
+from tasks.atomic import ArchiveSink
 from tasks.core.errors import (
     CommandOutcomeUnknown,
     HostKeyMismatch,
@@ -91,7 +91,7 @@ class Downloader(Protocol):
     """Streams a remote program's stdout into a local file: what both real transports do."""
 
     def download(
-        self, argv: Sequence[str], archive: HashingWriter, *, on_progress: OnProgress | None = None
+        self, argv: Sequence[str], archive: ArchiveSink, *, on_progress: OnProgress | None = None
     ) -> CommandResult:
         """Run `argv` (each argument quoted) with its stdout written into `archive`, counted and
         hashed; `on_progress(bytes so far)` as it grows. The exit status is the caller's."""

@@ -17,14 +17,16 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic.alias_generators import to_camel
 
+from tasks.archive_listing import load_listing
 from tasks.atomic import HashingWriter, atomic_file, fsync_dir, write_atomic
 from tasks.core.errors import ArchiveInvalid, BackupInProgress, InvalidOptions
+from tasks.encryption import decrypting, read_plaintext
 
 Compression = Literal["none", "gzip", "zstd"]
 
@@ -121,6 +123,9 @@ class Verification(BaseModel):
     size: int
     sha256: str
     file_count: int
+    #: An encrypted archive was decrypted and its plaintext checked too (an identity was given);
+    #: False for one checked by its stored bytes alone, and for a plain archive.
+    decrypted: bool = False
 
 
 class BackupRepository:
@@ -283,8 +288,13 @@ class BackupRepository:
         for stale in self.server_dir(manifest.server_id).glob(f".{manifest.backup_id}.*.partial"):
             stale.unlink(missing_ok=True)
 
-    def verify(self, manifest: Manifest) -> Verification:
-        """Check size and sha256 against the manifest and that tar can list every member."""
+    def verify(self, manifest: Manifest, identity: Path | None = None) -> Verification:
+        """Check size and sha256 against the manifest and that tar can list every member.
+
+        An encrypted archive without `identity`: its stored bytes only (the file count is the
+        one its backup listed). With it, the archive is decrypted: the plaintext's sha256 and
+        its members must match the manifest and the listing written at backup time.
+        """
         path = self.archive_path(manifest)
         if not path.is_file():
             raise ArchiveInvalid(f"backup {manifest.backup_id}: archive {path} is missing")
@@ -303,29 +313,61 @@ class BackupRepository:
             raise ArchiveInvalid(
                 f"backup {manifest.backup_id}: {size} bytes, the manifest says {manifest.size}"
             )
+        if not manifest.encrypted:
+            file_count = count_files(path, manifest.compression)
+        elif identity is None:
+            file_count = manifest.file_count or 0
+        else:
+            file_count = self._verify_plaintext(manifest, identity)
         return Verification(
             backup_id=manifest.backup_id,
             size=size,
             sha256=digest.hexdigest(),
-            file_count=count_files(path, manifest.compression),
+            file_count=file_count,
+            decrypted=manifest.encrypted and identity is not None,
         )
 
-    def restore(self, manifest: Manifest, destination: Path, *, overwrite: bool = False) -> Path:
-        """Verify the archive, then unpack it into `destination` (empty unless `overwrite`)."""
-        self.verify(manifest)
+    def _verify_plaintext(self, manifest: Manifest, identity: Path) -> int:
+        """Decrypt the archive: its plaintext sha256 and members as its backup recorded them;
+        returns the number of regular files."""
+        plain = read_plaintext(self.archive_path(manifest), identity, manifest.compression)
+        name = f"backup {manifest.backup_id}"
+        if manifest.plaintext_sha256 is not None and plain.sha256 != manifest.plaintext_sha256:
+            raise ArchiveInvalid(
+                f"{name}: decrypted sha256 {plain.sha256} does not match the manifest's "
+                f"{manifest.plaintext_sha256}"
+            )
+        listing = self.listing_path(manifest)
+        if listing.is_file() and load_listing(listing) != plain.members:
+            raise ArchiveInvalid(f"{name}: the decrypted members differ from {listing}")
+        return sum(1 for member in plain.members if member.type == "file")
+
+    def restore(
+        self,
+        manifest: Manifest,
+        destination: Path,
+        *,
+        overwrite: bool = False,
+        identity: Path | None = None,
+    ) -> Path:
+        """Verify the archive, then unpack it into `destination` (empty unless `overwrite`);
+        an encrypted one needs its `identity`, and is decrypted on its way into tar."""
+        if manifest.encrypted and identity is None:
+            raise InvalidOptions(
+                f"backup {manifest.backup_id} is encrypted; restoring it needs an identity"
+                " (--identity FILE or MM_BACKUP_IDENTITY)"
+            )
+        self.verify(manifest, identity)
         destination.mkdir(parents=True, exist_ok=True)
         if not overwrite and any(destination.iterdir()):
             raise InvalidOptions(f"{destination} is not empty; pass overwrite to restore into it")
-        _tar(
-            [
-                "--extract",
-                "--file",
-                str(self.archive_path(manifest)),
-                "--directory",
-                str(destination),
-                *CODECS[manifest.compression][1],
-            ]
-        )
+        archive = self.archive_path(manifest)
+        extract = ["--extract", "--directory", str(destination), *CODECS[manifest.compression][1]]
+        if identity is None or not manifest.encrypted:
+            _tar([*extract, "--file", str(archive)])
+            return destination
+        with decrypting(archive, identity) as plaintext:
+            _tar([*extract, "--file", "-"], stdin=plaintext)
         return destination
 
 
@@ -335,9 +377,9 @@ def count_files(archive: Path, compression: Compression) -> int:
     return sum(1 for line in listing.splitlines() if line.startswith("-"))
 
 
-def _tar(args: list[str]) -> str:
+def _tar(args: list[str], stdin: IO[bytes] | None = None) -> str:
     result = subprocess.run(
-        ["tar", *args], capture_output=True, text=True, errors="replace", check=False
+        ["tar", *args], stdin=stdin, capture_output=True, text=True, errors="replace", check=False
     )
     if result.returncode != 0:
         raise ArchiveInvalid(f"tar {args[0]} failed: {result.stderr.strip()[-500:]}")

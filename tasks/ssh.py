@@ -24,7 +24,7 @@ from typing import Any, cast
 import paramiko
 
 from tasks import openssh
-from tasks.atomic import HashingWriter
+from tasks.atomic import ArchiveSink
 from tasks.core.errors import (
     HostKeyUnknown,
     JobError,
@@ -173,7 +173,7 @@ def job_connection(server: Server, settings: SSHSettings | None = None) -> Conne
 def download(
     server: Server,
     argv: Sequence[str],
-    archive: HashingWriter,
+    archive: ArchiveSink,
     *,
     on_progress: OnProgress | None = None,
     settings: SSHSettings | None = None,
@@ -247,7 +247,7 @@ class SSHSession:
         return self._collect(quoted(argv), check=check)
 
     def download(
-        self, argv: Sequence[str], archive: HashingWriter, *, on_progress: OnProgress | None = None
+        self, argv: Sequence[str], archive: ArchiveSink, *, on_progress: OnProgress | None = None
     ) -> CommandResult:
         """Run a program on the server and write its stdout into `archive`, counted and hashed.
 

@@ -63,8 +63,10 @@ POLL_SECONDS = {FORKSERVER: 5, ProcessWorker.type: 1}
 _FOREIGN = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH")
 #: Inherited secrets that only some children may have: each is set again for those that need it
 #: (the server side, the shim), never passed on to workers and flow runs by inheritance.
+#: MM_BACKUP_IDENTITY is set again for none: the CLI decrypts, a worker only encrypts.
 _SECRETS = (
     "MM_JWT_SECRET",
+    "MM_BACKUP_IDENTITY",
     "MM_DATABASE_URL",
     "MM_REDIS_URL",
     "PREFECT_API_AUTH_STRING",

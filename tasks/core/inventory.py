@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from tasks.core.errors import InventoryError, ServerNotFound
+from tasks.core.recipients import AgeRecipient
 from tasks.core.schedules import CronExpression, TimeZone
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -77,6 +78,11 @@ class BackupSpec(_Model):
     post: str | None = None
     #: Retention of the server's archives (the maintenance flow); default: the MM_KEEP_* settings.
     keep: KeepSpec | None = None
+    #: Encrypt every backup of this server (age format), whatever the request says: the
+    #: operator's word, which a request's `encryption: false` does not undo.
+    encrypt: bool = False
+    #: The age public keys its encrypted backups are readable by; empty: MM_BACKUP_RECIPIENTS.
+    recipients: list[AgeRecipient] = Field(default_factory=list)
 
 
 class UpdateSpec(_Model):

@@ -1,11 +1,16 @@
-"""The parameters of each flow: what a job asks for. Plain pydantic, no Prefect, no SSH."""
+"""The parameters of each flow: what a job asks for, and what a backup's options come to with
+the inventory and the settings. Plain pydantic, no Prefect, no SSH."""
 
 from __future__ import annotations
 
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict
+
+from tasks.core.errors import InvalidOptions
+from tasks.core.inventory import BackupSpec
+from tasks.core.settings import EncryptionSettings
 
 
 class JobType(StrEnum):
@@ -38,16 +43,9 @@ class BackupOptions(BaseModel):
     backup_type: Literal["full"] = "full"
     #: True picks zstd (gzip when the server has no zstd); a name picks that codec.
     compression: bool | Literal["none", "gzip", "zstd"] = False
+    #: True encrypts the archive to the server's recipients (tasks/encryption.py); False leaves
+    #: the server's `backup.encrypt` to decide, it never turns encryption off.
     encryption: bool = False
-
-    @field_validator("encryption")
-    @classmethod
-    def _no_encryption_yet(cls, value: bool) -> bool:
-        if value:
-            raise ValueError(
-                "encryption is not supported yet; keep the backup repository on an encrypted disk"
-            )
-        return value
 
     @property
     def wanted_compression(self) -> Literal["none", "gzip", "zstd", "auto"]:
@@ -56,3 +54,24 @@ class BackupOptions(BaseModel):
         if self.compression is False:
             return "none"
         return self.compression
+
+
+def backup_recipients(
+    options: BackupOptions, spec: BackupSpec | None, settings: EncryptionSettings
+) -> list[str]:
+    """The age public keys this backup is encrypted to; empty: a plain archive.
+
+    Encrypted when the request asks (`encryption: true`) or the server's `backup.encrypt`
+    says so; to the server's `backup.recipients`, else MM_BACKUP_RECIPIENTS. Asked for with
+    neither set, it is `InvalidOptions`: never a plain archive in place of an encrypted one.
+    """
+    if not (options.encryption or (spec is not None and spec.encrypt)):
+        return []
+    recipients = list(spec.recipients if spec is not None and spec.recipients else [])
+    recipients = recipients or list(settings.recipients)
+    if not recipients:
+        raise InvalidOptions(
+            "encryption asked for, but no recipient is configured: set MM_BACKUP_RECIPIENTS"
+            " or the server's backup.recipients (age public keys, `age-keygen -y`)"
+        )
+    return recipients

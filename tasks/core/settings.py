@@ -20,7 +20,7 @@ import re
 import secrets
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -32,8 +32,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
+
+from tasks.core.recipients import AgeRecipient
 
 #: Prefect's floor for flow-run heartbeats (`prefect.flow_engine.MINIMUM_HEARTBEAT_INTERVAL`).
 MIN_HEARTBEAT_SECONDS = 30
@@ -80,6 +82,31 @@ class SSHSettings(BaseSettings):
         description="How archives are downloaded: `auto` uses the system OpenSSH client when it"
         " can keep paramiko's checks (tasks/openssh.py), else paramiko; `paramiko` always.",
     )
+
+
+class EncryptionSettings(BaseSettings):
+    """Encrypted backups (age format): the public keys workers encrypt to, and the private key
+    only the CLI's `verify` and `restore` read. deployments/system/stack.py never passes
+    MM_BACKUP_IDENTITY to a child: a worker writes backups without any private key."""
+
+    model_config = _section("MM_BACKUP_")
+
+    recipients: Annotated[list[AgeRecipient], NoDecode] = Field(
+        default_factory=list,
+        description="age public keys (`age1...`) an encrypted backup is readable by, separated"
+        " by commas or spaces; a server's `backup.recipients` replaces them.",
+    )
+    identity: Path | None = Field(
+        None, description="age identity file (private key) of `verify` and `restore`, CLI only."
+    )
+
+    @field_validator("recipients", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        # A list of keys is one line of text in the environment, not JSON.
+        if isinstance(value, str):
+            return value.replace(",", " ").split()
+        return value
 
 
 class InsecureSettings(RuntimeError):
@@ -303,6 +330,7 @@ class Settings(BaseModel):
     """Every MM_* setting, by section; each section reads its own variables when made."""
 
     paths: PathSettings = Field(default_factory=PathSettings)
+    encryption: EncryptionSettings = Field(default_factory=EncryptionSettings)
     ssh: SSHSettings = Field(default_factory=SSHSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     stack: StackSettings = Field(default_factory=StackSettings)

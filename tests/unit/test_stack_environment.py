@@ -73,6 +73,7 @@ def test_secrets_reach_only_the_processes_that_need_them(
         "PREFECT_API_DATABASE_CONNECTION_URL": SCALED.database_url,
         "PREFECT_REDIS_MESSAGING_PASSWORD": "redis-password",
         "PREFECT_SERVER_API_AUTH_STRING": "someone:else",
+        "MM_BACKUP_IDENTITY": str(tmp_path / "age-identity.txt"),
     }
     for key, value in inherited.items():
         assert value is not None
@@ -82,6 +83,9 @@ def test_secrets_reach_only_the_processes_that_need_them(
     # Workers, their flow runs, the bootstrap: no database or Redis password, no JWT secret.
     assert not any("db-password" in v or "redis-password" in v for v in clients.values())
     assert "MM_JWT_SECRET" not in clients
+    # Backups are encrypted to public keys: no process of the stack gets the private one.
+    assert "MM_BACKUP_IDENTITY" not in clients
+    assert "MM_BACKUP_IDENTITY" not in stack.server_environment()
     assert "PREFECT_SERVER_API_AUTH_STRING" not in clients
     assert clients["PREFECT_API_AUTH_STRING"] == "admin:" + "a" * 40
     server = stack.server_environment()
