@@ -22,9 +22,9 @@ _scrub()
 
 # The session's services, one of each for every tier (a second stack would cost ~30 s).
 from tasks.core.settings import get_settings  # noqa: E402
-from tests.support.session import failover, inventory, stack, target  # noqa: E402
+from tests.support.session import age_identity, failover, inventory, stack, target  # noqa: E402
 
-__all__ = ["failover", "inventory", "stack", "target"]
+__all__ = ["age_identity", "failover", "inventory", "stack", "target"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

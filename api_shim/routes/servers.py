@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any, TypeVar
 from uuid import UUID, uuid4
 
-from fastapi import APIRouter, Body, Header, Request, status
+from fastapi import APIRouter, Body, Header, HTTPException, Request, status
 
 from api_shim.access import inventory_for, usable_server, usable_servers
 from api_shim.auth import CurrentCaller
@@ -27,8 +27,10 @@ from api_shim.schemas import (
 )
 from deployments.control.queues import Priority
 from tasks.core.callers import Caller
+from tasks.core.errors import InvalidOptions
 from tasks.core.inventory import Server
-from tasks.core.jobs import JobType
+from tasks.core.jobs import BackupOptions, JobType, backup_recipients
+from tasks.core.settings import get_settings
 
 router = APIRouter(prefix="/api/servers", tags=["servers"])
 
@@ -87,6 +89,14 @@ async def backup(
     """Enqueue a `backup:manual` job (HIGH priority unless asked otherwise)."""
     body = body or BackupRequest()
     options = body.model_dump(exclude={"priority"})
+    server = usable_server(caller, inventory_for(caller), server_id)
+    try:
+        # Encryption without a recipient is refused here, not by a job that fails later.
+        backup_recipients(
+            BackupOptions.model_validate(options), server.backup, get_settings().encryption
+        )
+    except InvalidOptions as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     extra = {"options": options}
     return await _enqueue(
         request, gateway, caller, JobType.BACKUP_MANUAL, server_id, "backup_id", extra,

@@ -161,11 +161,19 @@ def backup(
             show_default=False,
         ),
     ] = None,
+    encrypt: Annotated[
+        bool,
+        typer.Option(
+            "--encrypt",
+            help="Encrypt the archive (age) to the server's backup.recipients or"
+            " MM_BACKUP_RECIPIENTS (a server's backup.encrypt does so anyway).",
+        ),
+    ] = False,
     priority: PriorityOption = None,
     wait: WaitOption = False,
 ) -> None:
     """Back up a server now (a backup:manual job)."""
-    options = BackupOptions() if compression is None else BackupOptions(compression=compression)
+    options = BackupOptions(compression=compression or False, encryption=encrypt)
     _start(
         JobType.BACKUP_MANUAL,
         server_id,
@@ -282,18 +290,46 @@ def backups(
     show(out, backups_table(str(wanted), manifests))
 
 
+IdentityOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--identity",
+        "-i",
+        help="age identity file (private key) of an encrypted backup; default: MM_BACKUP_IDENTITY.",
+        show_default=False,
+    ),
+]
+
+
+def _identity(given: Path | None) -> Path | None:
+    return given or get_settings().encryption.identity
+
+
 @app.command()
 @reported
 def verify(
     backup_id: Annotated[str, typer.Argument(help="Backup id.")],
+    identity: IdentityOption = None,
 ) -> None:
-    """Check a backup's archive against its manifest (size, sha256, readable by tar)."""
+    """Check a backup's archive against its manifest (size, sha256, readable by tar).
+
+    An encrypted backup: its stored bytes; with an identity, it is decrypted and its plaintext
+    checked too (sha256, and the members its backup listed).
+    """
     repository, manifest = _find(backup_id)
-    result = repository.verify(manifest)
+    result = repository.verify(manifest, _identity(identity) if manifest.encrypted else None)
+    checked = ""
+    if manifest.encrypted:
+        checked = (
+            ", decrypted and its plaintext checked"
+            if result.decrypted
+            else "; encrypted: its stored bytes checked, not decrypted (no --identity)"
+        )
     out.print(
         f"backup {result.backup_id} OK: {result.file_count} files, {result.size} bytes, "
-        f"sha256 {result.sha256}",
+        f"sha256 {result.sha256}{checked}",
         markup=False,
+        soft_wrap=True,
     )
 
 
@@ -305,10 +341,12 @@ def restore(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Unpack into a non-empty directory.")
     ] = False,
+    identity: IdentityOption = None,
 ) -> None:
-    """Verify a backup, then unpack it into DEST (which must be empty unless --overwrite)."""
+    """Verify a backup, then unpack it into DEST (which must be empty unless --overwrite);
+    an encrypted one with its identity."""
     repository, manifest = _find(backup_id)
-    target = repository.restore(manifest, dest, overwrite=overwrite)
+    target = repository.restore(manifest, dest, overwrite=overwrite, identity=_identity(identity))
     out.print(f"backup {manifest.backup_id} restored into {target}", markup=False)
 
 

@@ -15,7 +15,9 @@ nothing here skips.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import threading
 import uuid
 from collections.abc import Iterator
@@ -31,6 +33,7 @@ from deployments.system.local_target import LocalTarget, free_port
 from deployments.system.stack import Stack
 from tasks.atomic import write_atomic
 from tasks.core.settings import BackendSettings
+from tests.support.age import Identity, make_identity
 from tests.support.failover import Failover
 from tests.support.scaled import auth_string, scaled_backend
 
@@ -132,6 +135,25 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTarget]:
 
 
 @pytest.fixture(scope="session")
+def age_identity(tmp_path_factory: pytest.TempPathFactory) -> Identity:
+    """The session's age key pair: tests encrypt backups to its public key. The stack starts
+    with MM_BACKUP_IDENTITY naming its private key, which the stack must pass to no child
+    (tests/integration/test_encrypted_backup.py checks the workers' environments)."""
+    return make_identity(tmp_path_factory.mktemp("age") / "identity.txt")
+
+
+@contextlib.contextmanager
+def _identity_set(identity: Identity) -> Iterator[None]:
+    """MM_BACKUP_IDENTITY in this process's environment while the stack starts only: the
+    tests' own settings never see it."""
+    os.environ["MM_BACKUP_IDENTITY"] = str(identity.path)
+    try:
+        yield
+    finally:
+        del os.environ["MM_BACKUP_IDENTITY"]
+
+
+@pytest.fixture(scope="session")
 def failover(request: pytest.FixtureRequest) -> Iterator[Failover | None]:
     """In scaled mode, the one address in front of the two Prefect API processes."""
     if request.config.getoption("--stack-mode") != "scaled":
@@ -149,6 +171,7 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory,
     inventory: InventoryFile,
     failover: Failover | None,
+    age_identity: Identity,
 ) -> Iterator[Stack]:
     """Server, bootstrap and workers, on free ports; the mode comes from `--stack-mode`.
 
@@ -176,7 +199,8 @@ def stack(
     if failover is None:
         embedded = BackendSettings(database_url=None, redis_url=None)
         running = Stack(data_dir, port=free_port(), backend=embedded, **common)
-        running.start()
+        with _identity_set(age_identity):
+            running.start()
         try:
             with running.prefect_settings():
                 yield running
@@ -194,7 +218,8 @@ def stack(
             **common,
         )
         try:
-            running.start(timeout=180)
+            with _identity_set(age_identity):
+                running.start(timeout=180)
             with running.prefect_settings():
                 yield running
         finally:

@@ -15,7 +15,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from deployments.cli import main as cli
+from deployments.control.jobs import Enqueued
 from flows.backup import backup
 from tasks.archive_listing import load_listing, write_listing
 from tasks.atomic import atomic_file
@@ -24,13 +27,15 @@ from tasks.core.errors import ArchiveInvalid, InvalidOptions, InventoryError
 from tasks.core.inventory import BackupSpec, load_inventory
 from tasks.core.jobs import BackupOptions, backup_recipients
 from tasks.core.recipients import check_recipient
-from tasks.core.settings import EncryptionSettings, SettingsError, read_settings
+from tasks.core.settings import EncryptionSettings, SettingsError, get_settings, read_settings
 from tasks.encryption import check_tools, encrypting, read_plaintext
 from tasks.repository import BackupRepository, BackupStatus, Compression, Manifest, utcnow
 from tests.support.age import Identity, make_identity
 from tests.support.offline import Offline, offline
 
 __all__ = ["offline"]
+
+runner = CliRunner()
 
 #: Public keys of `age-keygen` pairs whose private keys were thrown away.
 KEY_A = "age1nh942zkuqderu3a4xdk7jfrghwa8fhkxxhv30y3egcrd330ykypsqtzvhm"
@@ -366,3 +371,46 @@ def test_encryption_without_a_recipient_fails_before_the_server_is_asked(
             server_id=server.id, backup_id=uuid.uuid4(), options=BackupOptions(encryption=True)
         )
     assert offline.fake.commands == []
+
+
+# --- the CLI ------------------------------------------------------------------------------------
+
+
+def test_the_cli_asks_for_encryption_with_encrypt(monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[dict[str, object]] = []
+
+    async def enqueue(job_type: object, parameters: dict[str, object], priority: object) -> object:
+        sent.append(parameters)
+        return Enqueued(job_id=uuid.uuid4(), deployment="x/x", queue="pool/queue", parameters={})
+
+    monkeypatch.setattr(cli, "enqueue", enqueue)
+    result = runner.invoke(cli.app, ["backup", str(uuid.uuid4()), "--encrypt"])
+    assert result.exit_code == 0, result.output
+    assert sent[0]["options"] == {"backup_type": "full", "compression": False, "encryption": True}
+
+
+def test_the_cli_verifies_and_restores_with_the_identity(
+    tmp_path: Path, identity: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo, manifest = encrypted_backup(tmp_path, identity)
+    monkeypatch.setenv("MM_BACKUP_ROOT", str(repo.root))
+    backup_id = str(manifest.backup_id)
+
+    stored = runner.invoke(cli.app, ["verify", backup_id])
+    assert stored.exit_code == 0, stored.output
+    assert "stored bytes checked, not decrypted (no --identity)" in stored.stdout
+    decrypted = runner.invoke(cli.app, ["verify", backup_id, "--identity", str(identity.path)])
+    assert decrypted.exit_code == 0, decrypted.output
+    assert (
+        "2 files" in decrypted.stdout and "decrypted and its plaintext checked" in decrypted.stdout
+    )
+
+    refused = runner.invoke(cli.app, ["restore", backup_id, str(tmp_path / "r")])
+    assert refused.exit_code == 1
+    assert "needs an identity (--identity FILE or MM_BACKUP_IDENTITY)" in refused.stderr
+    # MM_BACKUP_IDENTITY stands in for --identity.
+    monkeypatch.setenv("MM_BACKUP_IDENTITY", str(identity.path))
+    get_settings.cache_clear()  # as a new process of the CLI would read it
+    restored = runner.invoke(cli.app, ["restore", backup_id, str(tmp_path / "r")])
+    assert restored.exit_code == 0, restored.output
+    assert (tmp_path / "r" / "srv/app/a.txt").read_bytes() == FILES["srv/app/a.txt"]
