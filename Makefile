@@ -32,6 +32,9 @@ test: install
 	@test -x /usr/sbin/sshd || { \
 		$(SUDO) apt-get update && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends openssh-server; }
+	@command -v age >/dev/null || { \
+		$(SUDO) apt-get update && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends age; }
 	$(UV) run pytest --durations=15 --burst=sixth
 	$(UV) run pytest --durations=5 --stack-mode=scaled $(SCALED_TESTS)
 

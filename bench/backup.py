@@ -9,6 +9,9 @@ Starts an sshd on loopback (`deployments.system.local_target`) serving the cache
   remote tar (`tasks.backup.tar_command`), stdout redirected into a file;
 - ours: `tasks.backup.transfer_archive`, the function the backup flow's task runs (its body,
   `.fn`, outside Prefect): connect, stream, sha256, written atomically (fsync + rename);
+- ours encrypted: the same with the manifest's recipients set (one age key made for the run),
+  so the tar streams through `age --encrypt` with its plaintext hashed and listed
+  (`tasks.encryption`); reported as its ratio to ours plain, same tree, same rounds;
 - for information, in the first two rounds: the reference followed by an fsync of its file
   (what our atomic write guarantees and the plain reference does not), and ours with
   `MM_SSH_CLIENT=paramiko`, the fallback path.
@@ -19,8 +22,9 @@ ratios are the median of each round's ratio (the two sides of a round ran back t
 change in the machine's load between rounds cancels out). Dirty pages are flushed (`sync`)
 before each timed transfer, so one side's writeback does not land in the other's time (ours
 includes its own fsync; the plain reference leaves its writeback untimed). The first round
-checks that all sides wrote byte-identical archives (for zstd: the same tar), and each of our
-archives is checked against its size and sha256.
+checks that all sides wrote byte-identical archives (for zstd: the same tar; for the encrypted
+one: the same tar once decrypted), and each of our archives is checked against its size and
+sha256.
 """
 
 from __future__ import annotations
@@ -98,6 +102,7 @@ def run(config: BenchConfig, *, paramiko: bool = True) -> list[Row]:
             sides = [
                 Side("ssh", partial(bench.reference, "none")),
                 Side("ours", partial(bench.ours, "none", "auto")),
+                Side("age", partial(bench.ours, "none", "auto", encrypted=True)),
                 Side("ssh+fsync", partial(bench.reference, "none", durable=True), info_rounds),
             ]
             if paramiko:
@@ -125,6 +130,12 @@ class BackupBench:
         entry = target.server_entry(str(uuid.uuid4()), "bench", backup={"paths": [str(tree)]})
         self.server = Server.model_validate(entry)
         os.environ["MM_BACKUP_ROOT"] = str(self.out / "repository")
+        #: The key pair of the encrypted side: made here, gone with the run's directory.
+        self.identity = self.out / "identity.txt"
+        subprocess.run(["age-keygen", "-o", str(self.identity)], check=True, capture_output=True)
+        self.recipient = subprocess.run(
+            ["age-keygen", "-y", str(self.identity)], check=True, capture_output=True, text=True
+        ).stdout.strip()
         #: What the manifest of each of our archives says: size and sha256.
         self.expected: dict[Path, tuple[int | None, str | None]] = {}
 
@@ -166,11 +177,11 @@ class BackupBench:
             for path in files.values():
                 if path in self.expected and self.expected.pop(path) != (
                     path.stat().st_size,
-                    _tar_digest("none", path),
+                    _file_digest(path),
                 ):
                     raise AssertionError(f"{path} does not match its manifest's size and sha256")
             if n == 0:
-                _check_same(compression, files)
+                self.check_same(compression, files)
             for path in files.values():
                 path.unlink()
             print(
@@ -201,22 +212,48 @@ class BackupBench:
                 os.fsync(out.fileno())
         return path
 
-    def ours(self, compression: Compression, client: str) -> Path:
-        """`transfer_archive` with `MM_SSH_CLIENT=client`; checks size and sha256 afterwards."""
+    def ours(self, compression: Compression, client: str, *, encrypted: bool = False) -> Path:
+        """`transfer_archive` with `MM_SSH_CLIENT=client`, encrypted to `recipient` if asked;
+        checks size and sha256 afterwards."""
         os.environ["MM_SSH_CLIENT"] = client
         get_settings.cache_clear()
-        manifest = _manifest(self.server, compression)
+        recipients = [self.recipient] if encrypted else []
+        manifest = _manifest(self.server, compression, recipients)
         plan = BackupPlan(compression=compression, estimated_bytes=1 << 30, estimated_files=0)
         done = transfer_archive.fn(self.server, manifest, plan, QuietProgress())
         path = BackupRepository(get_settings().paths.backup_root).archive_path(done)
         # Renamed, so no other side's file name clashes; checked outside the timed part below.
-        checked = path.with_name(f"{client}.{compression}")
+        checked = path.with_name(f"{client}.{compression}{'.age' if encrypted else ''}")
         path.rename(checked)
         self.expected[checked] = (done.size, done.sha256)
         return checked
 
+    def check_same(self, compression: Compression, files: dict[str, Path]) -> None:
+        """Every side wrote the same archive (for zstd: the same tar inside; an encrypted one
+        once decrypted)."""
+        digests = {name: self.tar_digest(compression, path) for name, path in files.items()}
+        if len(set(digests.values())) != 1:
+            raise AssertionError(f"the sides wrote different archives: {digests}")
 
-def _manifest(server: Server, compression: Compression) -> Manifest:
+    def tar_digest(self, compression: Compression, path: Path) -> str:
+        """sha256 of the tar inside `path`, streamed: decrypted and unpacked as needed."""
+        stages = []
+        if path.suffix == ".age":
+            stages.append(shlex.join(["age", "--decrypt", "-i", str(self.identity), str(path)]))
+        if compression == "zstd":
+            stages.append("zstd -dcq" if stages else shlex.join(["zstd", "-dcq", str(path)]))
+        if not stages:
+            return _file_digest(path)
+        pipeline = subprocess.Popen(" | ".join(stages), shell=True, stdout=subprocess.PIPE)
+        assert pipeline.stdout is not None
+        with pipeline.stdout:
+            digest = hashlib.file_digest(pipeline.stdout, "sha256").hexdigest()
+        if pipeline.wait() != 0:
+            raise AssertionError(f"{path}: {' | '.join(stages)} failed")
+        return digest
+
+
+def _manifest(server: Server, compression: Compression, recipients: list[str]) -> Manifest:
     backup_id = uuid.uuid4()
     assert server.backup is not None
     return Manifest(
@@ -226,22 +263,13 @@ def _manifest(server: Server, compression: Compression) -> Manifest:
         job_type="backup:manual",
         compression=compression,
         paths=list(server.backup.paths),
-        archive=BackupRepository.archive_name(backup_id, compression),
+        archive=BackupRepository.archive_name(backup_id, compression, encrypted=bool(recipients)),
+        recipients=recipients,
         started_at=utcnow(),
     )
 
 
-def _check_same(compression: Compression, files: dict[str, Path]) -> None:
-    """Every side wrote the same archive (for zstd: the same tar inside)."""
-    digests = {name: _tar_digest(compression, path) for name, path in files.items()}
-    if len(set(digests.values())) != 1:
-        raise AssertionError(f"the sides wrote different archives: {digests}")
-
-
-def _tar_digest(compression: Compression, path: Path) -> str:
-    if compression == "zstd":
-        tar = subprocess.run(["zstd", "-dcq", str(path)], capture_output=True, check=True).stdout
-        return hashlib.sha256(tar).hexdigest()
+def _file_digest(path: Path) -> str:
     with path.open("rb") as source:
         return hashlib.file_digest(source, "sha256").hexdigest()
 
@@ -275,6 +303,29 @@ def _rows(
             ours.ratio(ref) >= GOAL_RATIO,
         )
     ]
+    if encrypted := by_name.get("age"):
+        rows.append(
+            Row(
+                f"encrypted backup throughput, age to one recipient + plaintext sha256 + listing"
+                f" ({len(encrypted.seconds)} rounds alternating with ours plain, same tree)",
+                f"{encrypted.rate(size):.0f} MB/s",
+                f"{ours.rate(size):.0f} MB/s ours plain (as above)",
+                f"{encrypted.ratio(ours):.2f}x",
+                f">= {GOAL_RATIO}x",
+                encrypted.ratio(ours) >= GOAL_RATIO,
+            )
+        )
+        rows.append(
+            Row(
+                "CPU of an encrypted backup, both ends, per GB (age, the plaintext's sha256 and"
+                " listing added)",
+                f"{median(list(encrypted.cpu.values())) / (size / 1e9):.2f} CPU-s/GB",
+                f"{median(list(ours.cpu.values())) / (size / 1e9):.2f} CPU-s/GB ours plain",
+                f"{median(list(ours.cpu.values())) / median(list(encrypted.cpu.values())):.2f}x",
+                "reported",
+                None,
+            )
+        )
     gigabytes = size / 1e9
     rows.append(
         Row(

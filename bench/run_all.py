@@ -38,7 +38,10 @@ class Benchmark:
 
 
 BENCHMARKS = [
-    Benchmark("backup", [("backup throughput", ">= 0.9x")]),
+    Benchmark(
+        "backup",
+        [("backup throughput", ">= 0.9x"), ("encrypted backup throughput", ">= 0.9x of plain")],
+    ),
     Benchmark(
         "dispatch",
         [
