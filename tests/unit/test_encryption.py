@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import subprocess
 import tarfile
 import uuid
@@ -23,7 +24,7 @@ from flows.backup import backup
 from tasks.archive_listing import load_listing, write_listing
 from tasks.atomic import atomic_file
 from tasks.backup import plan_command, tar_command
-from tasks.core.errors import ArchiveInvalid, InvalidOptions, InventoryError
+from tasks.core.errors import ArchiveInvalid, InvalidOptions, InventoryError, RepositoryFull
 from tasks.core.inventory import BackupSpec, load_inventory
 from tasks.core.jobs import BackupOptions, backup_recipients
 from tasks.core.recipients import check_recipient
@@ -236,6 +237,29 @@ def test_a_failed_encryption_leaves_no_file_behind(tmp_path: Path) -> None:
             with encrypting(archive, ["age1notakey"], "none") as w:
                 w.write(tar_bytes(FILES))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_under_age_is_repository_full_and_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, identity: Identity
+) -> None:
+    """age's own words for ENOSPC, from a stand-in that fails as age does on a full disk."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "age"
+    fake.write_text(
+        "#!/bin/sh\nhead -c 100000 >/dev/null\n"
+        "echo 'age: error: failed to write: write /dev/stdout: no space left on device' >&2\n"
+        "exit 1\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    out = tmp_path / "repo"
+    with pytest.raises(RepositoryFull, match="disk is full"):
+        with atomic_file(out / "backup.tar.age") as archive:
+            with encrypting(archive, [identity.recipient], "none") as w:
+                for _ in range(64):  # far more than the stand-in reads before it fails
+                    w.write(tar_bytes(FILES) * 4)
+    assert list(out.iterdir()) == []
 
 
 def test_what_is_not_tar_fails_the_archive(tmp_path: Path, identity: Identity) -> None:
