@@ -237,6 +237,7 @@ def state_of(run: FlowRun, holds: Holds, now: datetime) -> JobState:
         scheduled_time=run.state.state_details.scheduled_time or run.next_scheduled_start_time,
         now=now,
         held=holds.hold(run),
+        tags=run.tags,
     )
 
 

@@ -1,4 +1,5 @@
-"""The parameters of each flow: what a job asks for. Plain pydantic, no Prefect, no SSH."""
+"""The parameters of each flow: what a job asks for, and the one run tag a job sets itself.
+Plain pydantic, no Prefect, no SSH."""
 
 from __future__ import annotations
 
@@ -21,6 +22,12 @@ class JobType(StrEnum):
     SCAN_QUICK = "scan:quick"
     #: The server's update command.
     UPDATE_SERVER = "update:server"
+
+
+#: Tag of a Running flow run that waits for its server's slot (tasks/server_slot.py), so that it
+#: shows as `waiting` (deployments/control/states.py); a tag, not a state: Running -> Running
+#: would count one more attempt in Prefect's `run_count`. Also shown in Prefect's UI.
+WAITING_FOR_SERVER_TAG = "waiting-for-server"
 
 
 # The job types of each flow's `job_type` parameter, as members of the one enum: a flow run's
