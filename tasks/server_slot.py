@@ -24,6 +24,7 @@ from prefect.client.schemas.actions import (
     GlobalConcurrencyLimitCreate,
     GlobalConcurrencyLimitUpdate,
 )
+from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
@@ -88,10 +89,13 @@ def server_slot(server: Server, progress: Progress) -> Iterator[None]:
     # Opened first, so that the slot is given back even if the untagging below is interrupted.
     with contextlib.ExitStack() as held:
         try:
-            # A first, quick try: the common case takes the free slot without a word. Apart
-            # from the body, so that a TimeoutError of the body is never taken for this one.
-            held.enter_context(_hold(name, timeout_seconds=0.5))
-        except TimeoutError:
+            # A first try, one request: the common case takes the free slot without a word.
+            # Not a timeout: one that fires while the server grants the slot loses the lease,
+            # and the slot stays taken by nobody until the lease runs out.
+            held.enter_context(_hold(name, max_retries=0))
+        except ConcurrencySlotAcquisitionError as exc:
+            if not _locked(exc):
+                raise
             get_run_logger().info("%s: waiting for another job on this server to end", server.name)
             progress.milestone(progress.percent, "waiting for another job on this server")
             # Untagged in the finally: a cancel while waiting must not leave the tag on.
@@ -128,14 +132,18 @@ def _tag_waiting(run_id: UUID | None, *, waiting: bool) -> None:
         )
 
 
-def _hold(
-    name: str, timeout_seconds: float | None = None
-) -> contextlib.AbstractContextManager[None]:
+def _locked(exc: ConcurrencySlotAcquisitionError) -> bool:
+    """Whether the acquisition failed only because the slot is taken (HTTP 423)."""
+    cause = exc.__cause__
+    return isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423
+
+
+def _hold(name: str, max_retries: int | None = None) -> contextlib.AbstractContextManager[None]:
     # A renewal that fails (the Prefect server restarting) must not end the job in the middle
     # of a backup: the lease then runs out, at worst.
     return concurrency(
         name,
-        timeout_seconds=timeout_seconds,
+        max_retries=max_retries,
         strict=True,
         lease_duration=LEASE_SECONDS,
         raise_on_lease_renewal_failure=False,

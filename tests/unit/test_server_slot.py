@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 from prefect.client.schemas.objects import FlowRun
+from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 
 from tasks import server_slot as slot_module
 from tasks.core.inventory import Server
@@ -62,26 +63,39 @@ class FakeClient:
         self.tags = list(tags)
 
 
+def refused(status: int) -> ConcurrencySlotAcquisitionError:
+    """What Prefect's `concurrency` raises for an answer `status` to its acquisition."""
+    request = httpx.Request("POST", "http://prefect/api/v2/concurrency_limits/increment-with-lease")
+    answer = httpx.Response(status, request=request)
+    try:
+        raise httpx.HTTPStatusError("refused", request=request, response=answer)
+    except httpx.HTTPStatusError as exc:
+        try:
+            raise ConcurrencySlotAcquisitionError("Unable to acquire concurrency slots") from exc
+        except ConcurrencySlotAcquisitionError as error:
+            return error
+
+
 class Slot:
-    """The server's slot: `busy` makes the quick try time out; `wait_fails` ends the wait."""
+    """The server's slot: `busy` makes the first try refused (423); `wait_fails` ends the wait."""
 
     def __init__(self, *, busy: bool, wait_fails: BaseException | None = None) -> None:
         self.busy = busy
         self.wait_fails = wait_fails
         #: Whether this job holds the slot now.
         self.held = False
-        self.timeout_seconds: float | None = None
+        self.max_retries: int | None = None
 
-    def hold(self, name: str, timeout_seconds: float | None = None) -> Slot:
-        self.timeout_seconds = timeout_seconds
+    def hold(self, name: str, max_retries: int | None = None) -> Slot:
+        self.max_retries = max_retries
         return self
 
     # A class, not a generator: a generator's cleanup would run when it is dropped, which
     # Prefect's lease does not do.
     def __enter__(self) -> None:
-        if self.timeout_seconds is not None and self.busy:
-            raise TimeoutError
-        if self.timeout_seconds is None and self.wait_fails is not None:
+        if self.max_retries == 0 and self.busy:
+            raise refused(423)
+        if self.max_retries is None and self.wait_fails is not None:
             raise self.wait_fails
         self.held = True
 
@@ -183,3 +197,18 @@ def test_the_slot_is_given_back_when_the_untagging_is_interrupted(
     with pytest.raises(KeyboardInterrupt), server_slot(SERVER, Quiet()):
         pytest.fail("the body ran")
     assert not slot.held
+
+
+def test_a_first_try_that_fails_for_another_reason_than_a_taken_slot_is_not_a_wait(
+    monkeypatch: pytest.MonkeyPatch, client: FakeClient
+) -> None:
+    slot = Slot(busy=False)
+    _patch(monkeypatch, client, slot, tags=[])
+
+    def broken(name: str, max_retries: int | None = None) -> Slot:
+        raise refused(500)
+
+    monkeypatch.setattr(slot_module, "_hold", broken)
+    with pytest.raises(ConcurrencySlotAcquisitionError), server_slot(SERVER, Progress()):
+        pass
+    assert client.updates == []  # never tagged as waiting
