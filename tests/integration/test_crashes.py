@@ -105,7 +105,7 @@ def wait_until_completed(stack: Stack, run_id: UUID, timeout: float) -> tuple[Fl
 
 @pytest.mark.parametrize("worker_dies", [False, True], ids=["run-killed", "worker-and-run-killed"])
 def test_killed_backup_is_crashed_rerun_and_completed_once(
-    stack, run_job, wait_for_final_state, slow_server, tmp_path, worker_dies
+    stack, target, inventory, run_job, wait_for_final_state, slow_server, tmp_path, worker_dies
 ):
     """kill -9 a backup's flow-run process (and, the second time, its worker too) mid-transfer.
 
@@ -157,8 +157,13 @@ def test_killed_backup_is_crashed_rerun_and_completed_once(
 
     if not worker_dies:
         return  # the worker that saw its process die freed the slot itself
-    # The stalled run holds no slot: the limit-2 pool runs two backups at once again.
-    pair = [run_job("backup/backup", {"server_id": str(server_id)}) for _ in range(2)]
+    # The stalled run holds no slot: the limit-2 pool runs two backups at once again (of two
+    # servers: one server's backups take turns).
+    servers = [
+        inventory.add_server(target, backup={"paths": [str(source)], "pre": "sleep 2"})
+        for _ in range(2)
+    ]
+    pair = [run_job("backup/backup", {"server_id": str(s)}) for s in servers]
     finished = [wait_for_final_state(r, timeout=90) for r in pair]
     assert all(r.state is not None and r.state.is_completed() for r in finished), [
         (r.id, r.state and r.state.name, r.state and r.state.message) for r in finished
