@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 
 class JobType(StrEnum):
-    """The job types of the original system, each a flow run of one deployment."""
+    """The job types of the original system and ours, each a flow run of one deployment."""
 
     #: A backup someone asked for.
     BACKUP_MANUAL = "backup:manual"
@@ -21,6 +21,8 @@ class JobType(StrEnum):
     SCAN_QUICK = "scan:quick"
     #: The server's update command.
     UPDATE_SERVER = "update:server"
+    #: Stored archives re-read against their manifests (new: scheduled, and on demand).
+    CHECK_ARCHIVES = "check:archives"
 
 
 # The job types of each flow's `job_type` parameter, as members of the one enum: a flow run's
@@ -28,6 +30,7 @@ class JobType(StrEnum):
 BackupJob = Literal[JobType.BACKUP_MANUAL, JobType.BACKUP_SCHEDULED]
 ScanJob = Literal[JobType.SCAN_FULL, JobType.SCAN_QUICK]
 UpdateJob = Literal[JobType.UPDATE_SERVER]
+CheckJob = Literal[JobType.CHECK_ARCHIVES]
 
 
 class BackupOptions(BaseModel):
