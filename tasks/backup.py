@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from uuid import UUID
 
 from prefect import get_run_logger, task
@@ -71,7 +71,8 @@ def repository() -> BackupRepository:
 
 
 def _bare(path: str) -> str:
-    """A path without trailing slashes (`/srv/link/` is the link itself to tar, not to `test`)."""
+    """A path without trailing slashes: tar drops them (`/srv/link/` is still the link to it),
+    while the shell's `[ -L ]` would look through the link."""
     return path.rstrip("/") or "/"
 
 
@@ -126,24 +127,24 @@ def choose_compression(
     return wanted
 
 
-@dataclass(frozen=True)
+@dataclass
 class PlanAnswer:
     """What `_PLAN_SCRIPT` printed."""
 
-    missing: list[str]
-    codecs: set[str]
-    files: int
-    size: int
+    missing: list[str] = field(default_factory=list)
+    codecs: set[str] = field(default_factory=set)
+    #: Regular files under the paths, and their bytes.
+    files: int = 0
+    size: int = 0
     #: Paths that are symbolic links to directories.
-    linked: list[str]
+    linked: list[str] = field(default_factory=list)
     #: Paths that are symbolic links to something else (a file, nothing), with their targets.
-    links: list[tuple[str, str]]
+    links: list[tuple[str, str]] = field(default_factory=list)
 
 
 def parse_plan(output: str) -> PlanAnswer:
     """Missing paths, codecs, file and byte counts and symbolic links from `_PLAN_SCRIPT`."""
-    answer = PlanAnswer([], set(), 0, 0, [], [])
-    files = size = 0
+    answer = PlanAnswer()
     for line in output.splitlines():
         kind, _, rest = line.partition("\t")
         if kind == "missing":
@@ -157,8 +158,8 @@ def parse_plan(output: str) -> PlanAnswer:
             answer.links.append((path, target))
         elif kind == "estimate":
             count, _, total = rest.partition("\t")
-            files, size = int(count), int(total)
-    return PlanAnswer(answer.missing, answer.codecs, files, size, answer.linked, answer.links)
+            answer.files, answer.size = int(count), int(total)
+    return answer
 
 
 @task(name="verify server", cache_policy=NO_CACHE, **RETRY_POLICY)
@@ -198,11 +199,9 @@ def plan_backup(
     compression = choose_compression(options, answer.codecs, server, readable_codecs())
     if options.wanted_compression not in ("auto", compression):
         get_run_logger().warning(
-            "%s: compression %s asked, but this host cannot read %s archives back to verify"
-            " them (install %s here); using %s",
+            "%s: %s asked, but this host cannot read such archives back to verify them"
+            " (install it here); using %s",
             server.name,
-            options.wanted_compression,
-            options.wanted_compression,
             options.wanted_compression,
             compression,
         )
