@@ -157,7 +157,8 @@ def check_archive(repository: BackupRepository, manifest: Manifest) -> Finding |
         # identity is needed, nothing is decrypted.
         repository.verify(manifest)
     except ArchiveInvalid as exc:
-        error = str(exc)
+        # Said of this backup already: its manifest and the job's list name it.
+        error = str(exc).removeprefix(f"backup {manifest.backup_id}: ")
     with repository.exclusive():
         try:
             current = repository.read(manifest.server_id, manifest.backup_id)
