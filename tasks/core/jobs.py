@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 
 class JobType(StrEnum):
-    """The job types of the original system, each a flow run of one deployment."""
+    """The job types of the original system and ours, each a flow run of one deployment."""
 
     #: A backup someone asked for.
     BACKUP_MANUAL = "backup:manual"
@@ -22,6 +22,8 @@ class JobType(StrEnum):
     SCAN_QUICK = "scan:quick"
     #: The server's update command.
     UPDATE_SERVER = "update:server"
+    #: Stored archives re-read against their manifests (new: scheduled, and on demand).
+    CHECK_ARCHIVES = "check:archives"
 
 
 #: Tag of a Running flow run that waits for its server's slot (tasks/server_slot.py), so that it
@@ -35,6 +37,7 @@ WAITING_FOR_SERVER_TAG = "waiting-for-server"
 BackupJob = Literal[JobType.BACKUP_MANUAL, JobType.BACKUP_SCHEDULED]
 ScanJob = Literal[JobType.SCAN_FULL, JobType.SCAN_QUICK]
 UpdateJob = Literal[JobType.UPDATE_SERVER]
+CheckJob = Literal[JobType.CHECK_ARCHIVES]
 
 
 class BackupOptions(BaseModel):

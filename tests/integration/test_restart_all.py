@@ -96,9 +96,10 @@ class World:
             backend=BackendSettings(database_url=None, redis_url=None),
             extra_env={
                 "MM_LOCK_DURATIONS": json.dumps(dict.fromkeys(QUEUES_BY_NAME, LOCK)),
-                # No maintenance runs: they would be runs of the scan pool this test does not
-                # count, and the scheduler could add them mid-test.
+                # No maintenance or check runs: they would be runs of the scan pool this test
+                # does not count, and the scheduler could add them mid-test.
                 "MM_MAINTENANCE_CRON": "",
+                "MM_CHECK_CRON": "",
             },
         )
 
