@@ -1,18 +1,22 @@
 """Prometheus metrics of the shim (GET /metrics) and the queues' health verdict.
 
-Queue gauges are set from count queries at scrape time, so they are as fresh as the scrape;
-counters and histograms live in this process and restart with it.
+Queue gauges are set from count queries at scrape time, so they are as fresh as the scrape, and
+so is the corrupt-backup gauge, from the repositories' manifests; counters and histograms live in
+this process and restart with it.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api_shim.schemas import Health, HealthStatus, QueueCounts
+from tasks.archive_checks import CorruptCounter
 
 #: Waiting jobs in one queue beyond which the queues count as degraded.
 MAX_WAITING = 100
@@ -28,6 +32,11 @@ JOB_OPERATIONS = Counter(
     "mm_job_operations_total",
     "Retries, cancels, deletes and cleans done through the API.",
     ["operation"],
+)
+BACKUPS_CORRUPT = Gauge(
+    "mm_backup_corrupt_archives",
+    "Backups whose archive a check found missing or not matching its manifest, per server.",
+    ["server_id"],
 )
 REQUEST_SECONDS = Histogram(
     "mm_http_request_seconds",
@@ -80,6 +89,27 @@ def record_queues(counts: Mapping[str, QueueCounts], workers: Mapping[str, int])
             QUEUE_JOBS.labels(queue, state).set(value)
     for queue, online in workers.items():
         QUEUE_WORKERS.labels(queue).set(online)
+
+
+#: The shim's reader of the repositories' corrupt backups (it remembers unchanged servers), the
+#: servers it has set a series for, and the lock two scrapes at once take turns with.
+_CORRUPT = CorruptCounter()
+_CORRUPT_SERIES: set[str] = set()
+_CORRUPT_LOCK = threading.Lock()
+
+
+def record_corrupt_backups(roots: Iterable[Path]) -> None:
+    """Set the corrupt-backup gauge of each server with backups in `roots` (0 included, so an
+    alert clears); a server whose backups are all gone loses its series. Reads files: call it
+    in a thread."""
+    with _CORRUPT_LOCK:
+        counts = {str(server_id): n for server_id, n in _CORRUPT.counts(roots).items()}
+        for server_id, count in counts.items():
+            BACKUPS_CORRUPT.labels(server_id).set(count)
+        for gone in _CORRUPT_SERIES - counts.keys():
+            BACKUPS_CORRUPT.remove(gone)
+        _CORRUPT_SERIES.clear()
+        _CORRUPT_SERIES.update(counts)
 
 
 def verdict(counts: Mapping[str, QueueCounts], workers: Mapping[str, int]) -> Health:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.alias_generators import to_camel
@@ -89,6 +90,16 @@ class PauseRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     queue: QueueName | None = None
+
+
+class CheckRequest(BaseModel):
+    """Which archives a check re-reads: its share (the default), or all of them; of every
+    server, or of one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    all: bool = False
+    server_id: UUID | None = None
 
 
 class CleanRequest(BaseModel):
@@ -194,6 +205,14 @@ class ScanEnqueued(JobAccepted):
 
 class UpdateEnqueued(JobAccepted):
     update_id: str
+
+
+class CheckEnqueued(Schema):
+    """The answer to a check request, sent before the job runs."""
+
+    job_id: str
+    status: Literal["pending"] = "pending"
+    message: str
 
 
 class JobRef(Schema):

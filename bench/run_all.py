@@ -51,6 +51,7 @@ BENCHMARKS = [
     ),
     Benchmark("api", [("API job read and lists", "<= 1.5x; < 1 s")]),
     Benchmark("memory", [("memory", "<= 1 GiB idle; <= 100 MiB per job")]),
+    Benchmark("stop", [("idle stop", "< 3 s")]),
 ]
 
 

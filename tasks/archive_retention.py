@@ -2,7 +2,7 @@
 
 Pure selection: manifests in, a plan out; nothing here reads or deletes a file (the maintenance
 flow's `tasks.maintenance` does). The rules are restic's `forget --keep-last --keep-daily
---keep-weekly --keep-monthly`, applied to the server's completed backups from newest to oldest:
+--keep-weekly --keep-monthly`, applied to the server's good backups from newest to oldest:
 
 - `last`: the newest `last` backups;
 - `daily`: the newest backup of each of the last `daily` days that have a backup (a week
@@ -13,16 +13,19 @@ A backup kept by several rules counts for each of them. Days, weeks and months a
 server's time zone (its backup schedule's `timezone`), by the backup's start time.
 
 Two safety rules come on top of any policy:
-- only `completed` backups are candidates: `running` ones (in progress, or interrupted and due to
-  be run again) and `failed` ones are never selected for deletion;
-- the newest completed backup is always kept, so a server never loses its only good backup.
+- only good backups are candidates: `completed` ones whose archive is in place (the caller says
+  which are `missing`). `running` ones (in progress, or interrupted and due to be run again),
+  `failed` and `corrupt` ones, and completed ones whose archive is missing are never selected
+  for deletion, nor counted as kept: they use up no `last` or period slot;
+- the newest good backup is always kept, so a server never loses its last good backup.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
+from uuid import UUID
 
 from tasks.core.settings import KeepSettings
 from tasks.repository import BackupStatus, Manifest
@@ -41,13 +44,13 @@ PERIODS: tuple[tuple[str, Callable[[datetime], str]], ...] = (
     ("monthly", lambda t: f"{t.year}-{t.month:02d}"),
 )
 
-#: Why the newest completed backup stays when no rule kept it (a policy of all zeros).
+#: Why the newest good backup stays when no rule kept it (a policy of all zeros).
 NEWEST = "newest (always kept)"
 
 
 @dataclass(frozen=True)
 class KeepPolicy:
-    """How many completed backups of a server to keep, by rule; 0 turns a rule off."""
+    """How many good backups of a server to keep, by rule; 0 turns a rule off."""
 
     last: int = 7
     daily: int = 7
@@ -86,7 +89,7 @@ class Plan:
     keep: tuple[Kept, ...] = ()
     #: Completed backups to delete (archive and manifest), newest first.
     forget: tuple[Manifest, ...] = ()
-    #: Backups that are not completed (running, failed): never deleted here.
+    #: Backups that are not good (running, failed, corrupt, missing): never deleted here.
     untouched: tuple[Manifest, ...] = ()
 
 
@@ -96,16 +99,27 @@ def started(manifest: Manifest) -> datetime:
     return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
-def plan_retention(manifests: Iterable[Manifest], policy: KeepPolicy, tz: tzinfo = UTC) -> Plan:
+def plan_retention(
+    manifests: Iterable[Manifest],
+    policy: KeepPolicy,
+    tz: tzinfo = UTC,
+    *,
+    missing: Collection[UUID] = (),
+) -> Plan:
     """Split one server's backups into those to keep and those to forget under `policy`.
 
     Args:
         manifests: the server's backups, in any order.
         tz: the time zone whose days, weeks and months the period rules count.
+        missing: completed backups whose archive is not in place (`BackupRepository.present`).
     """
     everything = list(manifests)
-    completed = sorted(
-        (m for m in everything if m.status is BackupStatus.COMPLETED),
+    good = sorted(
+        (
+            m
+            for m in everything
+            if m.status is BackupStatus.COMPLETED and m.backup_id not in missing
+        ),
         key=lambda m: (started(m), str(m.backup_id)),
         reverse=True,
     )
@@ -113,7 +127,7 @@ def plan_retention(manifests: Iterable[Manifest], policy: KeepPolicy, tz: tzinfo
     last_period: dict[str, str] = {}
     keep: list[Kept] = []
     forget: list[Manifest] = []
-    for index, manifest in enumerate(completed):
+    for index, manifest in enumerate(good):
         local = started(manifest).astimezone(tz)
         reasons: list[str] = []
         if index < policy.last:
@@ -130,5 +144,6 @@ def plan_retention(manifests: Iterable[Manifest], policy: KeepPolicy, tz: tzinfo
             keep.append(Kept(manifest, tuple(reasons)))
         else:
             forget.append(manifest)
-    untouched = tuple(m for m in everything if m.status is not BackupStatus.COMPLETED)
+    candidates = {m.backup_id for m in good}
+    untouched = tuple(m for m in everything if m.backup_id not in candidates)
     return Plan(keep=tuple(keep), forget=tuple(forget), untouched=untouched)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import shlex
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from uuid import UUID
 
 from prefect import get_run_logger, task
@@ -20,22 +21,38 @@ from tasks.encryption import EncryptingWriter, check_tools, encrypting
 from tasks.outcome import failure_published
 from tasks.progress import Progress
 from tasks.remote import Connection, run_once, session_for
-from tasks.repository import BackupRepository, BackupStatus, Compression, Manifest, utcnow
+from tasks.repository import (
+    BackupRepository,
+    BackupStatus,
+    Compression,
+    Manifest,
+    readable_codecs,
+    utcnow,
+)
 from tasks.retry import RETRY_POLICY
 from tasks.ssh import open_session
 
-# Paths arrive as positional parameters ("$@"), never spliced into the script text.
+# Paths arrive as positional parameters ("$@"), never spliced into the script text. A path that
+# is a symbolic link is reported: tar would store the link alone, never what it points to.
 _PLAN_SCRIPT = r"""
 status=0
 for p do
-  if [ ! -e "$p" ] && [ ! -L "$p" ]; then printf 'missing\t%s\n' "$p"; status=3; fi
+  if [ -L "$p" ]; then
+    if [ -d "$p" ]; then printf 'linked\t%s\n' "$p"
+    else printf 'link\t%s\t%s\n' "$p" "$(readlink "$p")"; status=3; fi
+  elif [ ! -e "$p" ]; then printf 'missing\t%s\n' "$p"; status=3; fi
 done
 [ "$status" = 0 ] || exit 3
 for c in zstd gzip; do command -v "$c" >/dev/null 2>&1 && printf 'codec\t%s\n' "$c"; done
-find "$@" -type f -printf '%s\n' 2>/dev/null |
+find -H "$@" -type f -printf '%s\n' 2>/dev/null |
   awk '{n++; s+=$1} END {printf "estimate\t%.0f\t%.0f\n", n, s}'
 exit 0
 """
+
+#: Given `dir/.` for a path that is a symbolic link to a directory (`BackupPlan.followed`), tar
+#: reads the directory it points to; these make its members `dir/...` again, as if the path
+#: were the directory itself (`s,/\./,/,`: `.` is a no-op step; symlink targets are left alone).
+FOLLOW_TRANSFORMS = (r"--transform=s,/\./,/,gS", r"--transform=s,/\.$,,S")
 
 #: GNU tar exits 1 when a file changed while it was read: the archive is still whole.
 TAR_OK = (0, 1)
@@ -51,60 +68,104 @@ class BackupPlan:
     estimated_files: int
     #: The age public keys to encrypt to; empty: a plain archive.
     recipients: tuple[str, ...] = ()
+    #: Paths (as in the inventory) that are symbolic links to directories: tar follows them.
+    followed: tuple[str, ...] = ()
 
 
 def repository() -> BackupRepository:
     return BackupRepository(get_settings().paths.backup_root)
 
 
+def _bare(path: str) -> str:
+    """A path without trailing slashes: tar drops them (`/srv/link/` is still the link to it),
+    while the shell's `[ -L ]` would look through the link."""
+    return path.rstrip("/") or "/"
+
+
 def plan_command(paths: list[str]) -> list[str]:
     """The remote check of the paths: each one a positional parameter of the script."""
-    return ["sh", "-c", _PLAN_SCRIPT, "sh", *paths]
+    return ["sh", "-c", _PLAN_SCRIPT, "sh", *(_bare(path) for path in paths)]
 
 
-def tar_command(paths: list[str], compression: Compression) -> list[str]:
-    """The remote tar: members relative to / and every path after `--`, so none is an option."""
+def tar_command(
+    paths: list[str], compression: Compression, followed: Iterable[str] = ()
+) -> list[str]:
+    """The remote tar: members relative to / and every path after `--`, so none is an option;
+    each path of `followed` (a symbolic link to a directory) as `dir/.`, so tar reads the
+    directory, with `FOLLOW_TRANSFORMS` naming its members as below the path."""
     argv = ["tar", "--create", "--file=-", "--directory=/"]
     if compression == "zstd":
         argv.append("--use-compress-program=zstd -T0 -3 -q")
     elif compression == "gzip":
         argv.append("--gzip")
-    return [*argv, "--", *[path.lstrip("/") or "." for path in paths]]
+    follow = {_bare(path) for path in followed}
+    if follow:
+        argv.extend(FOLLOW_TRANSFORMS)
+    members = []
+    for path in paths:
+        member = _bare(path).lstrip("/") or "."
+        members.append(f"{member}/." if _bare(path) in follow else member)
+    return [*argv, "--", *members]
 
 
-def choose_compression(options: BackupOptions, available: set[str], server: Server) -> Compression:
+def choose_compression(
+    options: BackupOptions, available: set[str], server: Server, readable: set[Compression]
+) -> Compression:
+    """The codec of a backup: one the server has (`available`) and this host can read back
+    (`readable`, `readable_codecs`), since the archive is verified here before it counts.
+
+    zstd asked for by name but unreadable here falls back to gzip (or none), recorded in the
+    manifest, rather than failing after the whole transfer; a codec the server lacks is refused.
+    """
     wanted = options.wanted_compression
     if wanted == "none":
         return "none"
+    usable = [codec for codec in ("zstd", "gzip") if codec in available and codec in readable]
     if wanted == "auto":
-        if "zstd" in available:
-            return "zstd"
-        if "gzip" in available:
-            return "gzip"
-        return "none"
+        return usable[0] if usable else "none"
     if wanted not in available:
         raise InvalidOptions(
             f"{server.name}: compression {wanted!r} asked, but {wanted} is not "
             "installed on the server"
         )
+    if wanted not in readable:
+        return "gzip" if "gzip" in usable else "none"
     return wanted
 
 
-def parse_plan(output: str) -> tuple[list[str], set[str], int, int]:
-    """Missing paths, available codecs, file count and byte count from `_PLAN_SCRIPT`."""
-    missing: list[str] = []
-    codecs: set[str] = set()
-    files = size = 0
+@dataclass
+class PlanAnswer:
+    """What `_PLAN_SCRIPT` printed."""
+
+    missing: list[str] = field(default_factory=list)
+    codecs: set[str] = field(default_factory=set)
+    #: Regular files under the paths, and their bytes.
+    files: int = 0
+    size: int = 0
+    #: Paths that are symbolic links to directories.
+    linked: list[str] = field(default_factory=list)
+    #: Paths that are symbolic links to something else (a file, nothing), with their targets.
+    links: list[tuple[str, str]] = field(default_factory=list)
+
+
+def parse_plan(output: str) -> PlanAnswer:
+    """Missing paths, codecs, file and byte counts and symbolic links from `_PLAN_SCRIPT`."""
+    answer = PlanAnswer()
     for line in output.splitlines():
         kind, _, rest = line.partition("\t")
         if kind == "missing":
-            missing.append(rest)
+            answer.missing.append(rest)
         elif kind == "codec":
-            codecs.add(rest)
+            answer.codecs.add(rest)
+        elif kind == "linked":
+            answer.linked.append(rest)
+        elif kind == "link":
+            path, _, target = rest.partition("\t")
+            answer.links.append((path, target))
         elif kind == "estimate":
             count, _, total = rest.partition("\t")
-            files, size = int(count), int(total)
-    return missing, codecs, files, size
+            answer.files, answer.size = int(count), int(total)
+    return answer
 
 
 @task(name="verify server", cache_policy=NO_CACHE, **RETRY_POLICY)
@@ -119,10 +180,22 @@ def plan_backup(
     recipients = backup_recipients(options, server.backup, get_settings().encryption)
     with session_for(server, connection, open_session) as ssh:
         result = ssh.run(plan_command(paths), check=False)
-    missing, codecs, files, size = parse_plan(result.text)
+    answer = parse_plan(result.text)
+    if result.exit_status == 3 and answer.links and not answer.missing:
+        # Only a directory's link is followed: tar has no way to follow one to a file alone.
+        raise InvalidOptions(
+            f"{server.name}: "
+            + ", ".join(
+                f"{shlex.quote(path)} is a symbolic link to "
+                + (shlex.quote(target) if target else "something")
+                + ", which is not a directory; list what it points to instead"
+                for path, target in answer.links
+            )
+        )
     if result.exit_status == 3:
         raise RemotePathMissing(
-            f"{server.name}: {', '.join(shlex.quote(p) for p in missing)} not found on the server"
+            f"{server.name}: {', '.join(shlex.quote(p) for p in answer.missing)} not found on "
+            "the server"
         )
     if result.exit_status != 0:
         raise RemoteCommandFailed(
@@ -131,14 +204,23 @@ def plan_backup(
             exit_status=result.exit_status,
             stderr_tail=result.stderr_tail(),
         )
-    compression = choose_compression(options, codecs, server)
+    compression = choose_compression(options, answer.codecs, server, readable_codecs())
+    if options.wanted_compression not in ("auto", compression):
+        get_run_logger().warning(
+            "%s: %s asked, but this host cannot read such archives back to verify them"
+            " (install it here); using %s",
+            server.name,
+            options.wanted_compression,
+            compression,
+        )
     if recipients:
         check_tools(compression)
     return BackupPlan(
         compression=compression,
         # tar adds a header block per member and pads each file to a block.
-        estimated_bytes=size + files * 2 * TAR_BLOCK,
-        estimated_files=files,
+        estimated_bytes=answer.size + answer.files * 2 * TAR_BLOCK,
+        estimated_files=answer.files,
+        followed=tuple(path for path in paths if _bare(path) in answer.linked),
         recipients=tuple(recipients),
     )
 
@@ -221,7 +303,7 @@ def transfer_archive(
         _encrypted(manifest, archive) as sink,
     ):
         result = ssh.download(
-            tar_command(manifest.paths, manifest.compression),
+            tar_command(manifest.paths, manifest.compression, plan.followed),
             sink,
             on_progress=lambda size: progress.between(
                 40, 90, size, plan.estimated_bytes, "transferring"

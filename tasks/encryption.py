@@ -33,7 +33,8 @@ from typing import IO
 
 from tasks.archive_listing import Member, read_members
 from tasks.atomic import HashingWriter
-from tasks.core.errors import ArchiveInvalid, InvalidOptions, JobError, RepositoryFull
+from tasks.core.errors import ArchiveInvalid, InvalidOptions, JobError
+from tasks.remote import repository_full
 
 #: Bytes moved per read from a pipe.
 CHUNK = 1 << 20
@@ -269,11 +270,7 @@ class EncryptingWriter:
             self._age.wait()
             message = _stderr_of(self._age)
             if "no space left on device" in message.lower():
-                self._age_error = RepositoryFull(
-                    "the backup repository's disk is full (No space left on device) after "
-                    f"{self.tap.size} bytes of this archive; free space or prune old backups "
-                    "(medicine-man clean)"
-                )
+                self._age_error = repository_full(self.tap.size)
             else:
                 reason = message or repr(self._failure)
                 self._age_error = ArchiveInvalid(

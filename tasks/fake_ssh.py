@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 from tasks.atomic import ArchiveSink
 from tasks.core.errors import JobError, TransientError
 from tasks.core.inventory import Server
-from tasks.remote import CommandResult, OnLine, OnProgress, command_failed, quoted
+from tasks.remote import (
+    CommandResult,
+    OnLine,
+    OnProgress,
+    archive_writes,
+    command_failed,
+    quoted,
+)
 
 Match = str | Sequence[str] | Callable[[str], bool]
 
@@ -166,7 +173,8 @@ class FakeSession:
         half = len(result.stdout) // 2
         for chunk in (result.stdout[:half], result.stdout[half:]):
             if chunk:
-                archive.write(chunk)
+                with archive_writes(archive):  # a full disk fails as it does for real
+                    archive.write(chunk)
                 if on_progress is not None:
                     on_progress(archive.size)
         return CommandResult(result.exit_status, b"", result.stderr)

@@ -4,9 +4,11 @@ Job records are cleaned by `tasks.job_records` (the code `POST /api/jobs/clean` 
 Archives are pruned per server of this host's repository (MM_BACKUP_ROOT) by the policy of
 `tasks.archive_retention`: the server's `backup.keep` in the inventory over the MM_KEEP_* defaults,
 days counted in its `backup.timezone`. A server that left the inventory keeps its archives under
-the defaults (in UTC), so its newest backup always stays. Only completed backups are ever
-deleted, archive and manifest together (`BackupRepository.forget`); running and failed backups,
-partial files and anything not understood are left where they are.
+the defaults (in UTC), so its newest good backup always stays. Only completed backups whose
+archive is in place are ever deleted, archive and manifest together (`BackupRepository.forget`),
+under the repository's lock (a check records its findings under it too); running, failed and
+corrupt backups, completed ones whose archive is missing, partial files and anything not
+understood are left where they are.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from tasks.archive_retention import KeepPolicy, keep_policy, plan_retention
 from tasks.core.inventory import Inventory, Server, load_inventory
 from tasks.core.settings import get_settings
 from tasks.job_records import clean_job_records, job_retention
-from tasks.repository import BackupRepository
+from tasks.repository import BackupRepository, BackupStatus
 
 
 @dataclass
@@ -37,7 +39,8 @@ class ServerPrune:
     kept: int = 0
     removed: list[UUID] = field(default_factory=list)
     bytes_freed: int = 0
-    #: Running and failed backups, left alone.
+    #: Running, failed and corrupt backups, and completed ones whose archive is missing: left
+    #: alone.
     untouched: int = 0
 
 
@@ -66,36 +69,11 @@ def prune_repository(
         policy = policy_for(server, defaults)
         zone = ZoneInfo(server.backup.timezone) if server and server.backup else ZoneInfo("UTC")
         name = server.name if server is not None else "not in the inventory"
-        if not dry_run:
-            for finished in repository.finish_forgets(server_id):
-                logger.info("server %s: finished removing backup %s", server_id, finished.backup_id)
-        survey = repository.survey(server_id)
-        for path in survey.unreadable:
-            logger.warning("server %s: %s is not a manifest of ours; left alone", server_id, path)
-        chosen = plan_retention(survey.manifests, policy, zone)
-        result = ServerPrune(
-            server_id=server_id,
-            policy=policy,
-            kept=len(chosen.keep),
-            untouched=len(chosen.untouched),
-        )
-        for manifest in chosen.forget:
-            if not dry_run:
-                repository.forget(manifest)
-            result.removed.append(manifest.backup_id)
-            result.bytes_freed += manifest.size or 0
-            logger.info(
-                "server %s (%s): %s backup %s of %s (%s, %s bytes)",
-                server_id,
-                name,
-                verb,
-                manifest.backup_id,
-                manifest.started_at.isoformat(),
-                manifest.archive,
-                manifest.size,
-            )
+        with repository.exclusive():
+            result = _prune_server(repository, server_id, name, policy, zone, logger, dry_run)
         logger.info(
-            "server %s (%s): keep %s: %d kept, %d %s, %d running or failed left alone",
+            "server %s (%s): keep %s: %d kept, %d %s, %d not good (running, failed, corrupt,"
+            " missing) left alone",
             server_id,
             name,
             policy.describe(),
@@ -106,6 +84,58 @@ def prune_repository(
         )
         done.append(result)
     return done
+
+
+def _prune_server(
+    repository: BackupRepository,
+    server_id: UUID,
+    name: str,
+    policy: KeepPolicy,
+    zone: ZoneInfo,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    dry_run: bool,
+) -> ServerPrune:
+    verb = "would remove" if dry_run else "removed"
+    if not dry_run:
+        for finished in repository.finish_forgets(server_id):
+            logger.info("server %s: finished removing backup %s", server_id, finished.backup_id)
+    survey = repository.survey(server_id)
+    for path in survey.unreadable:
+        logger.warning("server %s: %s is not a manifest of ours; left alone", server_id, path)
+    missing: set[UUID] = set()
+    for manifest in survey.manifests:
+        if manifest.status is BackupStatus.COMPLETED and not repository.present(manifest):
+            missing.add(manifest.backup_id)
+            logger.warning(
+                "server %s: backup %s is completed but its archive %s is missing or of another"
+                " size: not counted as a good backup (a check marks it corrupt)",
+                server_id,
+                manifest.backup_id,
+                manifest.archive,
+            )
+    chosen = plan_retention(survey.manifests, policy, zone, missing=missing)
+    result = ServerPrune(
+        server_id=server_id,
+        policy=policy,
+        kept=len(chosen.keep),
+        untouched=len(chosen.untouched),
+    )
+    for manifest in chosen.forget:
+        if not dry_run:
+            repository.forget(manifest)
+        result.removed.append(manifest.backup_id)
+        result.bytes_freed += manifest.size or 0
+        logger.info(
+            "server %s (%s): %s backup %s of %s (%s, %s bytes)",
+            server_id,
+            name,
+            verb,
+            manifest.backup_id,
+            manifest.started_at.isoformat(),
+            manifest.archive,
+            manifest.size,
+        )
+    return result
 
 
 @task(name="clean old job records", cache_policy=NO_CACHE)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO
 
 from tasks.atomic import ArchiveSink
-from tasks.core.errors import JobError, RepositoryFull, SSHTimeout
+from tasks.core.errors import JobError, SSHTimeout
 from tasks.core.inventory import Server
 from tasks.core.settings import SSHSettings
 from tasks.remote import (
@@ -43,6 +43,7 @@ from tasks.remote import (
     connection_error,
     keep_tail,
     quoted,
+    repository_full,
 )
 
 #: The order paramiko prefers too (tasks.ssh.FAST_CIPHERS first), then OpenSSH's other ciphers.
@@ -184,11 +185,7 @@ def download(
     if process.returncode == SSH_FAILED:
         if archive.size > 0 and _disk_full(archive.storage_fd()):
             # ssh says nothing when it cannot write our file: it just exits 255.
-            raise RepositoryFull(
-                f"the backup repository's disk is full (No space left on device) after "
-                f"{archive.size} bytes of this archive; free space or prune old backups "
-                "(medicine-man clean)"
-            )
+            raise repository_full(archive.size)
         raise _failure(server, bytes(stderr), received=archive.size > 0)
     return process.returncode, bytes(stderr)
 

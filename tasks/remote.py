@@ -9,7 +9,9 @@ Both real transports fail into the tree of `tasks.core.errors` through `connecti
 says what kind of `Failure` it saw (paramiko by exception type, ssh by its exit 255 and
 message), and this module alone words the error and picks its class, so a failure is retried or
 not whichever transport carried it. `command_failed` words a remote command's non-zero exit
-for every transport alike.
+for every transport alike, and `repository_full` an archive that found the repository's disk
+full (`archive_writes` maps the write's ENOSPC), which a transport would otherwise take for a
+broken link.
 
 `Connection` is one job's connection: opened by the first task that needs it (inside the task,
 so its retries cover connecting), reused by the job's later tasks, closed by the flow. A backup
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import shlex
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -37,6 +40,7 @@ from tasks.core.errors import (
     JobError,
     PermanentError,
     RemoteCommandFailed,
+    RepositoryFull,
     SSHAuthError,
     SSHConnectError,
     SSHDisconnected,
@@ -179,6 +183,31 @@ def connection_error(
     if connected:
         return SSHDisconnected(f"connection to {where} dropped: {evidence}")
     return SSHConnectError(f"cannot connect to {where}: {evidence}")
+
+
+#: errno values of a write that found no room: the disk is full, or the user's quota used up.
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def repository_full(received: int) -> RepositoryFull:
+    """The error of a download whose archive found no room in the repository, whichever
+    transport wrote it (`archive_writes` for ours; ssh writing the file itself: tasks.openssh)."""
+    return RepositoryFull(
+        f"the backup repository's disk is full (No space left on device) after {received} "
+        "bytes of this archive; free space or prune old backups (medicine-man clean)"
+    )
+
+
+@contextlib.contextmanager
+def archive_writes(archive: ArchiveSink) -> Iterator[None]:
+    """Writes into `archive` inside: one that finds no room raises `repository_full`, not the
+    `OSError` a transport would take for a dropped link (and retry, filling the disk again)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in NO_ROOM:
+            raise repository_full(archive.size) from None
+        raise
 
 
 def command_failed(

@@ -12,6 +12,8 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import shutil
+import stat
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -36,6 +38,13 @@ CODECS: dict[str, tuple[str, list[str]]] = {
     "gzip": (".tar.gz", ["--gzip"]),
     "zstd": (".tar.zst", ["--zstd"]),
 }
+
+
+def readable_codecs() -> set[Compression]:
+    """The codecs this host can read an archive back in (verify, restore): GNU tar runs the
+    codec's own program, so gzip and zstd count only when it is installed here."""
+    programs: tuple[Compression, ...] = ("gzip", "zstd")
+    return {"none", *(codec for codec in programs if shutil.which(codec))}
 
 
 #: Suffix of an archive encrypted in the age format (what `age --decrypt` reads).
@@ -281,6 +290,32 @@ class BackupRepository:
         finally:
             if held:
                 lock_path.unlink(missing_ok=True)
+            os.close(lock)
+
+    def present(self, manifest: Manifest) -> bool:
+        """Whether the archive is in place at the size its manifest says: one `stat`, no read
+        (a check re-reads it, tasks/archive_checks.py); what retention asks of a good backup."""
+        try:
+            found = self.archive_path(manifest).stat()
+        except FileNotFoundError:
+            return False
+        return stat.S_ISREG(found.st_mode) and manifest.size in (None, found.st_size)
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """The repository's lock for changing completed backups' manifests, waited for.
+
+        Retention holds it while it forgets a server's backups, a check while it writes what it
+        found: without it a check could write back a manifest that retention has just turned
+        into a tombstone, bringing a deleted backup back. The kernel drops it when its holder
+        dies.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+        finally:
             os.close(lock)
 
     def remove_partials(self, manifest: Manifest) -> None:

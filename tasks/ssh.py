@@ -40,6 +40,7 @@ from tasks.remote import (
     Failure,
     OnLine,
     OnProgress,
+    archive_writes,
     command_failed,
     connection_error,
     keep_tail,
@@ -261,7 +262,9 @@ class SSHSession:
             return downloader.download(argv, archive, on_progress=on_progress)
 
         def write(chunk: bytes) -> None:
-            archive.write(chunk)
+            # Inside `stream`'s mapping of paramiko's errors, where an OSError is a broken link.
+            with archive_writes(archive):
+                archive.write(chunk)
             if on_progress is not None:
                 on_progress(archive.size)
 

@@ -34,7 +34,14 @@ from api_shim.gateway.errors import (
 )
 from api_shim.gateway.jobs import api_job
 from api_shim.gateway.readiness import PREFECT_API, ReadyMark, look, missing_parts
-from api_shim.gateway.selection import Scope, Slice, slices_for
+from api_shim.gateway.selection import (
+    WAITING_FOR_SERVER_READ,
+    Scope,
+    Slice,
+    needs_waiting_for_server,
+    slices_for,
+    waiting_for_server,
+)
 from api_shim.metrics import PREFECT_SECONDS
 from api_shim.schemas import Job, JobList, PrefectStatus, QueueCounts, ServiceHealth
 from deployments.control.catalogue import ALL_DEPLOYMENTS, CATALOGUE, DEPLOYMENTS, user_tag
@@ -360,9 +367,12 @@ class Gateway:
         offset: int,
     ) -> JobList:
         """A page of jobs, newest (by due time) first, and how many match in all."""
-        holds = await self.holds()
         pools = (queue,) if queue else POOLS
-        slices = slices_for(state, pools, holds, datetime.now(UTC))
+        holds, waiting = await asyncio.gather(
+            self.holds(),
+            self._waiting_for_server(pools, scope, needed=needs_waiting_for_server(state)),
+        )
+        slices = slices_for(state, pools, holds, datetime.now(UTC), [r.id for r in waiting])
         totals = await asyncio.gather(*(self._count(s, scope) for s in slices))
         if len(slices) == 1:
             runs = await self._read(slices[0], scope, offset, limit)
@@ -382,13 +392,17 @@ class Gateway:
 
     async def counts(self, scope: Scope | None) -> dict[str, QueueCounts]:
         """Jobs per queue and state, by count queries run side by side."""
-        holds = await self.holds()
+        holds, waiting = await asyncio.gather(
+            self.holds(), self._waiting_for_server(POOLS, scope, needed=True)
+        )
         now = datetime.now(UTC)
         keys: list[tuple[str, JobState]] = []
         queries: list[Awaitable[int]] = []
         for pool in POOLS:
+            # Each pool's own: a pool with none waiting costs no count of them.
+            ids = [r.id for r in waiting if r.work_pool_name == pool]
             for state in JobState:
-                for part in slices_for(state, (pool,), holds, now):
+                for part in slices_for(state, (pool,), holds, now, ids):
                     keys.append((pool, state))
                     queries.append(self._count(part, scope))
         found = await asyncio.gather(*queries)
@@ -449,6 +463,14 @@ class Gateway:
         return run, state_of(run, holds, datetime.now(UTC))
 
     # -- helpers ----------------------------------------------------------------------------
+
+    async def _waiting_for_server(
+        self, pools: tuple[str, ...], scope: Scope | None, *, needed: bool
+    ) -> list[FlowRun]:
+        """The pools' Running runs that wait for their server (one read), if `needed`."""
+        if not needed:
+            return []
+        return await self._read(waiting_for_server(pools), scope, 0, WAITING_FOR_SERVER_READ)
 
     async def _count(self, part: Slice, scope: Scope | None) -> int:
         if scope is not None and scope.empty:

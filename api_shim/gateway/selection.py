@@ -4,13 +4,18 @@ Most job states are a set of Prefect state types. SCHEDULED is split three ways,
 `deployments.control.states.job_state` does for one run: paused in a paused pool or work queue,
 delayed when due later, waiting when due now. So `waiting` and `paused` are unions of slices,
 each one filter: a pool with some of its work queues paused is cut by work-queue name.
+
+RUNNING is split two ways: waiting for its server (tagged `WAITING_FOR_SERVER_TAG`), else
+active. Prefect filters tags by presence only, so `active` cannot say "without the tag": the
+gateway reads the ids of the tagged runs first (`waiting_for_server`, one read), and the two
+slices are cut by those ids, which keeps them disjoint even while a tag comes or goes.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from uuid import UUID
 
@@ -28,7 +33,13 @@ from prefect.client.schemas.objects import FlowRun, StateType
 
 from deployments.control.catalogue import server_tag, user_tag
 from deployments.control.jobs import Holds
-from deployments.control.states import STATE_TABLE, JobState, state_types_for
+from deployments.control.states import (
+    STATE_TABLE,
+    WAITING_FOR_SERVER,
+    JobState,
+    state_types_for,
+)
+from tasks.core.jobs import WAITING_FOR_SERVER_TAG
 
 
 @dataclass(frozen=True)
@@ -45,10 +56,11 @@ class Scope:
         """Whether no run can be in it: Prefect is not asked about a user owning no server."""
         return not self.servers
 
-    def tags(self) -> FlowRunFilterTags:
+    def tags(self, also: Iterable[str] = ()) -> FlowRunFilterTags:
+        """The filter of its runs (with the tags `also`, if any)."""
         # all_ and any_ are ANDed by Prefect: the user's tag and one of their servers' tags.
         return FlowRunFilterTags(
-            all_=[user_tag(self.user_id)], any_=sorted(server_tag(s) for s in self.servers)
+            all_=[user_tag(self.user_id), *also], any_=sorted(server_tag(s) for s in self.servers)
         )
 
     def allows(self, run: FlowRun) -> bool:
@@ -67,12 +79,15 @@ class Slice:
     due_after: datetime | None = None
     #: Only these work queues of the pools (by name); None: all of them.
     work_queues: tuple[str, ...] | None = None
+    #: Only runs with all these tags.
+    tags: tuple[str, ...] = ()
+    #: Only these runs; None: any.
+    ids: tuple[UUID, ...] | None = None
+    #: Not these runs.
+    excluded: tuple[UUID, ...] = ()
 
     def flow_run_filter(
-        self,
-        scope: Scope | None,
-        ids: Iterable[UUID] | None = None,
-        deployments: Iterable[UUID] | None = None,
+        self, scope: Scope | None, deployments: Iterable[UUID] | None = None
     ) -> FlowRunFilter:
         """Prefect's filter for this slice, limited to a user's `scope` unless None (an admin).
 
@@ -80,14 +95,25 @@ class Slice:
         indexed column of the run instead of a join through work queues to pools, which makes
         counts over 100,000 runs several times faster (BENCHMARKS.md).
         """
+        if scope is not None:
+            tags: FlowRunFilterTags | None = scope.tags(also=self.tags)
+        else:
+            tags = FlowRunFilterTags(all_=list(self.tags)) if self.tags else None
         return FlowRunFilter(
-            id=FlowRunFilterId(any_=list(ids)) if ids is not None else None,
+            id=(
+                FlowRunFilterId(
+                    any_=list(self.ids) if self.ids is not None else None,
+                    not_any_=list(self.excluded) or None,
+                )
+                if self.ids is not None or self.excluded
+                else None
+            ),
             deployment_id=(
                 FlowRunFilterDeploymentId(any_=list(deployments))
                 if deployments is not None
                 else None
             ),
-            tags=scope.tags() if scope is not None else None,
+            tags=tags,
             work_queue_name=(
                 FlowRunFilterWorkQueueName(any_=list(self.work_queues))
                 if self.work_queues is not None
@@ -133,17 +159,51 @@ def _scheduled_parts(
     return [(tuple(found), queues, held) for (queues, held), found in parts.items()]
 
 
+#: The most waiting-for-server runs read for one list or count. Running runs are at most the
+#: pools' concurrency (8 in the queue table), so one page holds them all; past it, the rest
+#: would count as active in lists and counts, while each job still reads `waiting`.
+WAITING_FOR_SERVER_READ = 200
+
+
+def waiting_for_server(pools: Iterable[str]) -> Slice:
+    """The pools' Running runs tagged as waiting for their server: read for their ids, which
+    `slices_for` takes (at most `WAITING_FOR_SERVER_READ` of them)."""
+    return Slice((StateType.RUNNING,), tuple(pools), tags=(WAITING_FOR_SERVER_TAG,))
+
+
+def needs_waiting_for_server(state: JobState | None) -> bool:
+    """Whether the slices of `state` are cut by the ids of the waiting-for-server runs."""
+    return state is not None and StateType.RUNNING in state_types_for(state)
+
+
 def slices_for(
-    state: JobState | None, pools: Iterable[str], holds: Holds, now: datetime
+    state: JobState | None,
+    pools: Iterable[str],
+    holds: Holds,
+    now: datetime,
+    waiting: Iterable[UUID] = (),
 ) -> list[Slice]:
-    """Disjoint slices whose union is every run in `pools` that shows as `state` (all if None)."""
+    """Disjoint slices whose union is every run in `pools` that shows as `state` (all if None).
+
+    `waiting`: the ids of the pools' runs read through `waiting_for_server`, when
+    `needs_waiting_for_server(state)`: they show as waiting, the rest of the Running runs as
+    active.
+    """
     pools = tuple(pools)
     if state is None:
         return [Slice(None, pools)] if pools else []
+    waiting = tuple(waiting)
     slices: list[Slice] = []
     plain = tuple(t for t in state_types_for(state) if t is not StateType.SCHEDULED)
+    if state is WAITING_FOR_SERVER:
+        plain = tuple(t for t in plain if t is not StateType.RUNNING)
     if plain and pools:
-        slices.append(Slice(plain, pools))
+        excluded = waiting if StateType.RUNNING in plain else ()
+        slices.append(Slice(plain, pools, excluded=excluded))
+    if state is WAITING_FOR_SERVER and waiting and pools:
+        # The tag too: a run that got its slot since the read shows in neither list for a
+        # moment, rather than listed as waiting while it reads active.
+        slices.append(replace(waiting_for_server(pools), ids=waiting))
     scheduled = (StateType.SCHEDULED,)
     for part, queues, held in _scheduled_parts(pools, holds):
         if state is JobState.PAUSED and held:

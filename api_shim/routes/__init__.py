@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 
 from api_shim.gateway import Gateway
 from api_shim.schemas import ErrorEnvelope
@@ -22,3 +22,19 @@ GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for error answers, all in the envelope."""
     return {status: {"model": ErrorEnvelope} for status in statuses}
+
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=200,
+        description="A repeated request with the same key returns the first one's job.",
+    ),
+]
+
+
+def scoped_key(request: Request, user_id: str, key: str | None) -> str | None:
+    """The caller's Idempotency-Key scoped by user and endpoint, so one user's key never
+    returns another's job."""
+    return f"api:{user_id}:{request.method} {request.url.path}:{key}" if key else None

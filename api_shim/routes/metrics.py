@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api_shim.access import CallerScope
 from api_shim.gateway import Gateway, GatewayError, OrchestratorUnavailable, Scope
-from api_shim.metrics import record_queues, verdict
+from api_shim.metrics import record_corrupt_backups, record_queues, verdict
 from api_shim.routes import GatewayDep, errors
 from api_shim.schemas import (
     Envelope,
@@ -24,6 +24,7 @@ from api_shim.schemas import (
     SystemMetrics,
     WorkerCount,
 )
+from tasks.core.settings import get_settings
 
 router = APIRouter(tags=["metrics"])
 
@@ -99,9 +100,11 @@ async def system_metrics(scope: CallerScope, gateway: GatewayDep) -> Any:
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
 )
 async def prometheus(gateway: GatewayDep) -> Response:
-    """Prometheus exposition; queue gauges are refreshed unless Prefect is down."""
+    """Prometheus exposition; queue gauges are refreshed unless Prefect is down, the corrupt
+    backups of each server from the repositories (MM_BACKUP_ROOT, MM_BACKUP_ROOTS)."""
     try:
         await _queues(gateway, None)
     except OrchestratorUnavailable:
         pass  # the gauges keep their last values; mm_prefect_call_seconds shows the failures
+    await asyncio.to_thread(record_corrupt_backups, get_settings().paths.search_roots())
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

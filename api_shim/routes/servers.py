@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import Annotated, Any, TypeVar
 from uuid import UUID, uuid4
 
-from fastapi import APIRouter, Body, Header, HTTPException, Request, status
+from fastapi import APIRouter, Body, HTTPException, Request, status
 
 from api_shim.access import inventory_for, usable_server, usable_servers
 from api_shim.auth import CurrentCaller
 from api_shim.metrics import JOBS_ENQUEUED
-from api_shim.routes import GatewayDep, errors
+from api_shim.routes import GatewayDep, IdempotencyKey, errors, scoped_key
 from api_shim.schemas import (
     BackupEnqueued,
     BackupRequest,
@@ -36,14 +36,6 @@ router = APIRouter(prefix="/api/servers", tags=["servers"])
 
 E = TypeVar("E", BackupEnqueued, ScanEnqueued, UpdateEnqueued)
 
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        max_length=200,
-        description="A repeated request with the same key returns the first one's job.",
-    ),
-]
 RESPONSES = errors(401, 404, 422, 503)
 
 
@@ -171,15 +163,9 @@ async def _enqueue(
         "job_type": job_type.value,
         **extra,
     }
-    # Scoped by user and endpoint, so one user's key never returns another's job.
-    key = (
-        f"api:{caller.user_id}:{request.method} {request.url.path}:{idempotency_key}"
-        if idempotency_key
-        else None
-    )
     job = await gateway.enqueue(
         job_type, parameters, user_id=caller.user_id, priority=_priority(priority),
-        idempotency_key=key,
+        idempotency_key=scoped_key(request, caller.user_id, idempotency_key),
     )  # fmt: skip
     JOBS_ENQUEUED.labels(job_type.value).inc()
     data = answer.model_validate(

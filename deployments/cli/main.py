@@ -29,7 +29,14 @@ from deployments.cli.jobs import (
     set_paused,
     watch,
 )
-from deployments.cli.render import JobProgress, backups_table, clean_summary, servers_table, show
+from deployments.cli.render import (
+    JobProgress,
+    backups_table,
+    check_summary,
+    clean_summary,
+    servers_table,
+    show,
+)
 from deployments.control.jobs import Enqueued, JobSnapshot
 from deployments.control.queues import Priority
 from deployments.control.states import JobState
@@ -264,9 +271,57 @@ def clean(
     if not wait:
         return
     _watch(job.job_id)
-    result = asyncio.run(job_result(job.job_id))
+    _show_result(job.job_id, clean_summary)
+
+
+@app.command()
+@reported
+def check(
+    every: Annotated[
+        bool, typer.Option("--all", help="Re-read every archive, not this run's share.")
+    ] = False,
+    server_id: Annotated[
+        str | None,
+        typer.Option("--server", metavar="SERVER_ID", help="Only this server's archives."),
+    ] = None,
+    wait: WaitOption = False,
+) -> None:
+    """Re-read stored archives against their manifests now (a check:archives job).
+
+    Enqueues a run of the check flow (LOW priority, scan pool), the one the daily schedule
+    starts: it re-reads its share of the archives (MM_CHECK_DAYS), or all with --all, marks each
+    that does not match `corrupt` and fails naming them; with --wait, follows it and prints
+    what it found.
+    """
+    parameters: dict[str, Any] = {
+        "all_archives": every,
+        "user_id": _operator(),
+        "job_type": JobType.CHECK_ARCHIVES.value,
+    }
+    if server_id is not None:
+        parameters["server_id"] = str(_uuid("server", server_id))
+    job = asyncio.run(enqueue(JobType.CHECK_ARCHIVES, parameters, None))
+    out.print(str(job.job_id), markup=False)
+    err.print(
+        f"{JobType.CHECK_ARCHIVES.value} queued on {job.queue}: jobId {job.job_id}",
+        markup=False,
+        soft_wrap=True,
+    )
+    if not wait:
+        return
+    try:
+        _watch(job.job_id)
+    except typer.Exit as stopped:
+        if stopped.exit_code == 1:  # it failed: what it found matters most then
+            _show_result(job.job_id, check_summary)
+        raise
+    _show_result(job.job_id, check_summary)
+
+
+def _show_result(job_id: UUID, summary: Callable[[dict[str, Any]], str]) -> None:
+    result = asyncio.run(job_result(job_id))
     if result is not None:
-        out.print(clean_summary(result), markup=False, soft_wrap=True)
+        out.print(summary(result), markup=False, soft_wrap=True)
 
 
 @app.command()

@@ -161,3 +161,20 @@ def clean_summary(result: dict[str, Any]) -> str:
         + f" ({human_size(result.get('bytesFreed', 0))});"
         + f" kept {result.get('archivesKept', 0)} archives of {result.get('servers', 0)} servers"
     )
+
+
+def check_summary(result: dict[str, Any]) -> str:
+    """What an archive check found: counts, then each corrupt or unreadable backup."""
+    corrupt = result.get("corrupt") or []
+    unreadable = result.get("unreadable") or []
+    lines = [
+        f"re-read {result.get('checked', 0)} of {result.get('archives', 0)} archives"
+        f" ({human_size(result.get('bytesRead', 0))}): {result.get('matched', 0)} matched,"
+        f" {len(corrupt)} corrupt, {len(unreadable)} unreadable, {result.get('skipped', 0)} skipped"
+    ]
+    for word, found in (("corrupt", corrupt), ("unreadable", unreadable)):
+        lines.extend(
+            f"{word}: backup {f.get('backupId')} of server {f.get('serverId')}: {f.get('error')}"
+            for f in found
+        )
+    return "\n".join(lines)

@@ -27,18 +27,18 @@ definition, not their enabled switch.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from uuid import UUID
 
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import (
-    DeploymentFilter,
-    DeploymentFilterId,
     FlowRunFilter,
     FlowRunFilterState,
     FlowRunFilterStateType,
+    WorkPoolFilter,
+    WorkPoolFilterName,
 )
-from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.events import Event, RelatedResource, Resource
 from prefect.events.actions import ChangeFlowRunState
@@ -64,6 +64,8 @@ WATCH_EVENT = "medicine-man.flow-run.watched"
 #: `prefect.flow-run.Crashed`, which may have died unprocessed with the last server process
 #: (its events are kept in memory), leaving the run Crashed with attempts left, for good.
 CRASH_FOUND_EVENT = "medicine-man.flow-run.crash-found"
+#: The message of a run an embedded start finds Running without a process (`crash_orphaned_runs`).
+ORPHANED_MESSAGE = "Its stack stopped without handing it back (killed or lost power)"
 #: What the re-run and gave-up automations react to.
 _CRASHED = {"prefect.flow-run.Crashed", CRASH_FOUND_EVENT}
 
@@ -311,7 +313,7 @@ def watch_events(runs: Iterable[FlowRun]) -> list[Event]:
 
 
 async def watch_unfinished_runs(client: PrefectClient) -> int:
-    """Start the stalled-run watch of every Pending or Running run of our deployments.
+    """Start the stalled-run watch of every Pending or Running run of our pools.
 
     After the whole system was killed, a run whose heartbeat had not been processed yet has no
     watch, so nothing would ever crash it: it would stay Running and hold its pool slot forever.
@@ -351,29 +353,53 @@ def crash_found_events(runs: Iterable[FlowRun]) -> list[Event]:
     ]
 
 
-async def refind_crashed_runs(client: PrefectClient) -> int:
-    """Hand every Crashed run of our deployments to the re-run or gave-up automation again.
+async def crash_orphaned_runs(client: PrefectClient) -> int:
+    """Crash every Pending or Running run of our pools (and cancel every Cancelling one),
+    for an embedded stack starting before its workers: the last stack's processes are all gone
+    (each died with its parent, and `make up` ended the leftovers of a killed supervisor), so
+    none of these runs has a process, and waiting a lock duration for the stalled-run
+    automation to find that out would only delay their re-runs. Returns how many it ended.
+    """
+    runs = await _runs_in(client, [StateType.PENDING, StateType.RUNNING, StateType.CANCELLING])
+    for run in runs:
+        if run.state_type is StateType.CANCELLING:
+            end = State(type=StateType.CANCELLED, message="Cancelled while its stack was down")
+        else:
+            end = State(type=StateType.CRASHED, message=ORPHANED_MESSAGE)
+        await client.set_flow_run_state(run.id, end)
+    return len(runs)
+
+
+async def refind_crashed_runs(client: PrefectClient, crashed_before: datetime) -> int:
+    """Hand every run of our pools that crashed before `crashed_before` (when this
+    server started) to the re-run or gave-up automation again.
 
     Only for a server that has just started with its events in memory (embedded mode): a run
     handed back Crashed by a stop sends its Crashed event as the server is being stopped, and
-    the event may die with it. A Crashed run is only ever one whose event was lost (the
-    automations move every other one on at once), unless an operator switched them off, in
-    which case this changes nothing either. Returns how many runs it handed on.
+    the event may die with it. A run that crashed before this server started and is still
+    Crashed is one whose event was lost (the automations move every other one on at once), or
+    one whose automations an operator switched off, which this changes nothing for. Later
+    crashes are this server's own: their events are on their way, and a second hand-on could
+    schedule a run that is running again. Returns how many runs it handed on.
     """
-    runs = await _runs_in(client, [StateType.CRASHED])
+    runs = [
+        run
+        for run in await _runs_in(client, [StateType.CRASHED])
+        if run.state is not None and run.state.timestamp < crashed_before
+    ]
     await _emit(client, crash_found_events(runs))
     return len(runs)
 
 
 async def _runs_in(client: PrefectClient, types: list[StateType]) -> list[FlowRun]:
-    """Every run of our deployments in one of the state `types`."""
-    ids = [(await client.read_deployment_by_name(d.full_name)).id for d in ALL_DEPLOYMENTS]
+    """Every run of our work pools in one of the state `types`."""
     wanted = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=types)))
+    pools = WorkPoolFilter(name=WorkPoolFilterName(any_=[queue.name for queue in QUEUES]))
     runs: list[FlowRun] = []
     while True:
         page = await client.read_flow_runs(
             flow_run_filter=wanted,
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=ids)),
+            work_pool_filter=pools,
             sort=FlowRunSort.ID_DESC,
             offset=len(runs),
             limit=_PAGE,

@@ -4,8 +4,9 @@ Against the API in PREFECT_API_URL it creates or updates the work pools (with ou
 template, deployments/control/job_template.py) and their priority work queues from the queue table,
 applies prefect.yaml with `prefect deploy --all`, creates the automations that crash stalled
 runs and re-run crashed ones (`deployments.control.automations`), and makes the backup deployment's
-schedules match the inventory. Running it again changes nothing; what an operator sets at run
-time (a paused pool, a deactivated schedule) survives it.
+schedules match the inventory (the maintenance and check schedules: the settings). Running it
+again changes nothing; what an operator sets at run time (a paused pool, a deactivated schedule)
+survives it.
 
     python -m deployments.control.bootstrap [--project-dir DIR] [--inventory FILE]
 """
@@ -39,6 +40,7 @@ from deployments.control.automations import (
     watch_unfinished_runs,
 )
 from deployments.control.catalogue import BACKUP
+from deployments.control.checks import check_checks, sync_check_schedule
 from deployments.control.job_template import base_job_template
 from deployments.control.maintenance import check_maintenance, sync_maintenance_schedule
 from deployments.control.queues import QUEUES, Priority, Queue
@@ -81,9 +83,12 @@ async def bootstrap(
         watched = await watch_unfinished_runs(client)
         if watched:
             logger.info("watching %d unfinished runs for heartbeats", watched)
-        schedule_change = await sync_maintenance_schedule(client, settings.maintenance)
-        if schedule_change is not None:
-            logger.info("%s", schedule_change)
+        for schedule_change in (
+            await sync_maintenance_schedule(client, settings.maintenance),
+            await sync_check_schedule(client, settings.check),
+        ):
+            if schedule_change is not None:
+                logger.info("%s", schedule_change)
         if inventory is not None:
             await sync_backup_schedules(client, inventory)
 
@@ -240,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = get_settings()
         check_maintenance(settings.maintenance)
+        check_checks(settings.check)
         check_supervision(settings.supervision)
     except ValueError as exc:  # a SettingsError, or a check's refusal
         logger.error("%s", exc)

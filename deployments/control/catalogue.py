@@ -44,9 +44,19 @@ class Deployment:
 BACKUP = Deployment("backup", "backup", "flows.backup:backup", QUEUES_BY_NAME["backup"])
 SCAN = Deployment("scan", "scan", "flows.scan:scan", QUEUES_BY_NAME["scan"])
 UPDATE = Deployment("update", "update", "flows.update:update", QUEUES_BY_NAME["update"])
+#: Stored archives re-read against their manifests (flows/check.py): LOW priority in the scan
+#: pool, beside maintenance, one run at a time; a job of its own, `check:archives`.
+CHECK = Deployment(
+    "check",
+    "check",
+    "flows.check:check",
+    QUEUES_BY_NAME["scan"],
+    work_queue=Priority.LOW,
+    limit=1,
+)
 
 #: The deployments of the job types: what the API lists and counts as jobs.
-DEPLOYMENTS: tuple[Deployment, ...] = (BACKUP, SCAN, UPDATE)
+DEPLOYMENTS: tuple[Deployment, ...] = (BACKUP, SCAN, UPDATE, CHECK)
 
 #: Retention of job records and backup archives (flows/maintenance.py): LOW priority in the scan
 #: pool, whose five slots leave room for it; one run at a time. Not a job type of the API.
@@ -76,7 +86,7 @@ class Job:
 
     @property
     def default_priority(self) -> Priority:
-        return self.deployment.queue.default_priority
+        return self.deployment.priority
 
 
 CATALOGUE: dict[JobType, Job] = {
@@ -85,6 +95,7 @@ CATALOGUE: dict[JobType, Job] = {
     JobType.SCAN_FULL: Job(JobType.SCAN_FULL, SCAN),
     JobType.SCAN_QUICK: Job(JobType.SCAN_QUICK, SCAN),
     JobType.UPDATE_SERVER: Job(JobType.UPDATE_SERVER, UPDATE),
+    JobType.CHECK_ARCHIVES: Job(JobType.CHECK_ARCHIVES, CHECK),
 }
 
 #: Tag on every flow run naming its job type, so runs can be filtered by type in the UI and API.

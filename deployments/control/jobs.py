@@ -94,7 +94,8 @@ async def enqueue(
     with an `idempotency_key` seen before, Prefect returns that run.
 
     `deployment_id`: the job's deployment, if the caller knows it (saves a read).
-    The run is tagged with its job type and its server (`parameters["server_id"]`).
+    The run is tagged with its job type and its server (`parameters["server_id"]`), if it has
+    one: a check of every server's archives has none, and so no user's scope shows it.
     """
     job = CATALOGUE[job_type]
     priority = priority or job.default_priority
@@ -104,7 +105,11 @@ async def enqueue(
         deployment_id,
         parameters=parameters,
         work_queue_name=priority.queue_name,
-        tags=[job_type_tag(job_type), server_tag(parameters["server_id"]), *tags],
+        tags=[
+            job_type_tag(job_type),
+            *([server_tag(parameters["server_id"])] if parameters.get("server_id") else []),
+            *tags,
+        ],
         idempotency_key=idempotency_key,
     )
     return enqueued(run, job.deployment, priority)
@@ -237,6 +242,7 @@ def state_of(run: FlowRun, holds: Holds, now: datetime) -> JobState:
         scheduled_time=run.state.state_details.scheduled_time or run.next_scheduled_start_time,
         now=now,
         held=holds.hold(run),
+        tags=run.tags,
     )
 
 

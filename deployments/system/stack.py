@@ -29,7 +29,7 @@ from prefect.client.orchestration import PrefectClient, SyncPrefectClient
 from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 from prefect.workers.process import ProcessWorker
 
-from deployments.control.automations import refind_crashed_runs
+from deployments.control.automations import crash_orphaned_runs, refind_crashed_runs
 from deployments.control.bootstrap import PROJECT_DIR, ensure_pool
 from deployments.control.queues import QUEUES, Queue, get_queue
 from deployments.system import credentials
@@ -245,6 +245,8 @@ class Stack:
     #: When a stop in progress kills what still runs (`stop`, `hurry`).
     _deadline: float = field(default=0.0, init=False, repr=False)
     _hurried: bool = field(default=False, init=False, repr=False)
+    #: When the Prefect server was last started (wall clock, as Prefect's state timestamps).
+    _server_started: datetime | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.data_dir = self.data_dir.resolve()
@@ -477,14 +479,18 @@ class Stack:
             if not self.backend.scaled:
                 # This server has just started, its leases in memory: the last one's are gone.
                 await release_orphaned_slots(client)
+                # Before any worker of ours runs: every unfinished run is the last stack's.
+                await crash_orphaned_runs(client)
 
     async def _refind_crashed_runs(self) -> None:
         # This server has just started, its events in memory: the last one's may be lost.
+        assert self._server_started is not None
         async with self.client() as client:
-            await refind_crashed_runs(client)
+            await refind_crashed_runs(client, crashed_before=self._server_started)
 
     def start_server(self, timeout: float = 90.0) -> None:
         """The Prefect server; with `server_ports`, its API processes and its services."""
+        self._server_started = datetime.now(UTC)
         if not self.server_ports:
             _check_port_free(self.port, "Prefect server")
             self.server = self._child(

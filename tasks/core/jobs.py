@@ -1,5 +1,6 @@
-"""The parameters of each flow: what a job asks for, and what a backup's options come to with
-the inventory and the settings. Plain pydantic, no Prefect, no SSH."""
+"""The parameters of each flow: what a job asks for, what a backup's options come to with the
+inventory and the settings, and the one run tag a job sets itself. Plain pydantic, no Prefect,
+no SSH."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from tasks.core.settings import EncryptionSettings
 
 
 class JobType(StrEnum):
-    """The job types of the original system, each a flow run of one deployment."""
+    """The job types of the original system and ours, each a flow run of one deployment."""
 
     #: A backup someone asked for.
     BACKUP_MANUAL = "backup:manual"
@@ -26,6 +27,14 @@ class JobType(StrEnum):
     SCAN_QUICK = "scan:quick"
     #: The server's update command.
     UPDATE_SERVER = "update:server"
+    #: Stored archives re-read against their manifests (new: scheduled, and on demand).
+    CHECK_ARCHIVES = "check:archives"
+
+
+#: Tag of a Running flow run that waits for its server's slot (tasks/server_slot.py), so that it
+#: shows as `waiting` (deployments/control/states.py); a tag, not a state: Running -> Running
+#: would count one more attempt in Prefect's `run_count`. Also shown in Prefect's UI.
+WAITING_FOR_SERVER_TAG = "waiting-for-server"
 
 
 # The job types of each flow's `job_type` parameter, as members of the one enum: a flow run's
@@ -33,6 +42,7 @@ class JobType(StrEnum):
 BackupJob = Literal[JobType.BACKUP_MANUAL, JobType.BACKUP_SCHEDULED]
 ScanJob = Literal[JobType.SCAN_FULL, JobType.SCAN_QUICK]
 UpdateJob = Literal[JobType.UPDATE_SERVER]
+CheckJob = Literal[JobType.CHECK_ARCHIVES]
 
 
 class BackupOptions(BaseModel):

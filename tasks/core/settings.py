@@ -9,9 +9,9 @@ A process reads them once (`get_settings`, which names the variable of each bad 
 passes the section a function needs down to it. Checks that need more than the value stay
 with the code that has the rest: the queue table's lock durations
 (deployments/control/automations.py, `check_supervision`) and Prefect's cron syntax
-(deployments/control/maintenance.py, `check_maintenance`); tasks/core imports nothing else of
-ours. README's configuration table lists every variable here, with its default
-(tests/unit/test_configuration_table.py).
+(deployments/control/maintenance.py, `check_maintenance`, and deployments/control/checks.py,
+`check_checks`); tasks/core imports nothing else of ours. README's configuration table lists
+every variable here, with its default (tests/unit/test_configuration_table.py).
 """
 
 from __future__ import annotations
@@ -287,6 +287,23 @@ class MaintenanceSettings(BaseSettings):
         return value.strip()
 
 
+class CheckSettings(BaseSettings):
+    """When the archive check runs by itself, and how often each archive is re-read: the share
+    of the archives one run re-reads is tasks/archive_checks.py's; the cron expression is
+    checked against Prefect's syntax by `check_checks` (deployments/control/checks.py)."""
+
+    model_config = _section("MM_CHECK_")
+
+    cron: str = Field("0 4 * * *", description="Cron expression; empty: no schedule.")
+    timezone: str = Field("UTC", description="IANA time zone of the cron expression.")
+    days: int = Field(30, ge=1, description="Each stored archive is re-read within these days.")
+
+    @field_validator("cron")
+    @classmethod
+    def _stripped(cls, value: str) -> str:
+        return value.strip()
+
+
 class JobRecordSettings(BaseSettings):
     """How long job records (flow runs) are kept; the policy is tasks/job_records.py's."""
 
@@ -337,6 +354,7 @@ class Settings(BaseModel):
     backend: BackendSettings = Field(default_factory=BackendSettings)
     supervision: SupervisionSettings = Field(default_factory=SupervisionSettings)
     maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
+    check: CheckSettings = Field(default_factory=CheckSettings)
     job_records: JobRecordSettings = Field(default_factory=JobRecordSettings)
     keep: KeepSettings = Field(default_factory=KeepSettings)
     bench: BenchSettings = Field(default_factory=BenchSettings)

@@ -177,6 +177,7 @@ def test_two_signals_to_make_ups_group_mid_run_then_make_up_again_ends_every_job
         "DO_NOT_TRACK": "1",
         "MM_LOCK_DURATIONS": json.dumps(dict.fromkeys(QUEUES_BY_NAME, LOCK)),
         "MM_MAINTENANCE_CRON": "",
+        "MM_CHECK_CRON": "",
         "MM_BACKUP_ROOT": str(tmp_path / "var" / "backups"),
         "MM_RESULTS_ROOT": str(tmp_path / "var" / "results"),
     }

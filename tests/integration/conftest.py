@@ -13,6 +13,7 @@ from prefect.client.schemas.objects import FlowRun
 
 from deployments.system.stack import Stack
 from tests.support.session import (
+    CHECK_CRON,
     LOCK,
     MAINTENANCE_CRON,
     SCHEDULED_CRON,
@@ -22,6 +23,7 @@ from tests.support.session import (
 )
 
 __all__ = [
+    "CHECK_CRON",
     "LOCK",
     "MAINTENANCE_CRON",
     "SCHEDULED_CRON",

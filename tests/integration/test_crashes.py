@@ -13,7 +13,7 @@ import os
 import signal
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import UUID
 
@@ -105,7 +105,7 @@ def wait_until_completed(stack: Stack, run_id: UUID, timeout: float) -> tuple[Fl
 
 @pytest.mark.parametrize("worker_dies", [False, True], ids=["run-killed", "worker-and-run-killed"])
 def test_killed_backup_is_crashed_rerun_and_completed_once(
-    stack, run_job, wait_for_final_state, slow_server, tmp_path, worker_dies
+    stack, target, inventory, run_job, wait_for_final_state, slow_server, tmp_path, worker_dies
 ):
     """kill -9 a backup's flow-run process (and, the second time, its worker too) mid-transfer.
 
@@ -157,8 +157,13 @@ def test_killed_backup_is_crashed_rerun_and_completed_once(
 
     if not worker_dies:
         return  # the worker that saw its process die freed the slot itself
-    # The stalled run holds no slot: the limit-2 pool runs two backups at once again.
-    pair = [run_job("backup/backup", {"server_id": str(server_id)}) for _ in range(2)]
+    # The stalled run holds no slot: the limit-2 pool runs two backups at once again (of two
+    # servers: one server's backups take turns).
+    servers = [
+        inventory.add_server(target, backup={"paths": [str(source)], "pre": "sleep 2"})
+        for _ in range(2)
+    ]
+    pair = [run_job("backup/backup", {"server_id": str(s)}) for s in servers]
     finished = [wait_for_final_state(r, timeout=90) for r in pair]
     assert all(r.state is not None and r.state.is_completed() for r in finished), [
         (r.id, r.state and r.state.name, r.state and r.state.message) for r in finished
@@ -221,8 +226,9 @@ def test_a_crash_whose_event_was_lost_is_run_again_when_the_server_starts(stack:
     Breaks: a run's Crashed event never reaches the re-run automation (here it is switched off
     while the run crashes; in life the event dies unprocessed with an embedded server that is
     stopped just then). Must survive: the run stays Crashed until a server start hands it on
-    (`refind_crashed_runs`, which `make up` calls after its bootstrap), and then it is
-    scheduled again, same id, its attempts counted as before.
+    (`refind_crashed_runs`, which an embedded `make up` calls after its bootstrap, for crashes
+    before the server started: a later one is the server's own, its event on the way), and
+    then it is scheduled again, same id, its attempts counted as before.
     """
     queue = get_queue("update")
     with stack.sync_client() as client:
@@ -237,17 +243,23 @@ def test_a_crash_whose_event_was_lost_is_run_again_when_the_server_starts(stack:
             client.set_flow_run_state(run_id, State(type=StateType.PENDING))
             client.set_flow_run_state(run_id, State(type=StateType.RUNNING))
             client.set_flow_run_state(run_id, State(type=StateType.CRASHED, message="lost"))
+            crashed = client.read_flow_run(run_id).state
+            assert crashed is not None
             time.sleep(2)
             client.resume_automation(rerun.id)
             time.sleep(EVALUATION_SLACK / 5)
             lost = client.read_flow_run(run_id)
             assert lost.state_type is StateType.CRASHED, lost.state  # nothing replays it
 
-            async def refind() -> int:
+            async def refind(before: datetime) -> int:
                 async with stack.client() as async_client:
-                    return await refind_crashed_runs(async_client)
+                    return await refind_crashed_runs(async_client, crashed_before=before)
 
-            assert asyncio.run(refind()) >= 1
+            # A crash after the server's start is its own, its event on the way: left alone.
+            asyncio.run(refind(crashed.timestamp - timedelta(seconds=1)))
+            time.sleep(EVALUATION_SLACK / 5)
+            assert client.read_flow_run(run_id).state_type is StateType.CRASHED
+            assert asyncio.run(refind(datetime.now(UTC))) >= 1
             again = _wait_for_state(stack, run_id, StateType.SCHEDULED)
             assert again.name == "AwaitingRetry", again
             assert client.read_flow_run(run_id).run_count == 1

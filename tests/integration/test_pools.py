@@ -20,12 +20,19 @@ def test_no_pool_ever_runs_more_than_its_limit(
     stack, target, inventory, run_job, wait_for_final_state, tmp_path
 ):
     source = make_tree(tmp_path / "source", big_bytes=1000)
-    # Each job holds its slot a little, so the runs of a pool overlap if the limit lets them.
-    server_id = inventory.add_server(
-        target,
-        backup={"paths": [str(source)], "pre": "sleep 1"},
-        update={"command": "sleep 1"},
-    )
+
+    def server() -> str:
+        # Each job holds its slot a little, so the runs of a pool overlap if the limit lets
+        # them. A server of its own per job: one server's backups and updates take turns
+        # (tasks/server_slot.py), which would hide the pool's limit behind the server's.
+        return str(
+            inventory.add_server(
+                target,
+                backup={"paths": [str(source)], "pre": "sleep 1"},
+                update={"command": "sleep 1"},
+            )
+        )
+
     jobs = {
         "backup/backup": 3 * QUEUES_BY_NAME["backup"].concurrency,
         "scan/scan": 3 * QUEUES_BY_NAME["scan"].concurrency,
@@ -34,7 +41,7 @@ def test_no_pool_ever_runs_more_than_its_limit(
     runs: dict[str, list[uuid.UUID]] = defaultdict(list)
     for deployment, count in jobs.items():
         for _ in range(count):
-            parameters = {"server_id": str(server_id)}
+            parameters = {"server_id": server()}
             if deployment == "scan/scan":
                 parameters["job_type"] = "scan:quick"
             runs[deployment.split("/")[0]].append(run_job(deployment, parameters))

@@ -29,7 +29,7 @@ from deployments.control.catalogue import user_tag
 from deployments.system.local_target import LocalTarget, free_port
 from deployments.system.stack import Stack
 from tasks.core.settings import BackendSettings
-from tests.integration.conftest import MAINTENANCE_CRON, InventoryFile
+from tests.integration.conftest import CHECK_CRON, MAINTENANCE_CRON, InventoryFile
 from tests.support.api import Api, error, ok
 from tests.support.cuttable import CuttableProxy
 from tests.support.scaled import (
@@ -78,7 +78,7 @@ def redis_behind_proxy(
                 ui=False,
                 backend=backend,
                 auth_string=auth_string(),
-                extra_env={"MM_MAINTENANCE_CRON": MAINTENANCE_CRON},
+                extra_env={"MM_MAINTENANCE_CRON": MAINTENANCE_CRON, "MM_CHECK_CRON": CHECK_CRON},
             )
             try:
                 stack.start(timeout=180)

@@ -11,10 +11,11 @@ archive and one manifest per backup id, one scan record per scan id, one update 
 update id), every archive matches its
 manifest's size and sha256 and lists with tar, and no temp (`.partial`) archive is left.
 
-The runs killed while Running are found by the stalled-run automation (no heartbeat for the
-lock duration, `LOCK` s here as in the session's stack) and run again, same id
-(`deployments.control.automations`). This test runs a stack of its own: the session's would lose its
-runs, and its other tests' too.
+The runs killed while Running or Pending have no process left, which the restarted embedded
+stack knows: it crashes them before its workers start (`crash_orphaned_runs`), and the re-run
+automation runs them again, same id, at once, instead of a lock duration later when the
+stalled-run automation would find them (`deployments.control.automations`). This test runs a
+stack of its own: the session's would lose its runs, and its other tests' too.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from uuid import UUID
 import pytest
 from prefect.client.schemas.objects import FlowRun, State, StateType
 
+from deployments.control.automations import ORPHANED_MESSAGE
 from deployments.control.queues import QUEUES_BY_NAME
 from deployments.system.local_target import LocalTarget, free_port
 from deployments.system.stack import Stack
@@ -52,9 +54,8 @@ SOURCE_BYTES = 8_000_000
 RATE = 3_000_000
 #: How many of the 20 jobs must be Running when everything is killed.
 RUNNING_AT_KILL = 4
-#: From the restart until every job is final: the lock duration, the automations' evaluation
-#: and the re-runs on two loaded cores.
-RECOVERY_SECONDS = 180
+#: From the restart until every job is final: the re-runs on two loaded cores.
+RECOVERY_SECONDS = 150
 
 
 @dataclass(frozen=True)
@@ -95,9 +96,10 @@ class World:
             backend=BackendSettings(database_url=None, redis_url=None),
             extra_env={
                 "MM_LOCK_DURATIONS": json.dumps(dict.fromkeys(QUEUES_BY_NAME, LOCK)),
-                # No maintenance runs: they would be runs of the scan pool this test does not
-                # count, and the scheduler could add them mid-test.
+                # No maintenance or check runs: they would be runs of the scan pool this test
+                # does not count, and the scheduler could add them mid-test.
                 "MM_MAINTENANCE_CRON": "",
+                "MM_CHECK_CRON": "",
             },
         )
 
@@ -271,6 +273,9 @@ def test_kill_9_of_everything_mid_run_then_restart_completes_every_job_once(
         endings = {job.job_id: sum(s.type in final for s in histories[job.job_id]) for job in jobs}
         assert set(endings.values()) == {1}, (endings, report)
         assert sorted(r.id for r in all_runs) == sorted(j.job_id for j in jobs), report
+        # Crashed by the restart itself, not found by the stalled-run automation much later.
+        crashes = [s.message for h in histories.values() for s in h if s.type is StateType.CRASHED]
+        assert crashes and set(crashes) == {ORPHANED_MESSAGE}, report
         rerun = [run for run in runs if run.run_count > 1]
         print(f"{len(rerun)} jobs ran again after the kill")
 

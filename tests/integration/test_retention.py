@@ -28,8 +28,9 @@ def lone_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         port=free_port(),
         api_port=None,
         ui=False,
-        # No maintenance schedule: the scheduler would add its upcoming runs mid-test.
-        extra_env={"MM_MAINTENANCE_CRON": ""},
+        # No maintenance or check schedule: the scheduler would add their upcoming runs
+        # mid-test.
+        extra_env={"MM_MAINTENANCE_CRON": "", "MM_CHECK_CRON": ""},
     )
     try:
         stack.start_server()

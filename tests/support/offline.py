@@ -22,8 +22,10 @@ import yaml
 from prefect import Task
 
 import flows.backup
+import flows.check
 import flows.scan
 import flows.update
+import tasks.archive_checks
 import tasks.backup
 import tasks.outcome
 import tasks.scan
@@ -35,7 +37,7 @@ from tasks.progress import Progress
 from tasks.remote import Connection
 from tasks.server_slot import slot_name
 
-FLOW_MODULES = (flows.backup, flows.scan, flows.update)
+FLOW_MODULES = (flows.backup, flows.scan, flows.update, flows.check)
 
 
 class RecordedProgress(Progress):
@@ -112,9 +114,9 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Offline
         for name, value in vars(module).items():
             if isinstance(value, Task):
                 monkeypatch.setattr(module, name, value.fn)
-        monkeypatch.setattr(module, "job_connection", job_connection)
-        if hasattr(module, "server_slot"):
-            monkeypatch.setattr(module, "server_slot", server_slot)
+        for name, fake in (("job_connection", job_connection), ("server_slot", server_slot)):
+            if hasattr(module, name):  # the check flow connects to no server
+                monkeypatch.setattr(module, name, fake)
         monkeypatch.setattr(module, "publish_result", lambda result: result)
     monkeypatch.setattr(Progress, "start", classmethod(lambda cls: state.progress))
 
@@ -131,7 +133,7 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Offline
     monkeypatch.setattr(tasks.scan, "create_table_artifact", table_artifact)
     monkeypatch.setattr(tasks.outcome, "Artifact", FailureArtifact)
     logger = logging.getLogger("tests.offline")
-    for module in (tasks.backup, tasks.update):
+    for module in (tasks.backup, tasks.update, tasks.archive_checks, flows.check):
         monkeypatch.setattr(module, "get_run_logger", lambda: logger)
     yield state
     get_settings.cache_clear()

@@ -46,6 +46,8 @@ SCHEDULED_TIMEZONE = "Europe/Berlin"
 #: The maintenance schedule of the session's stack (MM_MAINTENANCE_CRON): 1 January, 04:00, so
 #: no scheduled maintenance run prunes other tests' archives or runs in a pool they measure.
 MAINTENANCE_CRON = "0 4 1 1 *"
+#: The archive check's (MM_CHECK_CRON), for the same reasons: 1 January, 05:00.
+CHECK_CRON = "0 5 1 1 *"
 
 #: Lock duration of every queue in the session's stack, seconds: the shortest that heartbeats
 #: every 30 s (Prefect's minimum) allow, see `deployments.control.automations`.
@@ -194,6 +196,7 @@ def stack(
         "extra_env": {
             "MM_LOCK_DURATIONS": json.dumps(dict.fromkeys(QUEUES_BY_NAME, LOCK)),
             "MM_MAINTENANCE_CRON": MAINTENANCE_CRON,
+            "MM_CHECK_CRON": CHECK_CRON,
         },
     }
     if failover is None:

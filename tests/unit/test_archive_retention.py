@@ -276,3 +276,48 @@ def test_settings_come_from_mm_keep_variables(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("MM_KEEP_DAILY", "-2")
     with pytest.raises(SettingsError, match="MM_KEEP_DAILY: Input should be greater than or equal"):
         read_settings()
+
+
+def test_corrupt_and_missing_backups_are_neither_kept_nor_forgotten() -> None:
+    """The two newest backups are corrupt (a check found them so) and missing (their archive
+    is gone, not yet checked): neither uses up a `last` slot, nor is deleted."""
+    good = daily(date(2025, 3, 1), date(2025, 3, 8))
+    corrupt = backup(at("2025-03-10"), BackupStatus.CORRUPT)
+    missing = backup(at("2025-03-09"))
+
+    result = plan_retention(
+        [*good, corrupt, missing],
+        KeepPolicy(last=2, daily=0, weekly=0, monthly=0),
+        missing={missing.backup_id},
+    )
+
+    assert kept_times(result) == {at("2025-03-08"), at("2025-03-07")}
+    assert {m.backup_id for m in result.untouched} == {corrupt.backup_id, missing.backup_id}
+    assert len(result.forget) == 6
+    assert corrupt not in result.forget and missing not in result.forget
+
+
+def test_the_last_good_backup_stays_when_newer_ones_are_corrupt_or_missing() -> None:
+    """With a policy of zeros only the newest backup stays: that must be the newest good one,
+    not a newer one whose archive is corrupt or gone."""
+    last_good = backup(at("2025-03-01"))
+    older = backup(at("2025-02-01"))
+    corrupt = [backup(at("2025-03-02") + timedelta(days=n), BackupStatus.CORRUPT) for n in range(3)]
+    gone = [backup(at("2025-03-10") + timedelta(days=n)) for n in range(3)]
+
+    result = plan_retention(
+        [older, last_good, *corrupt, *gone],
+        KeepPolicy(0, 0, 0, 0),
+        missing={m.backup_id for m in gone},
+    )
+
+    assert [(k.manifest, k.reasons) for k in result.keep] == [(last_good, (NEWEST,))]
+    assert result.forget == (older,)
+
+
+def test_nothing_good_means_nothing_deleted() -> None:
+    corrupt = backup(at("2025-03-02"), BackupStatus.CORRUPT)
+    gone = backup(at("2025-03-01"))
+    result = plan_retention([corrupt, gone], KeepPolicy(0, 0, 0, 0), missing={gone.backup_id})
+    assert result.keep == () and result.forget == ()
+    assert len(result.untouched) == 2

@@ -82,8 +82,10 @@ def hooked(offline: Offline, **backup: object):
 
 
 def test_the_plan_sends_each_path_as_one_quoted_argument_and_reads_the_answer(
-    offline: Offline,
+    offline: Offline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # This host reads both codecs back (tests/unit/test_backup_plan.py: when it does not).
+    monkeypatch.setattr("tasks.repository.shutil.which", lambda name: f"/usr/bin/{name}")
     server = hooked(offline)
     offline.fake.reply(plan_command(PATHS), stdout=PLAN_ANSWER)
     with Connection(server, offline.fake.open) as connection:

@@ -399,3 +399,59 @@ def test_clean_wait_prints_what_went(monkeypatch: pytest.MonkeyPatch) -> None:
         "deleted 5 job records (backup 2, scan 3, update 0); deleted 4 backup archives"
         " (3.0 MiB); kept 9 archives of 2 servers",
     ]
+
+
+@pytest.mark.parametrize(
+    ("args", "every", "server"),
+    [([], False, None), (["--all"], True, None), (["--server", SERVER, "--all"], True, SERVER)],
+)
+def test_check_enqueues_an_archive_check(
+    sent: list[Any], args: list[str], every: bool, server: str | None
+) -> None:
+    result = runner.invoke(cli.app, ["check", *args])
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "11111111-2222-4333-8444-555555555555\n"
+    [(job_type, parameters, priority)] = sent
+    assert job_type is JobType.CHECK_ARCHIVES and priority is None
+    assert parameters.pop("user_id").startswith("cli:")
+    assert parameters == {
+        "all_archives": every,
+        "job_type": "check:archives",
+        **({"server_id": server} if server else {}),
+    }
+
+
+def test_check_wait_fails_and_lists_the_corrupt_backups(
+    sent: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backup_id, job_id = uuid4(), UUID("11111111-2222-4333-8444-555555555555")
+    reason = f"ArchiveInvalid: 1 corrupt of 3 archives re-read: backup {backup_id} ..."
+
+    async def watch(wanted: UUID, on_update: Any) -> JobSnapshot:
+        done = _snapshot(JobState.FAILED, "Failed", reason, 90.0, "archives re-read")
+        on_update(done)
+        return done
+
+    async def job_result(wanted: UUID) -> dict[str, Any]:
+        assert wanted == job_id
+        return {
+            "archives": 40,
+            "checked": 3,
+            "matched": 2,
+            "corrupt": [{"serverId": SERVER, "backupId": str(backup_id), "error": "sha256 x"}],
+            "unreadable": [],
+            "skipped": 0,
+            "bytesRead": 2048,
+        }
+
+    monkeypatch.setattr(cli, "watch", watch)
+    monkeypatch.setattr(cli, "job_result", job_result)
+    result = runner.invoke(cli.app, ["check", "--wait"])
+
+    assert result.exit_code == 1, result.output
+    assert result.stdout.splitlines()[1:] == [
+        "re-read 3 of 40 archives (2.0 KiB): 2 matched, 1 corrupt, 0 unreadable, 0 skipped",
+        f"corrupt: backup {backup_id} of server {SERVER}: sha256 x",
+    ]
+    assert f"job {job_id} failed (Failed): {reason}" in result.stderr

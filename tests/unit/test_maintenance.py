@@ -233,3 +233,24 @@ def test_a_manifest_under_another_name_is_left_alone(repo: BackupRepository) -> 
     assert result.removed == [old.backup_id]
     assert copy.exists()
     assert repo.survey(WEB).unreadable == [copy]
+
+
+def test_an_archive_gone_or_cut_short_does_not_count_as_the_good_backup(
+    repo: BackupRepository,
+) -> None:
+    """The two newest completed backups lost their archive (one deleted, one truncated) before
+    any check saw it: under a policy of zeros the newest backup whose archive is in place stays,
+    and the two are left for a check to mark corrupt, not deleted."""
+    older, last_good, truncated, deleted = days(repo, WEB, 4)
+    corrupt = store(repo, WEB, datetime(2025, 7, 1, tzinfo=UTC), BackupStatus.CORRUPT)
+    repo.archive_path(deleted).unlink()
+    repo.archive_path(truncated).write_bytes(b"x" * 10)
+    zeros = {"last": 0, "daily": 0, "weekly": 0, "monthly": 0}
+
+    [result] = prune_repository(repo, inventory(zeros), KeepPolicy(), LOG)
+
+    assert result.removed == [older.backup_id]
+    assert result.kept == 1 and result.untouched == 3
+    assert files(repo, WEB) == (
+        names(last_good) | names(truncated) | names(corrupt) | {f"{deleted.backup_id}.json"}
+    )

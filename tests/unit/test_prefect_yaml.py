@@ -10,7 +10,7 @@ import yaml
 from prefect.flows import load_flow_from_entrypoint
 
 from deployments.control.bootstrap import PROJECT_DIR
-from deployments.control.catalogue import ALL_DEPLOYMENTS, MAINTENANCE, Deployment
+from deployments.control.catalogue import ALL_DEPLOYMENTS, CHECK, MAINTENANCE, Deployment
 from deployments.control.queues import Priority
 
 PREFECT_YAML = PROJECT_DIR / "prefect.yaml"
@@ -89,12 +89,15 @@ def test_deployment_concurrency_limit_is_the_catalogues(
 ) -> None:
     """A second guard that holds across workers: a job deployment's limit is its pool's."""
     assert by_name(config)[deployment.name]["concurrency_limit"] == deployment.concurrency_limit
-    if deployment is not MAINTENANCE:
+    if deployment.limit is None:
         assert deployment.concurrency_limit == deployment.queue.concurrency
 
 
-def test_maintenance_runs_alone_on_the_low_queue_of_the_scan_pool(config: dict[str, Any]) -> None:
-    entry = by_name(config)["maintenance"]
+@pytest.mark.parametrize("deployment", [MAINTENANCE, CHECK], ids=lambda d: d.name)
+def test_maintenance_and_checks_run_alone_on_the_low_queue_of_the_scan_pool(
+    config: dict[str, Any], deployment: Deployment
+) -> None:
+    entry = by_name(config)[deployment.name]
     assert (entry["work_pool"]["name"], entry["work_pool"]["work_queue_name"]) == ("scan", "low")
     assert entry["concurrency_limit"] == 1
-    assert MAINTENANCE.priority is Priority.LOW
+    assert deployment.priority is Priority.LOW

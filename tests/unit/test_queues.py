@@ -61,12 +61,17 @@ def test_unknown_queue_names_the_allowed_ones() -> None:
 @pytest.mark.parametrize("job_type", list(JobType))
 def test_every_job_type_is_in_the_catalogue(job_type: JobType) -> None:
     job = CATALOGUE[job_type]
+    family = job_type.value.split(":")[0]
     assert job.type is job_type
     assert job.deployment in DEPLOYMENTS
-    # A job type runs in the pool named after its family: "backup:manual" -> backup.
-    assert job.queue.name == job_type.value.split(":")[0]
-    assert job.deployment.full_name == f"{job.queue.name}/{job.queue.name}"
-    assert job.default_priority is job.queue.default_priority
+    # A job type runs the flow named after its family: "backup:manual" -> backup/backup, in the
+    # pool of that name; archive checks (new) in the scan pool's low queue, beside maintenance.
+    assert job.deployment.full_name == f"{family}/{family}"
+    assert job.queue.name == ("scan" if family == "check" else family)
+    assert job.default_priority is job.deployment.priority
+    assert job.default_priority is (
+        Priority.LOW if family == "check" else job.queue.default_priority
+    )
     assert job_type_tag(job_type) == f"job:{job_type.value}"
 
 
@@ -75,6 +80,7 @@ def test_each_deployment_serves_one_pool() -> None:
         "backup/backup": "backup",
         "scan/scan": "scan",
         "update/update": "update",
+        "check/check": "scan",
     }
     # Module paths: a forked run finds the flow the fork server imported, instead of executing
     # its file again as a fresh module (as a `path.py:name` entrypoint would, every run).
@@ -82,4 +88,5 @@ def test_each_deployment_serves_one_pool() -> None:
         "flows.backup:backup",
         "flows.scan:scan",
         "flows.update:update",
+        "flows.check:check",
     }

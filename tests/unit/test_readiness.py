@@ -25,6 +25,7 @@ def test_a_fresh_server_lacks_every_pool_and_deployment() -> None:
         "deployment backup/backup",
         "deployment scan/scan",
         "deployment update/update",
+        "deployment check/check",
         "deployment maintenance/maintenance",
     ]
 
@@ -34,6 +35,7 @@ def test_pools_without_their_deployments_are_not_ready() -> None:
     assert missing_parts(EVERY_POOL, {"backup/backup"}) == [
         "deployment scan/scan",
         "deployment update/update",
+        "deployment check/check",
         "deployment maintenance/maintenance",
     ]
 

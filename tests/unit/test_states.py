@@ -1,4 +1,5 @@
-"""The state mapping covers every Prefect state type, refines SCHEDULED, and can be inverted."""
+"""The state mapping covers every Prefect state type, refines SCHEDULED and RUNNING, and can be
+inverted."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from deployments.control.states import (
     job_state,
     state_types_for,
 )
+from tasks.core.jobs import WAITING_FOR_SERVER_TAG
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
@@ -64,10 +66,20 @@ def test_scheduled_in_a_paused_pool_or_work_queue_is_paused(offset: timedelta) -
 
 
 @pytest.mark.parametrize("state_type", [t for t in StateType if t is not StateType.SCHEDULED])
-def test_only_scheduled_is_refined(state_type: StateType) -> None:
+def test_only_scheduled_is_refined_by_time_and_holds(state_type: StateType) -> None:
     later = NOW + timedelta(hours=1)
     refined = job_state(state_type, scheduled_time=later, now=NOW, held=True)
     assert refined is EXPECTED[state_type]
+
+
+@pytest.mark.parametrize("state_type", list(StateType))
+def test_only_a_running_run_waiting_for_its_server_is_waiting(state_type: StateType) -> None:
+    # Cancelling with the tag still on (its run has not left the wait yet) is being cancelled,
+    # `active`; a crashed one that kept it is failed.
+    tags = ["job:backup:manual", WAITING_FOR_SERVER_TAG]
+    expected = JobState.WAITING if state_type is StateType.RUNNING else EXPECTED[state_type]
+    assert job_state(state_type, tags=tags) is expected
+    assert job_state(state_type, tags=["job:backup:manual"]) is EXPECTED[state_type]
 
 
 def _all_mappings() -> list[tuple[StateType, JobState]]:
@@ -77,6 +89,7 @@ def _all_mappings() -> list[tuple[StateType, JobState]]:
         {"scheduled_time": NOW + timedelta(minutes=5), "now": NOW},
         {"scheduled_time": NOW - timedelta(minutes=5), "now": NOW},
         {"held": True},
+        {"tags": [WAITING_FOR_SERVER_TAG]},
     ]
     return sorted(
         {(t, job_state(t, **ctx)) for t in StateType for ctx in contexts},  # type: ignore[arg-type]
@@ -100,7 +113,12 @@ def test_state_types_for_only_returns_types_that_can_show_as_the_state(state: Jo
 
 
 def test_state_types_for_examples() -> None:
-    assert set(state_types_for(JobState.WAITING)) == {StateType.SCHEDULED, StateType.PENDING}
+    assert set(state_types_for(JobState.WAITING)) == {
+        StateType.SCHEDULED,
+        StateType.PENDING,
+        StateType.RUNNING,
+    }
+    assert set(state_types_for(JobState.ACTIVE)) == {StateType.RUNNING, StateType.CANCELLING}
     assert state_types_for(JobState.DELAYED) == [StateType.SCHEDULED]
     assert set(state_types_for(JobState.FAILED)) == {StateType.FAILED, StateType.CRASHED}
     assert set(state_types_for(JobState.PAUSED)) == {StateType.PAUSED, StateType.SCHEDULED}
