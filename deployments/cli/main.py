@@ -1,14 +1,13 @@
 """`medicine-man`: the operator's command line.
 
 Jobs (backup, scan, update) are started by deployment name through the Prefect API and
-followed with `watch`; backups, verification, restores and the server list read the local
-repository and inventory directly. Every expected error is one line on stderr and exit 1.
+followed with `watch`; backups, their files, verification, restores and the server list read
+the local repository and inventory directly. Every expected error is one line on stderr and exit 1.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import getpass
 import os
@@ -29,15 +28,23 @@ from deployments.cli.jobs import (
     set_paused,
     watch,
 )
-from deployments.cli.render import JobProgress, backups_table, clean_summary, servers_table, show
+from deployments.cli.render import (
+    JobProgress,
+    backups_table,
+    clean_summary,
+    members_table,
+    servers_table,
+    show,
+)
 from deployments.control.jobs import Enqueued, JobSnapshot
 from deployments.control.queues import Priority
 from deployments.control.states import JobState
-from tasks.core.errors import InvalidOptions, JobError
+from tasks.archive_files import backups_of, find_backup, members, repositories, restore, select
+from tasks.core.errors import JobError
 from tasks.core.inventory import load_inventory
 from tasks.core.jobs import BackupOptions, JobType
 from tasks.core.settings import get_settings
-from tasks.repository import BackupRepository, Compression, Manifest
+from tasks.repository import Compression
 
 app = typer.Typer(
     name="medicine-man",
@@ -268,13 +275,10 @@ def backups(
 ) -> None:
     """List the backups of a server in the repository."""
     wanted = _uuid("server", server_id)
-    manifests = sorted(
-        (m for repository in _repositories() for m in repository.list(wanted)),
-        key=lambda m: m.started_at,
-    )
+    manifests = backups_of([wanted])
     if not manifests:
         err.print(
-            f"no backups of server {wanted} in " + ", ".join(str(r.root) for r in _repositories()),
+            f"no backups of server {wanted} in " + ", ".join(str(r.root) for r in repositories()),
             markup=False,
             soft_wrap=True,
         )
@@ -282,13 +286,28 @@ def backups(
     show(out, backups_table(str(wanted), manifests))
 
 
+@app.command("ls")
+@reported
+def ls(
+    backup_id: Annotated[str, typer.Argument(help="Backup id.")],
+    path: Annotated[
+        str | None,
+        typer.Argument(help="A path in the backup (e.g. /srv/app): only what is at or under it."),
+    ] = None,
+) -> None:
+    """List the files of a backup (type, size, time, path), from its listing."""
+    repository, manifest = find_backup(backup_id)
+    listed = select(members(repository, manifest), [path] if path else [])
+    show(out, members_table(str(manifest.backup_id), listed))
+
+
 @app.command()
 @reported
 def verify(
     backup_id: Annotated[str, typer.Argument(help="Backup id.")],
 ) -> None:
-    """Check a backup's archive against its manifest (size, sha256, readable by tar)."""
-    repository, manifest = _find(backup_id)
+    """Check a backup's archive against its manifest (size, sha256, every member readable)."""
+    repository, manifest = find_backup(backup_id)
     result = repository.verify(manifest)
     out.print(
         f"backup {result.backup_id} OK: {result.file_count} files, {result.size} bytes, "
@@ -297,19 +316,44 @@ def verify(
     )
 
 
-@app.command()
+@app.command("restore")
 @reported
-def restore(
+def restore_command(
     backup_id: Annotated[str, typer.Argument(help="Backup id.")],
     dest: Annotated[Path, typer.Argument(help="Directory to unpack into.")],
+    paths: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--path",
+            help="Restore only this file or directory (repeatable), e.g. /srv/app/config.yaml.",
+            show_default=False,
+        ),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Unpack into a non-empty directory.")
     ] = False,
+    same_owner: Annotated[
+        bool,
+        typer.Option("--same-owner", help="Keep the files' owners (root only); else yours."),
+    ] = False,
 ) -> None:
-    """Verify a backup, then unpack it into DEST (which must be empty unless --overwrite)."""
-    repository, manifest = _find(backup_id)
-    target = repository.restore(manifest, dest, overwrite=overwrite)
-    out.print(f"backup {manifest.backup_id} restored into {target}", markup=False)
+    """Verify a backup, then unpack it, or only the --path ones, into DEST (which must be empty
+    unless --overwrite). Nothing is written outside DEST, no setuid bit, no device node."""
+    repository, manifest = find_backup(backup_id)
+    done = restore(
+        repository,
+        manifest,
+        dest,
+        paths=paths or [],
+        overwrite=overwrite,
+        same_owner=same_owner,
+    )
+    out.print(
+        f"backup {manifest.backup_id}: restored {len(done.written)} members into "
+        f"{done.destination}",
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()
@@ -317,27 +361,6 @@ def restore(
 def servers() -> None:
     """List the servers of the inventory."""
     show(out, servers_table(load_inventory(get_settings().paths.inventory)))
-
-
-def _repositories() -> list[BackupRepository]:
-    """MM_BACKUP_ROOT, then MM_BACKUP_ROOTS: per-host repositories, mounted where this runs."""
-    return [BackupRepository(root) for root in get_settings().paths.search_roots()]
-
-
-def _find(backup_id: str) -> tuple[BackupRepository, Manifest]:
-    """The repository that holds the backup, and its manifest."""
-    first, *others = _repositories()
-    try:
-        return first, first.find(backup_id)
-    except InvalidOptions:
-        # A malformed id, or not here: look in the others, if any.
-        if not others:
-            raise
-    for repository in others:
-        with contextlib.suppress(InvalidOptions):
-            return repository, repository.find(backup_id)
-    searched = ", ".join(str(r.root) for r in (first, *others))
-    raise InvalidOptions(f"no backup {backup_id} in {searched}")
 
 
 def main() -> None:
