@@ -51,8 +51,6 @@ from tasks.repository import BackupRepository, Manifest
 MAX_LINK_HOPS = 40
 #: Names a failed restore's message quotes; the rest it counts.
 QUOTED = 10
-#: Read size of the tar stream: tarfile's default (10 KiB) costs a call per 20 blocks.
-STREAM_BUFFER = 1 << 20
 
 
 # --- where backups are -----------------------------------------------------------------------
@@ -218,7 +216,7 @@ def extract(
     current: str | None = None
     try:
         # errorlevel 2: a mode, time or owner that cannot be set fails too, never only a log line.
-        with tarfile.open(fileobj=tar, mode="r|", errorlevel=2, bufsize=STREAM_BUFFER) as archive:
+        with tarfile.open(fileobj=tar, mode="r|", errorlevel=2) as archive:
             try:
                 for member in archive:
                     if wanted and not any(_under(archive_key(member.name), w) for w in wanted):
