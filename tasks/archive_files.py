@@ -383,6 +383,11 @@ def _unlink_links_leading_out(
         )
 
 
+def plural(count: int, noun: str) -> str:
+    """`1 member`, `2 members`."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _failure(
     destination: Path, member: str | None, exc: BaseException, written: Sequence[str]
 ) -> str:
@@ -398,5 +403,5 @@ def _failure(
     else:
         quoted = ", ".join(repr(name) for name in written[:QUOTED])
         more = f" and {len(written) - QUOTED} more" if len(written) > QUOTED else ""
-        left = f"It left {len(written)} members there: {quoted}{more}."
+        left = f"It left {plural(len(written), 'member')} there: {quoted}{more}."
     return f"restore into {destination} {what}. {left}"

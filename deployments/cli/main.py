@@ -39,7 +39,15 @@ from deployments.cli.render import (
 from deployments.control.jobs import Enqueued, JobSnapshot
 from deployments.control.queues import Priority
 from deployments.control.states import JobState
-from tasks.archive_files import backups_of, find_backup, members, repositories, restore, select
+from tasks.archive_files import (
+    backups_of,
+    find_backup,
+    members,
+    plural,
+    repositories,
+    restore,
+    select,
+)
 from tasks.core.errors import JobError
 from tasks.core.inventory import load_inventory
 from tasks.core.jobs import BackupOptions, JobType
@@ -325,6 +333,7 @@ def restore_command(
         list[str] | None,
         typer.Option(
             "--path",
+            metavar="PATH",
             help="Restore only this file or directory (repeatable), e.g. /srv/app/config.yaml.",
             show_default=False,
         ),
@@ -349,7 +358,7 @@ def restore_command(
         same_owner=same_owner,
     )
     out.print(
-        f"backup {manifest.backup_id}: restored {len(done.written)} members into "
+        f"backup {manifest.backup_id}: restored {plural(len(done.written), 'member')} into "
         f"{done.destination}",
         markup=False,
         soft_wrap=True,

@@ -67,7 +67,7 @@ def test_one_file_under_a_hostile_directory_name_is_restored_alone_and_listed_fo
     dest = tmp_path / "restore"
     done = runner.invoke(cli.app, ["restore", str(backup_id), str(dest), "--path", str(wanted)])
     assert done.exit_code == 0, done.output
-    assert done.stdout.strip() == f"backup {backup_id}: restored 1 members into {dest}"
+    assert done.stdout.strip() == f"backup {backup_id}: restored 1 member into {dest}"
     copy = restored(dest, wanted)
     assert sha256(copy) == sha256(wanted)
     assert [p for p in dest.rglob("*") if not p.is_dir()] == [copy]  # nothing else

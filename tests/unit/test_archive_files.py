@@ -21,7 +21,7 @@ from uuid import uuid4
 import pytest
 
 from tasks import archive_files
-from tasks.archive_files import Restored, archive_key, extract, members, restore, select
+from tasks.archive_files import Restored, archive_key, extract, members, plural, restore, select
 from tasks.archive_listing import Member, write_listing
 from tasks.atomic import atomic_file
 from tasks.core.errors import (
@@ -237,7 +237,7 @@ def test_a_hostile_member_is_refused_and_the_message_says_what_was_left(
     assert not (dest / "after.txt").exists()  # it stopped at the refused member
     left = set(failed.value.written)
     assert "ok.txt" in left
-    assert f"It left {len(left)} members there: 'ok.txt'" in message
+    assert f"It left {plural(len(left), 'member')} there: 'ok.txt'" in message
     assert names(dest) == left  # the message's list is what is there
 
 
@@ -385,7 +385,7 @@ def test_a_full_disk_stops_the_restore_saying_what_it_left(
 
     message = str(failed.value)
     assert "stopped at 'b'" in message and "No space left on device" in message, message
-    assert message.endswith("It left 1 members there: 'a'.")
+    assert message.endswith("It left 1 member there: 'a'.")
     assert sorted(p.name for p in dest.iterdir()) == ["a"]  # b, cut short, is gone
 
 

@@ -320,7 +320,7 @@ def test_ls_lists_the_files_and_restore_takes_only_the_paths_asked(tmp_path: Pat
     dest = tmp_path / "one"
     restored = runner.invoke(cli.app, ["restore", backup_id, str(dest), "--path", "/d/a.txt"])
     assert restored.exit_code == 0, restored.output
-    assert restored.stdout.strip() == f"backup {backup_id}: restored 1 members into {dest}"
+    assert restored.stdout.strip() == f"backup {backup_id}: restored 1 member into {dest}"
     assert [str(p.relative_to(dest)) for p in dest.rglob("*")] == ["d", "d/a.txt"]
     assert (dest / "d" / "a.txt").read_text() == "alpha"
 
