@@ -1,5 +1,5 @@
-"""What a caller may use: an admin every server and job; a user the servers whose inventory
-`owners` name them, and the jobs they enqueued on those.
+"""What a caller may use: an admin every server, job and backup; a user the servers whose
+inventory `owners` name them, the jobs they enqueued on those, and those servers' backups.
 
 The inventory is read on each request (`load_inventory` parses it again only when the file
 changed), so an edit of `owners` takes effect at the next request, for jobs enqueued before it
@@ -21,6 +21,7 @@ from tasks.core.callers import Caller
 from tasks.core.errors import InventoryError
 from tasks.core.inventory import Inventory, Server, load_inventory, server_not_found
 from tasks.core.settings import get_settings
+from tasks.repository import Manifest
 
 log = logging.getLogger("api_shim")
 
@@ -51,6 +52,14 @@ def usable_server(caller: Caller, inventory: Inventory, server_id: UUID) -> Serv
     if not caller.is_admin and caller.user_id not in server.owners:
         raise server_not_found(server_id)
     return server
+
+
+def may_see_backup(caller: Caller, manifest: Manifest) -> bool:
+    """Whether the caller may see a backup: an admin any (of a server gone from the inventory
+    too), a user those of the servers they own now, whoever started them."""
+    if caller.is_admin:
+        return True
+    return any(s.id == manifest.server_id for s in inventory_for(caller).owned_by(caller.user_id))
 
 
 def scope_of(caller: Caller, inventory: Inventory) -> Scope | None:

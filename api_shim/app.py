@@ -30,7 +30,7 @@ from api_shim.gateway import (
     OrchestratorUnavailable,
 )
 from api_shim.metrics import RequestTiming
-from api_shim.routes import checks, health, jobs, metrics, queues, servers
+from api_shim.routes import backups, checks, health, jobs, metrics, queues, servers
 from api_shim.routes.jobs import InvalidQuery
 from api_shim.schemas import ErrorData, ErrorDetail, ErrorEnvelope
 from deployments.control.csrf import serialize_token_fetches
@@ -78,7 +78,7 @@ app = FastAPI(
     # No 307 to the path with(out) a slash: an id like `..%2F` gets a 404 in the envelope.
     redirect_slashes=False,
 )
-for module in (health, servers, jobs, queues, metrics, checks):
+for module in (health, servers, jobs, backups, queues, metrics, checks):
     app.include_router(module.router)
 app.add_middleware(BodyGuard, limit=lambda: get_settings().api.max_body_bytes)
 # Added last, so outermost: the time includes the body guard's.

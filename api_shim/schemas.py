@@ -11,7 +11,9 @@ from pydantic.alias_generators import to_camel
 
 from deployments.control.queues import QUEUES, Priority
 from deployments.control.states import JobState
+from tasks.archive_listing import Member
 from tasks.core.jobs import BackupOptions
+from tasks.repository import Manifest
 
 T = TypeVar("T")
 
@@ -234,6 +236,35 @@ class CleanResult(Schema):
 class QueuePaused(Schema):
     queue: str
     paused: bool
+
+
+# -- backups --------------------------------------------------------------------------------
+
+
+class BackupList(Schema):
+    """Backups as their manifests say (tasks/repository.py: `Manifest`), newest first."""
+
+    #: For a user, `error` is null: it may quote a hook's command (their job says what failed).
+    backups: list[Manifest]
+    #: Backups on this page.
+    count: int
+    #: All backups that match.
+    total: int
+    limit: int
+    offset: int
+
+
+class BackupFiles(Schema):
+    """Members of a backup's archive at or under `path`, in archive order."""
+
+    backup_id: str
+    #: As asked; empty for the whole archive.
+    path: str
+    files: list[Member]
+    count: int
+    total: int
+    limit: int
+    offset: int
 
 
 # -- metrics --------------------------------------------------------------------------------

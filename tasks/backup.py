@@ -360,9 +360,13 @@ def clear_post_pending(server: Server, backup_id: UUID) -> None:
 
 @task(name="update backup record", cache_policy=NO_CACHE)
 def complete_backup_record(manifest: Manifest) -> Manifest:
-    """Verify the archive against the transfer's checksum, then mark the backup completed."""
+    """Verify the archive against the transfer's checksum, keep its member listing, then mark
+    the backup completed."""
     repo = repository()
     verification = repo.verify(manifest)
+    if not manifest.encrypted:  # an encrypted archive's listing is written during its transfer
+        # Before the manifest says completed: a completed backup always has its listing.
+        write_listing(repo.listing_path(manifest), verification.members)
     done = manifest.model_copy(
         update={
             "file_count": verification.file_count,
@@ -376,10 +380,11 @@ def complete_backup_record(manifest: Manifest) -> Manifest:
 
 
 def fail_backup_record(manifest: Manifest, error: str) -> None:
-    """Mark the backup failed; an archive from this attempt never stays behind."""
+    """Mark the backup failed; an archive (or listing) from this attempt never stays behind."""
     repo = repository()
     repo.remove_partials(manifest)
     repo.archive_path(manifest).unlink(missing_ok=True)
+    repo.listing_path(manifest).unlink(missing_ok=True)
     repo.save(
         manifest.model_copy(
             update={"status": BackupStatus.FAILED, "finished_at": utcnow(), "error": error}

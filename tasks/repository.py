@@ -1,33 +1,38 @@
 """The backup repository on local disk: one archive and one manifest per backup.
 
-Layout: `<root>/<serverId>/<backupId>.tar[.gz|.zst]` beside `<backupId>.json`. Ids are UUIDs,
-so no id can name a path outside the root. Archives are written through `atomic_file`; the
-manifest says `completed` only after the archive is renamed into place and verified. A backup is
-deleted (`forget`) by first renaming its manifest to a hidden `.<backupId>.forget` tombstone.
+Layout: `<root>/<serverId>/<backupId>.tar[.gz|.zst]` beside `<backupId>.json` and the member
+listing `<backupId>.files.jsonl`. Ids are UUIDs, so no id can name a path outside the root.
+Archives are written through `atomic_file`; the manifest says `completed` only after the archive
+is renamed into place and verified, and its listing written. A backup is deleted (`forget`) by
+first renaming its manifest to a hidden `.<backupId>.forget` tombstone. What an archive holds
+is read through `open_tar` alone; listing and restoring its files: tasks/archive_files.py.
 """
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import fcntl
+import gzip
 import hashlib
 import os
 import shutil
 import stat
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Literal, cast
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from tasks.archive_listing import load_listing
+from tasks.archive_listing import Member, load_listing, read_members
 from tasks.atomic import HashingWriter, atomic_file, fsync_dir, write_atomic
-from tasks.core.errors import ArchiveInvalid, BackupInProgress, InvalidOptions
+from tasks.core.errors import ArchiveInvalid, BackupInProgress, IdentityRequired, InvalidOptions
 from tasks.encryption import decrypting, read_plaintext
 
 Compression = Literal["none", "gzip", "zstd"]
@@ -135,6 +140,9 @@ class Verification(BaseModel):
     #: An encrypted archive was decrypted and its plaintext checked too (an identity was given);
     #: False for one checked by its stored bytes alone, and for a plain archive.
     decrypted: bool = False
+    #: Every member, read by the same pass that counted the files (the backup's listing);
+    #: empty for an encrypted archive checked without its identity.
+    members: list[Member] = Field(default_factory=list, repr=False, exclude=True)
 
 
 class BackupRepository:
@@ -248,6 +256,7 @@ class BackupRepository:
 
     def _bury(self, manifest: Manifest, tombstone: Path) -> None:
         self.archive_path(manifest).unlink(missing_ok=True)
+        self.listing_path(manifest).unlink(missing_ok=True)
         fsync_dir(tombstone.parent)
         tombstone.unlink(missing_ok=True)
         fsync_dir(tombstone.parent)
@@ -324,7 +333,8 @@ class BackupRepository:
             stale.unlink(missing_ok=True)
 
     def verify(self, manifest: Manifest, identity: Path | None = None) -> Verification:
-        """Check size and sha256 against the manifest and that tar can list every member.
+        """Check size and sha256 against the manifest, then read every member's header: the
+        members come back too, so that a backup's listing costs no second read.
 
         An encrypted archive without `identity`: its stored bytes only (the file count is the
         one its backup listed). With it, the archive is decrypted: the plaintext's sha256 and
@@ -349,22 +359,27 @@ class BackupRepository:
                 f"backup {manifest.backup_id}: {size} bytes, the manifest says {manifest.size}"
             )
         if not manifest.encrypted:
-            file_count = count_files(path, manifest.compression)
+            with self.open_tar(manifest) as tar:
+                members = [*read_members(tar)]
+            file_count = sum(1 for m in members if m.type == "file")
         elif identity is None:
+            members = []
             file_count = manifest.file_count or 0
         else:
-            file_count = self._verify_plaintext(manifest, identity)
+            members = self._verify_plaintext(manifest, identity)
+            file_count = sum(1 for m in members if m.type == "file")
         return Verification(
             backup_id=manifest.backup_id,
             size=size,
             sha256=digest.hexdigest(),
             file_count=file_count,
             decrypted=manifest.encrypted and identity is not None,
+            members=members,
         )
 
-    def _verify_plaintext(self, manifest: Manifest, identity: Path) -> int:
+    def _verify_plaintext(self, manifest: Manifest, identity: Path) -> builtins.list[Member]:
         """Decrypt the archive: its plaintext sha256 and members as its backup recorded them;
-        returns the number of regular files."""
+        returns the members."""
         plain = read_plaintext(self.archive_path(manifest), identity, manifest.compression)
         name = f"backup {manifest.backup_id}"
         if manifest.plaintext_sha256 is not None and plain.sha256 != manifest.plaintext_sha256:
@@ -375,50 +390,71 @@ class BackupRepository:
         listing = self.listing_path(manifest)
         if listing.is_file() and load_listing(listing) != plain.members:
             raise ArchiveInvalid(f"{name}: the decrypted members differ from {listing}")
-        return sum(1 for member in plain.members if member.type == "file")
+        return plain.members
 
-    def restore(
-        self,
-        manifest: Manifest,
-        destination: Path,
-        *,
-        overwrite: bool = False,
-        identity: Path | None = None,
-    ) -> Path:
-        """Verify the archive, then unpack it into `destination` (empty unless `overwrite`);
-        an encrypted one needs its `identity`, and is decrypted on its way into tar."""
+    @contextlib.contextmanager
+    def open_tar(self, manifest: Manifest, identity: Path | None = None) -> Iterator[IO[bytes]]:
+        """The archive as a plain tar stream: the one reader of what an archive holds (verify,
+        listing, restore); an encrypted one is decrypted with `identity` on its way in."""
         if manifest.encrypted and identity is None:
-            raise InvalidOptions(
-                f"backup {manifest.backup_id} is encrypted; restoring it needs an identity"
-                " (--identity FILE or MM_BACKUP_IDENTITY)"
+            raise IdentityRequired(
+                f"backup {manifest.backup_id} is encrypted: reading its files needs its age"
+                " identity (--identity FILE or MM_BACKUP_IDENTITY)"
             )
-        self.verify(manifest, identity)
-        destination.mkdir(parents=True, exist_ok=True)
-        if not overwrite and any(destination.iterdir()):
-            raise InvalidOptions(f"{destination} is not empty; pass overwrite to restore into it")
-        archive = self.archive_path(manifest)
-        extract = ["--extract", "--directory", str(destination), *CODECS[manifest.compression][1]]
+        path = self.archive_path(manifest)
+        if not path.is_file():
+            raise ArchiveInvalid(f"backup {manifest.backup_id}: archive {path} is missing")
         if identity is None or not manifest.encrypted:
-            _tar([*extract, "--file", str(archive)])
-            return destination
-        with decrypting(archive, identity) as plaintext:
-            _tar([*extract, "--file", "-"], stdin=plaintext)
-        return destination
+            with path.open("rb") as stored, _plain_tar(stored, manifest.compression) as tar:
+                yield tar
+            return
+        with decrypting(path, identity) as plain, _plain_tar(plain, manifest.compression) as tar:
+            yield tar
 
 
-def count_files(archive: Path, compression: Compression) -> int:
-    """Regular files in a tar archive; fails with `ArchiveInvalid` if tar cannot read it all."""
-    listing = _tar(["--list", "--verbose", "--file", str(archive), *CODECS[compression][1]])
-    return sum(1 for line in listing.splitlines() if line.startswith("-"))
+@contextlib.contextmanager
+def _plain_tar(stored: IO[bytes], compression: Compression) -> Iterator[IO[bytes]]:
+    """`stored` decompressed: gzip in-process, zstd through `zstd -dc` (Python 3.11 has no
+    zstd). A block left without an error reads the stream to its end, so that a damaged tail
+    (gzip's CRC, a cut zstd frame) fails here, although tar's end-of-archive came before it."""
+    if compression == "none":
+        yield stored
+        return
+    if compression == "gzip":
+        # typeshed's GzipFile is no IO[bytes], though it reads like one.
+        with cast(IO[bytes], gzip.GzipFile(fileobj=stored, mode="rb")) as unzipped:
+            yield unzipped
+            _drain(unzipped, compression)
+        return
+    with (
+        tempfile.TemporaryFile() as errors,
+        subprocess.Popen(
+            ["zstd", "--decompress", "--stdout", "--quiet"],
+            stdin=stored,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+        ) as zstd,
+    ):
+        assert zstd.stdout is not None
+        try:
+            yield zstd.stdout
+            _drain(zstd.stdout, compression)
+        except BaseException:
+            zstd.kill()
+            raise
+        zstd.stdout.close()
+        if zstd.wait() != 0:
+            errors.seek(0)
+            message = errors.read().decode(errors="replace").strip()[-500:]
+            raise ArchiveInvalid(f"zstd cannot decompress the archive: {message}")
 
 
-def _tar(args: list[str], stdin: IO[bytes] | None = None) -> str:
-    result = subprocess.run(
-        ["tar", *args], stdin=stdin, capture_output=True, text=True, errors="replace", check=False
-    )
-    if result.returncode != 0:
-        raise ArchiveInvalid(f"tar {args[0]} failed: {result.stderr.strip()[-500:]}")
-    return result.stdout
+def _drain(stream: IO[bytes], compression: Compression) -> None:
+    try:
+        while stream.read(1 << 20):
+            pass
+    except (OSError, EOFError) as exc:
+        raise ArchiveInvalid(f"the archive's {compression} stream is damaged: {exc}") from exc
 
 
 def utcnow() -> datetime:

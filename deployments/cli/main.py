@@ -1,14 +1,13 @@
 """`medicine-man`: the operator's command line.
 
 Jobs (backup, scan, update) are started by deployment name through the Prefect API and
-followed with `watch`; backups, verification, restores and the server list read the local
-repository and inventory directly. Every expected error is one line on stderr and exit 1.
+followed with `watch`; backups, their files, verification, restores and the server list read
+the local repository and inventory directly. Every expected error is one line on stderr and exit 1.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import getpass
 import os
@@ -34,17 +33,27 @@ from deployments.cli.render import (
     backups_table,
     check_summary,
     clean_summary,
+    members_table,
     servers_table,
     show,
 )
 from deployments.control.jobs import Enqueued, JobSnapshot
 from deployments.control.queues import Priority
 from deployments.control.states import JobState
-from tasks.core.errors import InvalidOptions, JobError
+from tasks.archive_files import (
+    backups_of,
+    find_backup,
+    members,
+    plural,
+    repositories,
+    restore,
+    select,
+)
+from tasks.core.errors import JobError
 from tasks.core.inventory import load_inventory
 from tasks.core.jobs import BackupOptions, JobType
 from tasks.core.settings import get_settings
-from tasks.repository import BackupRepository, Compression, Manifest
+from tasks.repository import Compression
 
 app = typer.Typer(
     name="medicine-man",
@@ -331,13 +340,10 @@ def backups(
 ) -> None:
     """List the backups of a server in the repository."""
     wanted = _uuid("server", server_id)
-    manifests = sorted(
-        (m for repository in _repositories() for m in repository.list(wanted)),
-        key=lambda m: m.started_at,
-    )
+    manifests = backups_of([wanted])
     if not manifests:
         err.print(
-            f"no backups of server {wanted} in " + ", ".join(str(r.root) for r in _repositories()),
+            f"no backups of server {wanted} in " + ", ".join(str(r.root) for r in repositories()),
             markup=False,
             soft_wrap=True,
         )
@@ -360,6 +366,21 @@ def _identity(given: Path | None) -> Path | None:
     return given or get_settings().encryption.identity
 
 
+@app.command("ls")
+@reported
+def ls(
+    backup_id: Annotated[str, typer.Argument(help="Backup id.")],
+    path: Annotated[
+        str | None,
+        typer.Argument(help="A path in the backup (e.g. /srv/app): only what is at or under it."),
+    ] = None,
+) -> None:
+    """List the files of a backup (type, size, time, path), from its listing."""
+    repository, manifest = find_backup(backup_id)
+    listed = select(members(repository, manifest), [path] if path else [])
+    show(out, members_table(str(manifest.backup_id), listed))
+
+
 @app.command()
 @reported
 def verify(
@@ -371,7 +392,7 @@ def verify(
     An encrypted backup: its stored bytes; with an identity, it is decrypted and its plaintext
     checked too (sha256, and the members its backup listed).
     """
-    repository, manifest = _find(backup_id)
+    repository, manifest = find_backup(backup_id)
     result = repository.verify(manifest, _identity(identity) if manifest.encrypted else None)
     checked = ""
     if manifest.encrypted:
@@ -388,21 +409,48 @@ def verify(
     )
 
 
-@app.command()
+@app.command("restore")
 @reported
-def restore(
+def restore_command(
     backup_id: Annotated[str, typer.Argument(help="Backup id.")],
     dest: Annotated[Path, typer.Argument(help="Directory to unpack into.")],
+    paths: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--path",
+            metavar="PATH",
+            help="Restore only this file or directory (repeatable), e.g. /srv/app/config.yaml.",
+            show_default=False,
+        ),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Unpack into a non-empty directory.")
     ] = False,
+    same_owner: Annotated[
+        bool,
+        typer.Option("--same-owner", help="Keep the files' owners (root only); else yours."),
+    ] = False,
     identity: IdentityOption = None,
 ) -> None:
-    """Verify a backup, then unpack it into DEST (which must be empty unless --overwrite);
-    an encrypted one with its identity."""
-    repository, manifest = _find(backup_id)
-    target = repository.restore(manifest, dest, overwrite=overwrite, identity=_identity(identity))
-    out.print(f"backup {manifest.backup_id} restored into {target}", markup=False)
+    """Verify a backup, then unpack it, or only the --path ones, into DEST (which must be empty
+    unless --overwrite). Nothing is written outside DEST, no setuid bit, no device node. An
+    encrypted backup with its identity."""
+    repository, manifest = find_backup(backup_id)
+    done = restore(
+        repository,
+        manifest,
+        dest,
+        paths=paths or [],
+        overwrite=overwrite,
+        same_owner=same_owner,
+        identity=_identity(identity) if manifest.encrypted else None,
+    )
+    out.print(
+        f"backup {manifest.backup_id}: restored {plural(len(done.written), 'member')} into "
+        f"{done.destination}",
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()
@@ -410,27 +458,6 @@ def restore(
 def servers() -> None:
     """List the servers of the inventory."""
     show(out, servers_table(load_inventory(get_settings().paths.inventory)))
-
-
-def _repositories() -> list[BackupRepository]:
-    """MM_BACKUP_ROOT, then MM_BACKUP_ROOTS: per-host repositories, mounted where this runs."""
-    return [BackupRepository(root) for root in get_settings().paths.search_roots()]
-
-
-def _find(backup_id: str) -> tuple[BackupRepository, Manifest]:
-    """The repository that holds the backup, and its manifest."""
-    first, *others = _repositories()
-    try:
-        return first, first.find(backup_id)
-    except InvalidOptions:
-        # A malformed id, or not here: look in the others, if any.
-        if not others:
-            raise
-    for repository in others:
-        with contextlib.suppress(InvalidOptions):
-            return repository, repository.find(backup_id)
-    searched = ", ".join(str(r.root) for r in (first, *others))
-    raise InvalidOptions(f"no backup {backup_id} in {searched}")
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
-"""How the CLI shows things: rich tables of servers and backups, a job's live progress bar, and
-what a clean did."""
+"""How the CLI shows things: rich tables of servers, backups and a backup's files, a job's live
+progress bar, and what a clean did."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from deployments.control.jobs import JobSnapshot
+from tasks.archive_listing import Member
 from tasks.core.inventory import Inventory
 from tasks.repository import BackupStatus, Manifest
 
@@ -78,6 +79,22 @@ def backups_table(server_id: str, manifests: Iterable[Manifest]) -> Table:
             "-" if m.file_count is None else str(m.file_count),
             m.sha256[:12] if m.sha256 else "-",
             str(m.job_id) if m.job_id else "-",
+        )
+    return table
+
+
+def members_table(backup_id: str, members: Iterable[Member]) -> Table:
+    """One row per member of a backup's archive, in archive order; paths as stored (no `/`)."""
+    table = Table(title=f"Files of backup {backup_id}")
+    for column in ("type", "size", "time", "path"):
+        table.add_column(column, justify="right" if column == "size" else "left")
+    for m in members:
+        path = f"{m.path} -> {m.link}" if m.link else m.path
+        table.add_row(  # Text, not markup: a path may hold brackets
+            m.type,
+            "-" if m.type in ("dir", "symlink", "hardlink") else human_size(m.size),
+            _when(m.mtime),
+            Text(path),
         )
     return table
 

@@ -5,6 +5,8 @@
     │   ├── InventoryError        the inventory file is missing or invalid
     │   ├── ServerNotFound        no server with that id in the inventory
     │   ├── InvalidOptions        the job's options cannot be honoured
+    │   │   ├── MemberNotFound    a path asked for is not in the backup's archive
+    │   │   └── IdentityRequired  reading an encrypted archive's contents needs its identity
     │   ├── JobVariablesRefused   the run carries job variables, which would choose what runs
     │   ├── SSHAuthError          the server refused our key
     │   ├── HostKeyUnknown        the server's key is not in the known-hosts file
@@ -13,6 +15,7 @@
     │   ├── RemoteCommandFailed   a remote command exited non-zero
     │   ├── CommandOutcomeUnknown a command that changes the server started, its end unseen
     │   ├── ArchiveInvalid        an archive does not match its manifest
+    │   ├── RestoreFailed         a restore stopped part way; says what it left behind
     │   ├── RepositoryFull        the backup repository's disk filled up
     │   └── BackupInProgress      another run is writing the same backup id now
     └── TransientError            retried with backoff: the next try may work
@@ -63,6 +66,14 @@ class InvalidOptions(PermanentError):
     """The job's options cannot be honoured."""
 
 
+class MemberNotFound(InvalidOptions):
+    """A path asked for is not in the backup's archive."""
+
+
+class IdentityRequired(InvalidOptions):
+    """The archive is encrypted: reading its contents needs its age identity."""
+
+
 class JobVariablesRefused(PermanentError):
     """The run carries job variables, which would choose what the worker runs; none is accepted."""
 
@@ -106,6 +117,15 @@ class RemoteCommandFailed(PermanentError):
 
 class ArchiveInvalid(PermanentError):
     """The archive does not match its manifest."""
+
+
+class RestoreFailed(PermanentError):
+    """A restore stopped before its end; the message says what it left in the destination."""
+
+    def __init__(self, message: str | None = None, *, written: list[str] | None = None) -> None:
+        super().__init__(message)
+        #: The members it wrote before it stopped, as they are named under the destination.
+        self.written = written or []
 
 
 class RepositoryFull(PermanentError):

@@ -280,6 +280,7 @@ def test_two_signals_to_make_ups_group_mid_run_then_make_up_again_ends_every_job
             assert {p.name for p in repo.server_dir(server).iterdir()} == {
                 f"{backup_id}.json",
                 manifest.archive,
+                repo.listing_path(manifest).name,
             }, name
 
         stack.signal_group(signal.SIGTERM)

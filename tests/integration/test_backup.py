@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from deployments.system.stack import Stack
+from tasks.archive_files import restore
+from tasks.archive_listing import load_listing
 from tasks.outcome import read_result
 from tasks.progress import read_progress
 from tasks.repository import BackupRepository, BackupStatus
@@ -64,9 +66,15 @@ def test_backup_restores_to_an_identical_tree(
     assert result["status"] == "completed"
     assert result["sha256"] == manifest.sha256
 
+    # The listing, written at backup time: every member, as the restore below writes them.
+    listed = {m.path: m.type for m in load_listing(repo.listing_path(manifest))}
+    files = [path for path, kind in listed.items() if kind == "file"]
+    assert len(files) == manifest.file_count
+
     destination = tmp_path / "restore"
-    repo.restore(manifest, destination)
+    done = restore(repo, manifest, destination)
     assert tree_digest(restored(destination, source)) == tree_digest(source)
+    assert done.written == list(listed)
 
 
 def test_same_backup_id_never_makes_a_second_archive(
@@ -90,7 +98,7 @@ def test_same_backup_id_never_makes_a_second_archive(
     assert second.state.is_completed(), second.state.message
     assert repo.read(server_id, uuid.UUID(backup_id)) == before
     files = sorted(p.name for p in repo.server_dir(server_id).iterdir())
-    assert files == [f"{backup_id}.json", f"{backup_id}.tar"]
+    assert files == [f"{backup_id}.files.jsonl", f"{backup_id}.json", f"{backup_id}.tar"]
 
 
 def test_hostile_path_is_backed_up_as_a_path_and_never_executed(
@@ -109,7 +117,7 @@ def test_hostile_path_is_backed_up_as_a_path_and_never_executed(
     repo = BackupRepository(stack.backup_root)
     (manifest,) = repo.list(server_id)
     destination = tmp_path / "restore"
-    repo.restore(manifest, destination)
+    restore(repo, manifest, destination)
     assert (restored(destination, hostile) / "file.txt").read_text() == "payload\n"
     assert not witness.exists()
 

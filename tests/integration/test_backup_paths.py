@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 
+from tasks.archive_files import restore
 from tasks.repository import BackupRepository, BackupStatus
 from tests.support.trees import make_tree, restored, tree_digest
 
@@ -33,7 +34,7 @@ def test_a_link_to_a_directory_is_backed_up_as_the_directory(
     assert manifest is not None and manifest.status is BackupStatus.COMPLETED
     assert manifest.file_count == 5  # make_tree's files, not one link
     destination = tmp_path / "restore"
-    repo.restore(manifest, destination)
+    restore(repo, manifest, destination)
     restored_dir = restored(destination, link)
     assert restored_dir.is_dir() and not restored_dir.is_symlink()
     assert tree_digest(restored_dir) == tree_digest(source)

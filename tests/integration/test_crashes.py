@@ -25,6 +25,7 @@ from deployments.control.automations import gave_up_message, refind_crashed_runs
 from deployments.control.queues import get_queue
 from deployments.system.local_target import LocalTarget, descendants
 from deployments.system.stack import Stack
+from tasks.archive_files import restore
 from tasks.core.settings import SupervisionSettings
 from tasks.repository import BackupRepository, BackupStatus
 from tests.integration.conftest import LOCK
@@ -148,11 +149,12 @@ def test_killed_backup_is_crashed_rerun_and_completed_once(
     manifest = repo.read(server_id, backup_id)
     assert manifest is not None and manifest.status is BackupStatus.COMPLETED
     assert sorted(p.name for p in repo.server_dir(server_id).iterdir()) == [
+        f"{backup_id}.files.jsonl",
         f"{backup_id}.json",
         f"{backup_id}.tar",
     ]
     repo.verify(manifest)
-    repo.restore(manifest, tmp_path / "restore")
+    restore(repo, manifest, tmp_path / "restore")
     assert tree_digest(restored(tmp_path / "restore", source)) == tree_digest(source)
 
     if not worker_dies:

@@ -20,6 +20,7 @@ from prefect.client.schemas.objects import FlowRun
 
 from deployments.system.local_target import descendants
 from deployments.system.stack import Stack
+from tasks.archive_files import restore
 from tasks.archive_listing import load_listing
 from tasks.repository import CODECS, BackupRepository, BackupStatus, Compression
 from tests.support.age import Identity, OpenWatch
@@ -101,7 +102,7 @@ def test_an_encrypted_backup_restores_with_the_identity_and_the_age_cli_reads_it
         assert (stored.sha256, stored.decrypted) == (manifest.sha256, False)
 
         destination = tmp_path / "restore"
-        repo.restore(manifest, destination, identity=age_identity.path)
+        restore(repo, manifest, destination, identity=age_identity.path)
         # The watch sees opens at all: the restore's age read the identity.
         assert watch.count() > 0
     assert tree_digest(restored(destination, source)) == tree_digest(source)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from deployments.system.local_target import LocalTarget
+from tasks.archive_files import restore
 from tasks.repository import BackupRepository, BackupStatus
 from tests.support.proxy import FaultyProxy
 from tests.support.runs import task_run_named
@@ -73,9 +74,9 @@ def test_sshd_killed_mid_transfer_leaves_no_archive_marked_good(
         # The transfer was retried from the start and completed: a whole, verified archive.
         assert run.state.is_completed(), run.state.message
         assert manifest.status is BackupStatus.COMPLETED
-        assert leftovers == [f"{backup_id}.json", f"{backup_id}.tar"]
+        assert leftovers == [f"{backup_id}.files.jsonl", f"{backup_id}.json", f"{backup_id}.tar"]
         destination = tmp_path / "restore"
-        repo.restore(manifest, destination)
+        restore(repo, manifest, destination)
         assert tree_digest(restored(destination, source)) == tree_digest(source)
     else:
         assert run.state.is_failed()
@@ -124,7 +125,7 @@ def test_a_full_disk_fails_the_backup_clearly_and_keeps_the_good_archive(
         failed = repo.read(server_id, full_id)
         assert failed is not None and failed.status is BackupStatus.FAILED
         assert sorted(p.name for p in server_dir.iterdir()) == sorted(
-            [f"{good_id}.json", f"{good_id}.tar", f"{full_id}.json"]
+            [f"{good_id}.files.jsonl", f"{good_id}.json", f"{good_id}.tar", f"{full_id}.json"]
         )
     finally:
         subprocess.run(["umount", "--lazy", str(server_dir)], check=False)

@@ -312,7 +312,7 @@ def check_records(world: World, jobs: list[Job], refused: set[UUID]) -> None:
             assert manifest.job_id == job.job_id, manifest
             verified = repo.verify(manifest)
             assert verified.sha256 == manifest.sha256 and verified.file_count == 2, verified
-            names = {f"{job.record_id}.json", manifest.archive}
+            names = {f"{job.record_id}.json", manifest.archive, repo.listing_path(manifest).name}
             expected.setdefault(repo.server_dir(job.server_id), set()).update(names)
             continue
         kind = "updates" if job.kind == "update" else "scans"

@@ -14,6 +14,7 @@ import uuid
 import pytest
 
 from flows.backup import backup
+from tasks.archive_listing import load_listing
 from tasks.backup import _PLAN_SCRIPT, BackupPlan, plan_backup, plan_command, tar_command
 from tasks.core.errors import (
     CommandOutcomeUnknown,
@@ -26,7 +27,7 @@ from tasks.core.errors import (
 from tasks.core.jobs import BackupOptions
 from tasks.fake_ssh import FakeSSH
 from tasks.remote import Connection
-from tasks.repository import BackupRepository, BackupStatus
+from tasks.repository import LISTING_SUFFIX, BackupRepository, BackupStatus
 from tasks.server_slot import slot_name
 from tests.support.offline import Offline, offline
 
@@ -148,11 +149,19 @@ def test_a_backup_runs_pre_then_tar_then_post_over_one_connection(offline: Offli
     assert offline.fake.sessions == 1 and offline.fake.connections == 1
     assert offline.fake.calls[-1].kind == "close"  # the flow closed it
     assert offline.slots == [slot_name(server)]  # no update or other backup of it meanwhile
-    manifest = BackupRepository(offline.tmp_path / "backups").read(server.id, backup_id)
+    repo = BackupRepository(offline.tmp_path / "backups")
+    manifest = repo.read(server.id, backup_id)
     assert manifest is not None and manifest.status is BackupStatus.COMPLETED
     assert manifest.size == len(ARCHIVE) and manifest.file_count == 3
     assert manifest.user_id == "user-1"
     assert result["status"] == "completed" and result["sha256"] == manifest.sha256
+    # The listing, from the verification's read of the stored archive.
+    listed = load_listing(repo.listing_path(manifest))
+    assert [(m.path, m.type, m.size) for m in listed] == [
+        ("srv/app data/a.txt", "file", 1000),
+        ("etc/b", "file", 2000),
+        ("etc/c", "file", 0),
+    ]
 
 
 def test_progress_passes_every_milestone_in_order(offline: Offline) -> None:
@@ -180,17 +189,22 @@ def test_post_runs_after_a_failed_transfer_and_the_backup_is_marked_failed(
     server = hooked(offline)
     script(offline.fake, tar_status=2)
     backup_id = uuid.uuid4()
+    repo = BackupRepository(offline.tmp_path / "backups")
+    # As if an earlier try wrote its listing and died before it said completed.
+    earlier = repo.server_dir(server.id) / f"{backup_id}{LISTING_SUFFIX}"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text("")
 
     with pytest.raises(RemoteCommandFailed) as raised:
         run(offline, server.id, backup_id)
 
     assert offline.fake.commands[1:] == [PRE, shlex.join(tar_command(PATHS, "none")), POST]
     assert raised.value.exit_status == 2 and not is_retryable(raised.value)
-    repo = BackupRepository(offline.tmp_path / "backups")
     manifest = repo.read(server.id, backup_id)
     assert manifest is not None and manifest.status is BackupStatus.FAILED
     assert "tar exited with status 2" in (manifest.error or "")
     assert not repo.archive_path(manifest).exists()
+    assert not repo.listing_path(manifest).exists()
     assert not list(repo.server_dir(server.id).glob("*.partial"))
 
 

@@ -293,6 +293,45 @@ def test_backups_verify_and_restore(tmp_path: Path) -> None:
     assert forced.exit_code == 0, forced.output
 
 
+def test_ls_lists_the_files_and_restore_takes_only_the_paths_asked(tmp_path: Path) -> None:
+    manifest = _backup(tmp_path)
+    backup_id = str(manifest.backup_id)
+
+    listed = runner.invoke(cli.app, ["ls", backup_id])
+    assert listed.exit_code == 0, listed.output
+    rows = [
+        [cell.strip() for cell in line.split("│")[1:-1]]
+        for line in listed.stdout.splitlines()
+        if line.startswith("│")
+    ]
+    assert sorted((kind, size, path) for kind, size, _, path in rows) == [
+        ("dir", "-", "."),
+        ("dir", "-", "./d"),
+        ("file", "2.5 KiB", "./b.bin"),  # 2,560 bytes
+        ("file", "5 B", "./d/a.txt"),
+    ]
+    under = runner.invoke(cli.app, ["ls", backup_id, "/d"])
+    assert under.exit_code == 0, under.output
+    assert "d/a.txt" in under.stdout and "b.bin" not in under.stdout
+    missing = runner.invoke(cli.app, ["ls", backup_id, "/srv/nope"])
+    assert missing.exit_code == 1
+    assert missing.stderr.strip() == "error: not in the archive: '/srv/nope'"
+
+    dest = tmp_path / "one"
+    restored = runner.invoke(cli.app, ["restore", backup_id, str(dest), "--path", "/d/a.txt"])
+    assert restored.exit_code == 0, restored.output
+    assert restored.stdout.strip() == f"backup {backup_id}: restored 1 member into {dest}"
+    assert [str(p.relative_to(dest)) for p in dest.rglob("*")] == ["d", "d/a.txt"]
+    assert (dest / "d" / "a.txt").read_text() == "alpha"
+
+    refused = runner.invoke(
+        cli.app, ["restore", backup_id, str(tmp_path / "two"), "--path", "d", "--path", "e"]
+    )
+    assert refused.exit_code == 1
+    assert refused.stderr.strip() == "error: not in the archive: 'e'"
+    assert not (tmp_path / "two").exists()
+
+
 def test_verify_of_a_damaged_archive_exits_1_with_the_reason(tmp_path: Path) -> None:
     manifest = _backup(tmp_path)
     archive = BackupRepository(tmp_path / "backups").archive_path(manifest)

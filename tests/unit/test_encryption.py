@@ -21,10 +21,17 @@ from typer.testing import CliRunner
 from deployments.cli import main as cli
 from deployments.control.jobs import Enqueued
 from flows.backup import backup
+from tasks.archive_files import restore
 from tasks.archive_listing import load_listing, write_listing
 from tasks.atomic import atomic_file
 from tasks.backup import plan_command, tar_command
-from tasks.core.errors import ArchiveInvalid, InvalidOptions, InventoryError, RepositoryFull
+from tasks.core.errors import (
+    ArchiveInvalid,
+    IdentityRequired,
+    InvalidOptions,
+    InventoryError,
+    RepositoryFull,
+)
 from tasks.core.inventory import BackupSpec, load_inventory
 from tasks.core.jobs import BackupOptions, backup_recipients
 from tasks.core.recipients import check_recipient
@@ -350,9 +357,9 @@ def test_restore_needs_the_identity_and_unpacks_the_plaintext(
     tmp_path: Path, identity: Identity
 ) -> None:
     repo, manifest = encrypted_backup(tmp_path, identity)
-    with pytest.raises(InvalidOptions, match="is encrypted; restoring it needs an identity"):
-        repo.restore(manifest, tmp_path / "out")
-    repo.restore(manifest, tmp_path / "out", identity=identity.path)
+    with pytest.raises(IdentityRequired, match="is encrypted; restoring it needs its age identity"):
+        restore(repo, manifest, tmp_path / "out")
+    restore(repo, manifest, tmp_path / "out", identity=identity.path)
     for name, data in FILES.items():
         assert (tmp_path / "out" / name).read_bytes() == data
 
@@ -431,7 +438,7 @@ def test_the_cli_verifies_and_restores_with_the_identity(
 
     refused = runner.invoke(cli.app, ["restore", backup_id, str(tmp_path / "r")])
     assert refused.exit_code == 1
-    assert "needs an identity (--identity FILE or MM_BACKUP_IDENTITY)" in refused.stderr
+    assert "needs its age identity (--identity FILE or MM_BACKUP_IDENTITY)" in refused.stderr
     # MM_BACKUP_IDENTITY stands in for --identity.
     monkeypatch.setenv("MM_BACKUP_IDENTITY", str(identity.path))
     get_settings.cache_clear()  # as a new process of the CLI would read it

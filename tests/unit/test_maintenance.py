@@ -15,7 +15,7 @@ from tasks.archive_retention import KeepPolicy
 from tasks.core.inventory import Inventory
 from tasks.core.settings import MaintenanceSettings
 from tasks.maintenance import policy_for, prune_repository
-from tasks.repository import BackupRepository, BackupStatus, Manifest
+from tasks.repository import LISTING_SUFFIX, BackupRepository, BackupStatus, Manifest
 
 WEB = UUID("0d4c2b1a-6f7e-4d3c-9b2a-1c0d9e8f7a61")
 GONE = UUID("9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d")
@@ -48,7 +48,7 @@ def store(
     started: datetime,
     status: BackupStatus = BackupStatus.COMPLETED,
 ) -> Manifest:
-    """A manifest and, unless failed, a small archive beside it."""
+    """A manifest and, unless failed, a small archive beside it; a completed one's listing."""
     backup_id = uuid4()
     manifest = Manifest(
         backup_id=backup_id,
@@ -65,6 +65,8 @@ def store(
     repo.server_dir(server_id).mkdir(parents=True, exist_ok=True)
     if status is not BackupStatus.FAILED:
         repo.archive_path(manifest).write_bytes(b"x" * 100)
+    if status is BackupStatus.COMPLETED:
+        repo.listing_path(manifest).write_text("")
     repo.save(manifest)
     return manifest
 
@@ -80,7 +82,8 @@ def files(repo: BackupRepository, server_id: UUID) -> set[str]:
 
 
 def names(manifest: Manifest) -> set[str]:
-    return {f"{manifest.backup_id}.json", manifest.archive}
+    """A completed backup's files: a forget removes all three."""
+    return {f"{manifest.backup_id}.json", manifest.archive, f"{manifest.backup_id}{LISTING_SUFFIX}"}
 
 
 @pytest.fixture
@@ -252,5 +255,8 @@ def test_an_archive_gone_or_cut_short_does_not_count_as_the_good_backup(
     assert result.removed == [older.backup_id]
     assert result.kept == 1 and result.untouched == 3
     assert files(repo, WEB) == (
-        names(last_good) | names(truncated) | names(corrupt) | {f"{deleted.backup_id}.json"}
+        names(last_good)
+        | names(truncated)
+        | {f"{corrupt.backup_id}.json", corrupt.archive}
+        | {f"{deleted.backup_id}.json", f"{deleted.backup_id}{LISTING_SUFFIX}"}
     )

@@ -12,6 +12,7 @@ from uuid import UUID, uuid4
 
 import pytest
 
+from tasks.archive_files import restore
 from tasks.atomic import atomic_file, write_atomic
 from tasks.core.errors import ArchiveInvalid, BackupInProgress, InvalidOptions
 from tasks.repository import CODECS, BackupRepository, BackupStatus, Compression, Manifest
@@ -271,7 +272,7 @@ def test_verify_catches_a_truncated_archive_without_a_hash(
     archive.write_bytes(archive.read_bytes()[:-100])
     unhashed = manifest.model_copy(update={"sha256": None, "size": None})
 
-    with pytest.raises(ArchiveInvalid, match="tar --list failed"):
+    with pytest.raises(ArchiveInvalid, match=r"gzip stream is damaged|not a whole tar archive"):
         repo.verify(unhashed)
     with pytest.raises(ArchiveInvalid, match="bytes, the manifest says"):
         repo.verify(manifest.model_copy(update={"sha256": None}))
@@ -290,7 +291,7 @@ def test_restore_reproduces_the_tree(
     manifest = archive_tree(repo, new_manifest(compression), source)
     destination = tmp_path / "restored"
 
-    assert repo.restore(manifest, destination) == destination
+    assert restore(repo, manifest, destination).destination == destination
 
     assert tree_hashes(destination) == tree_hashes(source)
 
@@ -306,11 +307,11 @@ def test_restore_refuses_a_non_empty_destination(
     (destination / "keep.txt").write_text("mine")
 
     with pytest.raises(InvalidOptions, match="not empty"):
-        repo.restore(manifest, destination)
+        restore(repo, manifest, destination)
     assert (destination / "data" / "empty").read_text() == "precious"
     assert sorted(p.name for p in destination.iterdir()) == ["data", "keep.txt"]
 
-    repo.restore(manifest, destination, overwrite=True)
+    restore(repo, manifest, destination, overwrite=True)
     restored = tree_hashes(destination)
     assert restored.pop("keep.txt") == hashlib.sha256(b"mine").hexdigest()
     assert restored == tree_hashes(source)
@@ -323,7 +324,7 @@ def test_restore_verifies_first(repo: BackupRepository, source: Path, tmp_path: 
     destination = tmp_path / "restored"
 
     with pytest.raises(ArchiveInvalid):
-        repo.restore(manifest, destination)
+        restore(repo, manifest, destination)
     assert not destination.exists() or list(destination.iterdir()) == []
 
 
