@@ -34,6 +34,7 @@ from typing import IO
 from tasks.archive_listing import Member, read_members
 from tasks.atomic import HashingWriter
 from tasks.core.errors import ArchiveInvalid, InvalidOptions, JobError
+from tasks.lifeline import tied_to_this_process
 from tasks.remote import repository_full
 
 #: Bytes moved per read from a pipe.
@@ -106,6 +107,7 @@ class PlaintextTap:
                 stdin=listing_read,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
+                preexec_fn=tied_to_this_process(),
             )
             os.close(listing_read)
             assert self._unzstd.stdout is not None
@@ -197,7 +199,11 @@ class EncryptingWriter:
         age_read, self._age_stdin = _big_pipe()
         try:
             self._age = subprocess.Popen(
-                argv, stdin=age_read, stdout=archive.fileno(), stderr=subprocess.PIPE
+                argv,
+                stdin=age_read,
+                stdout=archive.fileno(),
+                stderr=subprocess.PIPE,
+                preexec_fn=tied_to_this_process(),
             )
         finally:
             os.close(age_read)
@@ -329,6 +335,7 @@ def decrypting(archive: Path, identity: Path) -> Iterator[IO[bytes]]:
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        preexec_fn=tied_to_this_process(),
     )
     assert process.stdout is not None
     try:

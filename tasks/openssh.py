@@ -36,6 +36,7 @@ from tasks.atomic import ArchiveSink
 from tasks.core.errors import JobError, SSHTimeout
 from tasks.core.inventory import Server
 from tasks.core.settings import SSHSettings
+from tasks.lifeline import tied_to_this_process
 from tasks.remote import (
     CommandResult,
     Failure,
@@ -157,6 +158,8 @@ def download(
         stdin=subprocess.DEVNULL,
         stdout=archive.fileno(),
         stderr=subprocess.PIPE,
+        # Its stdout is the archive file, not a pipe: a run that dies would leave it writing.
+        preexec_fn=tied_to_this_process(),
     )
     assert process.stderr is not None
     reader = threading.Thread(target=_keep_stderr, args=(process.stderr, stderr), daemon=True)

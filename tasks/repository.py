@@ -34,6 +34,7 @@ from tasks.archive_listing import Member, load_listing, read_members
 from tasks.atomic import HashingWriter, atomic_file, fsync_dir, write_atomic
 from tasks.core.errors import ArchiveInvalid, BackupInProgress, IdentityRequired, InvalidOptions
 from tasks.encryption import decrypting, read_plaintext
+from tasks.lifeline import tied_to_this_process
 
 Compression = Literal["none", "gzip", "zstd"]
 
@@ -433,6 +434,7 @@ def _plain_tar(stored: IO[bytes], compression: Compression) -> Iterator[IO[bytes
             stdin=stored,
             stdout=subprocess.PIPE,
             stderr=errors,
+            preexec_fn=tied_to_this_process(),
         ) as zstd,
     ):
         assert zstd.stdout is not None

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deployments.worker.lifeline import tied_to_this_process
+from tasks.lifeline import tied_to_this_process
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 

@@ -37,8 +37,8 @@ from deployments.system.backends import prefect_env
 from deployments.system.local_target import descendants
 from deployments.system.lock import record_children
 from deployments.worker.forkserver import DRAIN_SIGNAL, ForkServerWorker
-from deployments.worker.lifeline import tied_to_this_process
 from tasks.core.settings import BackendSettings, Settings, SettingsError, get_settings
+from tasks.lifeline import tied_to_this_process
 from tasks.server_slot import release_orphaned_slots
 
 #: Seconds the Prefect server side gets after the workers, at least, to take their last reports.

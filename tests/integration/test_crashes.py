@@ -25,6 +25,7 @@ from deployments.control.automations import gave_up_message, refind_crashed_runs
 from deployments.control.queues import get_queue
 from deployments.system.local_target import LocalTarget, descendants
 from deployments.system.stack import Stack
+from deployments.worker.lifeline import is_alive, start_time
 from tasks.archive_files import restore
 from tasks.core.settings import SupervisionSettings
 from tasks.repository import BackupRepository, BackupStatus
@@ -122,12 +123,21 @@ def test_killed_backup_is_crashed_rerun_and_completed_once(
     run_id = run_job("backup/backup", {"server_id": str(server_id), "backup_id": str(backup_id)})
     wait_for_partial(repo, server_id, backup_id)
     pid = flow_run_pid(stack, "backup", run_id)
+    # The run's own children: the fast path's ssh, whose stdout is the archive file, would go
+    # on writing it after the run (tasks/lifeline.py ties it to the run).
+    children = {child: start_time(child) for child in descendants(pid)}
+    assert children, f"run {pid} has no ssh child mid-transfer"
     if worker_dies:
         stack.kill_worker("backup")
     killed_at = datetime.now(UTC)
     # A fork-server worker's run dies with it (deployments/worker/lifeline.py), maybe already.
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+    # At once: the transfer itself would end within seconds anyway.
+    deadline = time.monotonic() + 1.5
+    while any(is_alive(c, started) for c, started in children.items()):
+        assert time.monotonic() < deadline, f"the run's children outlived it: {children}"
+        time.sleep(0.1)
     if worker_dies:
         stack.start_worker("backup")
 

@@ -23,6 +23,7 @@ from prefect.workers.process import ProcessWorker
 
 from deployments.worker import lifeline
 from deployments.worker.forkserver import ForkServerWorker, RunTermination, _RunPopen
+from tasks.lifeline import ORPHANED
 
 ZOMBIE = "123 (we) ird) Z 1 " + " ".join(["0"] * 40)
 
@@ -60,11 +61,11 @@ def test_a_child_dies_when_its_parent_is_killed() -> None:
     """kill -9 a parent; its child, which asked to die with it, is gone at once."""
     middle = _python(
         "import os, sys, time\n"
-        "from deployments.worker import lifeline\n"
+        "import tasks.lifeline\n"
         "parent = os.getpid()\n"
         "child = os.fork()\n"
         "if child == 0:\n"
-        "    lifeline.die_with_parent(parent)\n"
+        "    tasks.lifeline.die_with_parent(parent)\n"
         "    time.sleep(60)\n"
         "    os._exit(0)\n"
         "print(child, flush=True)\n"
@@ -83,11 +84,11 @@ def test_a_child_dies_when_its_parent_is_killed() -> None:
 def test_a_child_whose_parent_died_before_it_asked_ends_itself() -> None:
     """The race the check closes: a parent that is not ours (any more) means exit now."""
     child = _python(
-        "import os\nfrom deployments.worker import lifeline\n"
-        "lifeline.die_with_parent(os.getppid() + 1)\nprint('lived on')\n"
+        "import os\nimport tasks.lifeline\n"
+        "tasks.lifeline.die_with_parent(os.getppid() + 1)\nprint('lived on')\n"
     )
     out, _ = child.communicate(timeout=30)
-    assert (child.returncode, out) == (lifeline.ORPHANED, "")
+    assert (child.returncode, out) == (ORPHANED, "")
 
 
 def test_the_fork_server_and_each_run_get_their_own_group_and_death_signal() -> None:
@@ -95,11 +96,12 @@ def test_the_fork_server_and_each_run_get_their_own_group_and_death_signal() -> 
     process of its own, which is left alone."""
     code = (
         "import json, os\n"
+        "import tasks.lifeline\n"
         "from deployments.worker import lifeline\n"
         "def me():\n"
         "    pid = os.getpid()\n"
         "    return {'pid': pid, 'pgid': os.getpgid(0), 'sid': os.getsid(0),"
-        " 'pdeathsig': lifeline.death_signal()}\n"
+        " 'pdeathsig': tasks.lifeline.death_signal()}\n"
         "lifeline.become_forkserver()\n"
         "r, w = os.pipe()\n"
         "run = os.fork()\n"
@@ -144,7 +146,7 @@ def test_a_fork_server_whose_worker_is_gone_ends_itself() -> None:
         text=True,
         timeout=30,
     )
-    assert (result.returncode, result.stdout) == (lifeline.ORPHANED, "")
+    assert (result.returncode, result.stdout) == (ORPHANED, "")
 
 
 def test_a_hard_kill_takes_the_runs_children_along() -> None:
