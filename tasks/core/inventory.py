@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import yaml
@@ -13,6 +14,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -45,7 +47,18 @@ def _user_id(user_id: str) -> str:
     return user_id
 
 
+def _ping_url(url: str) -> str:
+    """A ping URL is http(s) with a host: Healthchecks' and Uptime Kuma's are."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{url!r} is not an http:// or https:// URL")
+    if _CONTROL.search(url):
+        raise ValueError("contains a control character")
+    return url
+
+
 RemotePath = Annotated[str, AfterValidator(_remote_path)]
+PingUrl = Annotated[str, Field(max_length=2048), AfterValidator(_ping_url)]
 UserId = Annotated[str, Field(max_length=256), AfterValidator(_user_id)]
 LocalPath = Annotated[Path, AfterValidator(lambda p: p.expanduser())]
 
@@ -83,6 +96,9 @@ class BackupSpec(_Model):
     encrypt: bool = False
     #: The age public keys its encrypted backups are readable by; empty: MM_BACKUP_RECIPIENTS.
     recipients: list[AgeRecipient] = Field(default_factory=list)
+    #: Called at the start, success and failure of each backup, as Healthchecks and Uptime
+    #: Kuma expect (tasks/pings.py); a ping that fails never fails the backup.
+    ping_url: PingUrl | None = None
 
 
 class UpdateSpec(_Model):
@@ -107,6 +123,9 @@ class Server(_Model):
     update: UpdateSpec | None = None
     #: The users (tokens' `sub`) who may run jobs on it through the API; none: only admins.
     owners: list[UserId] = Field(default_factory=list)
+    #: Apprise URLs told about this server's failed jobs and stale backups, besides
+    #: MM_NOTIFY_URLS; secrets, since they may hold passwords.
+    notify: list[SecretStr] = Field(default_factory=list)
 
     @field_validator("name", "host", "username")
     @classmethod

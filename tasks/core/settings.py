@@ -304,6 +304,34 @@ class CheckSettings(BaseSettings):
         return value.strip()
 
 
+class NotifySettings(BaseSettings):
+    """Who is told when something is wrong, and when a server's backups count as stale.
+
+    The URLs are Apprise's (`mailtos://`, `json://`, `ntfy://`, `slack://`, ...); they may hold
+    passwords, hence a secret, handed only to the Prefect notification block that sends."""
+
+    model_config = _section("MM_NOTIFY_")
+
+    urls: SecretStr | None = Field(
+        None, description="Apprise URLs, separated by spaces or commas; none: no messages."
+    )
+    stale_grace_seconds: float = Field(
+        7200, ge=0, description="Slack after a schedule's longest gap before a backup is stale."
+    )
+    digest_seconds: float = Field(
+        300, gt=0, description="Failures within this window after the first make one message."
+    )
+
+    def url_list(self) -> list[str]:
+        """The URLs one by one; `[]` when unset."""
+        return split_urls(self.urls.get_secret_value() if self.urls else "")
+
+
+def split_urls(text: str) -> list[str]:
+    """Apprise URLs from a setting or the inventory: separated by spaces or commas."""
+    return [url for url in re.split(r"[\s,]+", text) if url]
+
+
 class JobRecordSettings(BaseSettings):
     """How long job records (flow runs) are kept; the policy is tasks/job_records.py's."""
 
@@ -355,6 +383,7 @@ class Settings(BaseModel):
     supervision: SupervisionSettings = Field(default_factory=SupervisionSettings)
     maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
     check: CheckSettings = Field(default_factory=CheckSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
     job_records: JobRecordSettings = Field(default_factory=JobRecordSettings)
     keep: KeepSettings = Field(default_factory=KeepSettings)
     bench: BenchSettings = Field(default_factory=BenchSettings)
