@@ -30,10 +30,10 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import State, StateType
 
 from deployments.control.queues import QUEUES_BY_NAME
-from deployments.system.local_target import LocalTarget, descendants, free_port
-from deployments.worker.lifeline import is_alive, start_time
+from deployments.system.local_target import LocalTarget, free_port
 from tasks.repository import BackupRepository, BackupStatus
 from tests.support.api import Api, ok
+from tests.support.processes import left_alive, process_tree
 from tests.support.proxy import FaultyProxy
 from tests.support.session import LOCK, InventoryFile
 
@@ -124,15 +124,6 @@ def _stack_processes(data_dir: Path) -> list[int]:
     return found
 
 
-def _left(tree: dict[int, int | None], within: float) -> list[int]:
-    deadline = time.monotonic() + within
-    while True:
-        left = [pid for pid, started in tree.items() if is_alive(pid, started)]
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.2)
-
-
 def _history(states: list[State]) -> str:
     ordered = sorted(states, key=lambda s: s.timestamp)
     return "; ".join(f"{s.timestamp:%T.%f} {s.name}: {(s.message or '')[:80]}" for s in ordered)
@@ -210,7 +201,7 @@ def test_two_signals_to_make_ups_group_mid_run_then_make_up_again_ends_every_job
             states = {name: api.job(job["jobId"])["state"] for name, job in jobs.items()}
         # Still transferring when the signals come (else this test breaks nothing of theirs).
         assert states["backup 0"] == states["backup 1"] == "active", states
-        tree = {pid: start_time(pid) for pid in descendants(stack.process.pid)}
+        tree = process_tree(stack.process.pid)
         assert len(tree) >= 8, tree  # make, uv, supervisor, server, 3 workers, shim, runs
 
         stack.signal_group(signal.SIGTERM)
@@ -219,7 +210,7 @@ def test_two_signals_to_make_ups_group_mid_run_then_make_up_again_ends_every_job
         stack.process.wait(60)
         first = stack.text()
         assert "stopped in" in first, first[-3000:]
-        assert not _left(tree, within=5), (_left(tree, 0), first[-3000:])
+        assert not left_alive(tree, within=5), (left_alive(tree, 0), first[-3000:])
         assert not _stack_processes(stack.data_dir), first[-3000:]
 
         stack.start()

@@ -26,8 +26,8 @@ import pytest
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import State, StateType
 
-from deployments.system.local_target import descendants, free_port
-from deployments.worker.lifeline import is_alive, start_time
+from deployments.system.local_target import free_port
+from tests.support.processes import left_alive, process_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,19 +64,6 @@ def _wait_for(output: Path, needle: str, process: subprocess.Popen[bytes], timeo
     raise AssertionError(f"{needle!r} not printed within {timeout} s:\n{text[-3000:]}")
 
 
-def _tree(pid: int) -> dict[int, int | None]:
-    return {child: start_time(child) for child in descendants(pid)}
-
-
-def _left(tree: dict[int, int | None], within: float) -> list[int]:
-    deadline = time.monotonic() + within
-    while True:
-        left = [pid for pid, started in tree.items() if is_alive(pid, started)]
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.2)
-
-
 def _final_histories(
     data_dir: Path, port: int, job_ids: list[str], timeout: float
 ) -> dict[str, list[State]]:
@@ -99,12 +86,12 @@ def test_a_killed_supervisor_leaves_nothing_and_the_next_stack_starts_and_stops_
     first = _up(tmp_path, tmp_path / "first.txt", ports, "--demo")
     try:
         _wait_for(tmp_path / "first.txt", "enqueued backup", first, timeout=300)
-        tree = _tree(first.pid)
+        tree = process_tree(first.pid)
         assert len(tree) >= 6, tree  # server, three workers (+ fork servers), shim, sshd
         first.kill()
         first.wait(10)
         first_text = (tmp_path / "first.txt").read_text()
-        left = _left(tree, within=10)
+        left = left_alive(tree, within=10)
         assert not left, f"still running 10 s after the supervisor's SIGKILL: {left}"
     finally:
         if first.poll() is None:
@@ -131,7 +118,7 @@ def test_a_killed_supervisor_leaves_nothing_and_the_next_stack_starts_and_stops_
             ]
             assert ("end", "end") not in itertools.pairwise(steps), (job_id, states)
             assert ("start", "start") not in itertools.pairwise(steps), (job_id, states)
-        tree = _tree(second.pid)
+        tree = process_tree(second.pid)
         assert tree
         os.killpg(second.pid, signal.SIGTERM)
         time.sleep(0.5)
@@ -139,7 +126,7 @@ def test_a_killed_supervisor_leaves_nothing_and_the_next_stack_starts_and_stops_
         assert second.wait(60) == 0, (tmp_path / "second.txt").read_text()[-3000:]
         text = (tmp_path / "second.txt").read_text()
         assert "stopped in" in text, text[-3000:]
-        assert not _left(tree, within=5)
+        assert not left_alive(tree, within=5)
     finally:
         if second.poll() is None:
             os.killpg(second.pid, signal.SIGKILL)
