@@ -136,15 +136,17 @@ def _start(
         **extra,
     }
     job: Enqueued = asyncio.run(enqueue(job_type, parameters, priority))
-    out.print(str(job.job_id), markup=False)
-    err.print(
-        f"{job_type.value} queued on {job.queue}: jobId {job.job_id}, "
-        f"{_camel(id_name)} {parameters[id_name]}",
-        markup=False,
-        soft_wrap=True,
-    )
+    _announce(job, job_type.value, f", {_camel(id_name)} {parameters[id_name]}")
     if wait:
         _watch(job.job_id)
+
+
+def _announce(job: Enqueued, what: str, ids: str = "") -> None:
+    """The job id on stdout, for scripts; what was queued where on stderr, for people."""
+    out.print(str(job.job_id), markup=False)
+    err.print(
+        f"{what} queued on {job.queue}: jobId {job.job_id}{ids}", markup=False, soft_wrap=True
+    )
 
 
 def _camel(name: str) -> str:
@@ -271,16 +273,9 @@ def clean(
     starts; with --wait, follows it and prints what it deleted.
     """
     job = asyncio.run(enqueue_maintenance({"dry_run": dry_run, "user_id": _operator()}))
-    out.print(str(job.job_id), markup=False)
-    err.print(
-        f"maintenance{' (dry run)' if dry_run else ''} queued on {job.queue}: jobId {job.job_id}",
-        markup=False,
-        soft_wrap=True,
-    )
-    if not wait:
-        return
-    _watch(job.job_id)
-    _show_result(job.job_id, clean_summary)
+    _announce(job, f"maintenance{' (dry run)' if dry_run else ''}")
+    if wait:
+        _watch_report(job.job_id, clean_summary)
 
 
 @app.command()
@@ -310,21 +305,21 @@ def check(
     if server_id is not None:
         parameters["server_id"] = str(_uuid("server", server_id))
     job = asyncio.run(enqueue(JobType.CHECK_ARCHIVES, parameters, None))
-    out.print(str(job.job_id), markup=False)
-    err.print(
-        f"{JobType.CHECK_ARCHIVES.value} queued on {job.queue}: jobId {job.job_id}",
-        markup=False,
-        soft_wrap=True,
-    )
-    if not wait:
-        return
+    _announce(job, JobType.CHECK_ARCHIVES.value)
+    if wait:
+        _watch_report(job.job_id, check_summary)
+
+
+def _watch_report(job_id: UUID, summary: Callable[[dict[str, Any]], str]) -> None:
+    """Follow a job whose result is a report, then print the report: also when the job failed
+    (a check's corrupt archives matter most then), not when the watch was interrupted."""
     try:
-        _watch(job.job_id)
+        _watch(job_id)
     except typer.Exit as stopped:
-        if stopped.exit_code == 1:  # it failed: what it found matters most then
-            _show_result(job.job_id, check_summary)
+        if stopped.exit_code == 1:
+            _show_result(job_id, summary)
         raise
-    _show_result(job.job_id, check_summary)
+    _show_result(job_id, summary)
 
 
 def _show_result(job_id: UUID, summary: Callable[[dict[str, Any]], str]) -> None:
