@@ -2,7 +2,9 @@
 
 A pure ASGI middleware, so a too large body is refused before FastAPI parses any of it:
 413 on its `Content-Length`, or once a chunked body passes the limit; 415 for a body that is
-not `application/json`. Both answers are in the `{success, message, data}` envelope.
+not `application/json`; 400 for one that is not UTF-8, which JSON on a network must be
+(RFC 8259, section 8.1): FastAPI would answer "There was an error parsing the body", which names
+nothing. All answers are in the `{success, message, data}` envelope.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from api_shim.schemas import ErrorEnvelope
 
 
 class BodyGuard:
-    """Refuse bodies over `limit()` bytes (413) and bodies that are not JSON (415)."""
+    """Refuse bodies over `limit()` bytes (413), bodies that are not JSON (415) and JSON that is
+    not UTF-8 (400)."""
 
     def __init__(self, app: ASGIApp, limit: Callable[[], int]) -> None:
         self.app = app
@@ -52,6 +55,13 @@ class BodyGuard:
             await _refuse(send, 415, f"Content-Type must be application/json, not {shown}")
             return
         body = b"".join(chunks)
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            await _refuse(
+                send, 400, f"request body is not UTF-8 (byte {exc.start}): send UTF-8 JSON"
+            )
+            return
         replayed = False
 
         async def replay() -> Message:

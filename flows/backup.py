@@ -28,11 +28,11 @@ from tasks.progress import Progress
 from tasks.remote import Connection
 from tasks.repository import BackupStatus
 from tasks.server_slot import server_slot
-from tasks.servers import find_server
+from tasks.servers import find_server, run_name
 from tasks.ssh import job_connection
 
 
-@flow(name="backup", flow_run_name="{job_type} {server_id}", **RESULT_OPTIONS)
+@flow(name="backup", flow_run_name=run_name, **RESULT_OPTIONS)
 def backup(
     server_id: UUID,
     backup_id: UUID | None = None,

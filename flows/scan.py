@@ -14,11 +14,11 @@ from tasks.core.jobs import JobType, ScanJob
 from tasks.outcome import RESULT_OPTIONS, publish_result
 from tasks.progress import Progress
 from tasks.scan import create_scan_record, fail_scan_record, scan_server, store_scan_results
-from tasks.servers import find_server
+from tasks.servers import find_server, run_name
 from tasks.ssh import job_connection
 
 
-@flow(name="scan", flow_run_name="{job_type} {server_id}", **RESULT_OPTIONS)
+@flow(name="scan", flow_run_name=run_name, **RESULT_OPTIONS)
 def scan(
     server_id: UUID,
     scan_id: UUID | None = None,

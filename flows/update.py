@@ -15,7 +15,7 @@ from tasks.core.jobs import JobType, UpdateJob
 from tasks.outcome import RESULT_OPTIONS, publish_result
 from tasks.progress import Progress
 from tasks.server_slot import server_slot
-from tasks.servers import find_server, verify_server
+from tasks.servers import find_server, run_name, verify_server
 from tasks.ssh import job_connection
 from tasks.update import (
     create_update_record,
@@ -25,7 +25,7 @@ from tasks.update import (
 )
 
 
-@flow(name="update", flow_run_name="{job_type} {server_id}", **RESULT_OPTIONS)
+@flow(name="update", flow_run_name=run_name, **RESULT_OPTIONS)
 def update(
     server_id: UUID,
     update_id: UUID | None = None,

@@ -6,7 +6,9 @@ from uuid import UUID
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 
+from tasks.core.errors import InventoryError, ServerNotFound
 from tasks.core.inventory import Server, load_inventory
 from tasks.core.settings import get_settings
 from tasks.remote import Connection, session_for
@@ -21,6 +23,20 @@ def find_server(server_id: UUID) -> Server:
     and a task's three state events cost Prefect's server more than the read itself.
     """
     return load_inventory(get_settings().paths.inventory).get(server_id)
+
+
+def run_name() -> str:
+    """A job's flow-run name, as the Prefect UI lists it: its type and its server's name
+    (`backup:manual web-1`); the server's id stays in the parameters and the tags. A server the
+    inventory does not have (or an unreadable inventory) keeps the id: the run fails on it
+    anyway, with the reason."""
+    parameters = flow_run.parameters
+    server_id = str(parameters.get("server_id"))
+    try:
+        server = load_inventory(get_settings().paths.inventory).get(server_id).name
+    except (InventoryError, ServerNotFound):
+        server = server_id
+    return f"{parameters.get('job_type')} {server}"
 
 
 @task(name="verify server", cache_policy=NO_CACHE, **RETRY_POLICY)

@@ -12,6 +12,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TypeVar
 from uuid import UUID, uuid4
@@ -44,7 +45,13 @@ from api_shim.gateway.selection import (
 )
 from api_shim.metrics import PREFECT_SECONDS
 from api_shim.schemas import Job, JobList, PrefectStatus, QueueCounts, ServiceHealth
-from deployments.control.catalogue import ALL_DEPLOYMENTS, CATALOGUE, DEPLOYMENTS, user_tag
+from deployments.control.catalogue import (
+    ALL_DEPLOYMENTS,
+    CATALOGUE,
+    DEPLOYMENTS,
+    server_tag,
+    user_tag,
+)
 from deployments.control.jobs import (
     PAGE,
     POOLS,
@@ -365,14 +372,19 @@ class Gateway:
         state: JobState | None,
         limit: int,
         offset: int,
+        server_id: UUID | None = None,
     ) -> JobList:
-        """A page of jobs, newest (by due time) first, and how many match in all."""
+        """A page of jobs (of one server, if given), newest (by due time) first, and how many
+        match in all."""
         pools = (queue,) if queue else POOLS
         holds, waiting = await asyncio.gather(
             self.holds(),
             self._waiting_for_server(pools, scope, needed=needs_waiting_for_server(state)),
         )
         slices = slices_for(state, pools, holds, datetime.now(UTC), [r.id for r in waiting])
+        if server_id is not None:
+            # A user's scope still applies: another's server gives an empty page, as an unknown one.
+            slices = [replace(s, tags=(*s.tags, server_tag(server_id))) for s in slices]
         totals = await asyncio.gather(*(self._count(s, scope) for s in slices))
         if len(slices) == 1:
             runs = await self._read(slices[0], scope, offset, limit)

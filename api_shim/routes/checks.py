@@ -19,7 +19,7 @@ router = APIRouter(tags=["backups"])
     "/api/backups/check",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Envelope[CheckEnqueued],
-    responses=errors(401, 403, 422, 503),
+    responses=errors(400, 401, 403, 422, 503),
 )
 async def check(
     request: Request,

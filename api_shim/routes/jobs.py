@@ -34,6 +34,8 @@ from tasks.core.settings import get_settings
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
+#: The largest page of GET /api/jobs; a larger `limit` is capped to it, as the original does.
+MAX_LIMIT = 200
 #: Seconds between keep-alive comments on a quiet event stream, so proxies keep it open.
 KEEPALIVE_SECONDS = 15.0
 
@@ -61,14 +63,26 @@ async def list_jobs(
     state: Annotated[
         str | None, Query(description=f"One of {', '.join(s.value for s in JobState)}.")
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    server_id: Annotated[
+        UUID | None, Query(alias="serverId", description="Only this server's jobs.")
+    ] = None,
+    limit: Annotated[
+        int, Query(ge=1, description=f"Jobs per page; above {MAX_LIMIT}: {MAX_LIMIT}.")
+    ] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> Envelope[JobList]:
     """The caller's jobs on the servers they own (an admin's: all), newest first; `total`
-    counts all that match."""
+    counts all that match, `limit` is the one used (at most 200, as the original answers)."""
     queue = _choice("queue", queue, list(POOLS))
     wanted = _choice("state", state, [s.value for s in JobState])
-    page = await gateway.jobs(scope, queue, JobState(wanted) if wanted else None, limit, offset)
+    page = await gateway.jobs(
+        scope,
+        queue,
+        JobState(wanted) if wanted else None,
+        min(limit, MAX_LIMIT),
+        offset,
+        server_id=server_id,
+    )
     return Envelope(message="Jobs retrieved successfully", data=page)
 
 
@@ -81,7 +95,9 @@ async def stats(scope: CallerScope, gateway: GatewayDep) -> Envelope[dict[str, Q
     return Envelope(message="Job statistics retrieved successfully", data=counts)
 
 
-@router.post("/clean", response_model=Envelope[CleanResult], responses=errors(401, 403, 422, 503))
+@router.post(
+    "/clean", response_model=Envelope[CleanResult], responses=errors(400, 401, 403, 422, 503)
+)
 async def clean(
     caller: AdminCaller,
     gateway: GatewayDep,

@@ -15,7 +15,9 @@ router = APIRouter(prefix="/api/queues", tags=["queues"])
 
 
 @router.post(
-    "/pause", response_model=Envelope[list[QueuePaused]], responses=errors(401, 403, 422, 503)
+    "/pause",
+    response_model=Envelope[list[QueuePaused]],
+    responses=errors(400, 401, 403, 422, 503),
 )
 async def pause(
     caller: AdminCaller, gateway: GatewayDep, body: Annotated[PauseRequest | None, Body()] = None
@@ -27,7 +29,9 @@ async def pause(
 
 
 @router.post(
-    "/resume", response_model=Envelope[list[QueuePaused]], responses=errors(401, 403, 422, 503)
+    "/resume",
+    response_model=Envelope[list[QueuePaused]],
+    responses=errors(400, 401, 403, 422, 503),
 )
 async def resume(
     caller: AdminCaller, gateway: GatewayDep, body: Annotated[PauseRequest | None, Body()] = None

@@ -36,7 +36,7 @@ router = APIRouter(prefix="/api/servers", tags=["servers"])
 
 E = TypeVar("E", BackupEnqueued, ScanEnqueued, UpdateEnqueued)
 
-RESPONSES = errors(401, 404, 422, 503)
+RESPONSES = errors(400, 401, 404, 422, 503)
 
 
 @router.get("", response_model=Envelope[list[ServerInfo]], responses=errors(401, 503))

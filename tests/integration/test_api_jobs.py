@@ -73,11 +73,11 @@ def test_scan_request_answers_at_once_with_its_ids(failing_scan: dict[str, Any],
 
 
 def test_completed_backup_shows_every_field(
-    alice: Api, target: LocalTarget, inventory: InventoryFile, tmp_path
+    alice: Api, stack: Stack, target: LocalTarget, inventory: InventoryFile, tmp_path
 ):
     source = make_tree(tmp_path / "source", big_bytes=10_000)
     server_id = inventory.add_server(
-        target, backup={"paths": [str(source)]}, owners=[alice.user_id]
+        target, name="web east-1", backup={"paths": [str(source)]}, owners=[alice.user_id]
     )
     before = int(time.time() * 1000)
     body = {"backup_type": "full", "compression": True, "encryption": False, "priority": "high"}
@@ -108,6 +108,11 @@ def test_completed_backup_shows_every_field(
     assert job["result"]["status"] == "completed"
     assert isinstance(job["result"]["duration"], int | float)
     assert job["failedReason"] is None
+    # The Prefect UI lists the run by its server's name; the id stays in parameters and tags.
+    with stack.sync_client() as client:
+        run = client.read_flow_run(uuid.UUID(job["id"]))
+    assert run.name == "backup:manual web east-1"
+    assert run.parameters["server_id"] == str(server_id) and server_tag(server_id) in run.tags
 
     with alice.http.stream("GET", f"/api/jobs/{job['id']}/events") as stream:
         assert stream.headers["content-type"].startswith("text/event-stream")
@@ -234,7 +239,30 @@ def test_list_pages_and_counts_only_the_callers_jobs(alice: Api, bob: Api, admin
     assert "backup, scan, update" in error(alice.get("/api/jobs", params={"queue": "x"}), 400)
     message = error(alice.get("/api/jobs", params={"state": "stuck"}), 400)
     assert "waiting" in message and "delayed" in message
-    assert "limit" in error(alice.get("/api/jobs", params={"limit": 201}), 422)
+    # As the original: a larger limit is capped at 200, and the answer says so.
+    capped = ok(alice.get("/api/jobs", params={"limit": 500}))
+    assert capped["limit"] == 200 and capped["total"] == everything["total"]
+    assert "limit" in error(alice.get("/api/jobs", params={"limit": 0}), 422)
+
+
+def test_list_filters_by_server_under_the_ownership_rules(
+    failing_scan: dict[str, Any], alice: Api, bob: Api, admin: Api
+):
+    server_id = failing_scan["enqueuedServerId"]
+    mine = ok(alice.get("/api/jobs", params={"serverId": server_id, "limit": 200}))
+    assert failing_scan["jobId"] in [j["id"] for j in mine["jobs"]]
+    assert {j["data"]["serverId"] for j in mine["jobs"]} == {server_id}
+    everything = ok(alice.get("/api/jobs", params={"limit": 200}))
+    assert 1 <= mine["total"] < everything["total"]
+    scans = ok(alice.get("/api/jobs", params={"serverId": server_id, "queue": "scan"}))
+    assert scans["total"] == mine["total"]  # this server's jobs are all scans
+    assert (
+        ok(alice.get("/api/jobs", params={"serverId": server_id, "queue": "backup"}))["total"] == 0
+    )
+    # Another's server reads as one without jobs; the admin sees them.
+    assert ok(bob.get("/api/jobs", params={"serverId": server_id}))["total"] == 0
+    assert ok(admin.get("/api/jobs", params={"serverId": server_id}))["total"] == mine["total"]
+    assert "serverId" in error(alice.get("/api/jobs", params={"serverId": "web-1"}), 422)
 
 
 def test_failed_job_after_retries_shows_its_reason_and_can_be_retried(

@@ -35,3 +35,44 @@ def test_a_priority_is_a_name_or_number_of_the_table() -> None:
 def test_a_priority_outside_the_table_is_refused(bad: object) -> None:
     with pytest.raises(ValidationError):
         TypeAdapter(PriorityValue).validate_python(bad)
+
+
+def test_every_operation_with_a_body_documents_the_400_of_an_unparseable_one() -> None:
+    # A body that is not UTF-8 is a 400 (api_shim/body_guard.py), whatever the operation.
+    from api_shim.app import app
+
+    operations = [
+        (path, method, operation)
+        for path, item in app.openapi()["paths"].items()
+        for method, operation in item.items()
+        if "requestBody" in operation
+    ]
+    assert len(operations) >= 7
+    undocumented = [f"{m.upper()} {p}" for p, m, op in operations if "400" not in op["responses"]]
+    assert not undocumented
+
+
+def test_a_body_that_is_not_utf8_is_the_documented_400_in_the_envelope() -> None:
+    import asyncio
+
+    import httpx
+
+    from api_shim.app import app
+
+    async def post() -> httpx.Response:
+        # No lifespan: the body is read before the caller is checked or Prefect is asked.
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://shim") as client:
+            return await client.post(
+                "/api/queues/pause",
+                content=b'{"queue": "\xe9"}',
+                headers={"content-type": "application/json"},
+            )
+
+    response = asyncio.run(post())
+    assert response.status_code == 400
+    assert response.json() == {
+        "success": False,
+        "message": "request body is not UTF-8 (byte 11): send UTF-8 JSON",
+        "data": None,
+    }
