@@ -22,7 +22,7 @@ from tasks.backup import (
     transfer_archive,
 )
 from tasks.core.inventory import BackupSpec, Server
-from tasks.core.jobs import BackupJob, BackupOptions, JobType
+from tasks.core.jobs import BackupJob, BackupOptions, JobType, backup_id_of
 from tasks.outcome import RESULT_OPTIONS, publish_result
 from tasks.progress import Progress
 from tasks.remote import Connection
@@ -45,8 +45,8 @@ def backup(
     began = time.monotonic()
     options = options or BackupOptions()
     job_id = UUID(flow_run.get_id()) if flow_run.get_id() else None
-    # A scheduled run has no id from a caller; its flow-run id keeps re-runs idempotent.
-    backup_id = backup_id or job_id
+    if job_id is not None:
+        backup_id = backup_id_of(job_id, backup_id)
     if backup_id is None:
         raise ValueError("backup_id is required when not running as a flow run")
     progress = Progress.start()

@@ -8,6 +8,7 @@ from datetime import datetime
 from api_shim.schemas import Job, JobData
 from deployments.control.jobs import JobSnapshot
 from deployments.control.states import JobState
+from tasks.core.jobs import JobType, backup_id_of
 
 
 def epoch_ms(moment: datetime | None) -> int | None:
@@ -22,9 +23,10 @@ def job_data(job: JobSnapshot) -> JobData:
         return None if value is None else str(value)
 
     options = params.get("options")
+    is_backup = job.name in (JobType.BACKUP_MANUAL, JobType.BACKUP_SCHEDULED)
     return JobData(
         server_id=text("server_id"),
-        backup_id=text("backup_id"),
+        backup_id=str(backup_id_of(job.id, params.get("backup_id"))) if is_backup else None,
         scan_id=text("scan_id"),
         update_id=text("update_id"),
         user_id=text("user_id"),

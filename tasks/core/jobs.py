@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from typing import Literal
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict
 
@@ -43,6 +44,13 @@ BackupJob = Literal[JobType.BACKUP_MANUAL, JobType.BACKUP_SCHEDULED]
 ScanJob = Literal[JobType.SCAN_FULL, JobType.SCAN_QUICK]
 UpdateJob = Literal[JobType.UPDATE_SERVER]
 CheckJob = Literal[JobType.CHECK_ARCHIVES]
+
+
+def backup_id_of(job_id: UUID, backup_id: UUID | str | None) -> UUID:
+    """A backup job's backup id: the caller's; a scheduled backup, which no caller asked for,
+    takes its job id, so that its re-runs keep to one archive. The flow and the API's
+    `data.backupId` both read it from here."""
+    return UUID(str(backup_id)) if backup_id else job_id
 
 
 class BackupOptions(BaseModel):
