@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    create_model,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from deployments.control.queues import QUEUES, Priority
 from deployments.control.states import JobState
 from tasks.archive_listing import Member
+from tasks.core.due import due_time, parse_run_at
 from tasks.core.jobs import BackupOptions
 from tasks.repository import Manifest
 
@@ -67,22 +77,58 @@ else:
 PriorityValue = PriorityName | Annotated[int, Field(ge=min(Priority), le=max(Priority))]
 
 
-class BackupRequest(BackupOptions):
-    """A backup request: the original options plus an optional priority."""
+#: `runAt` as the API takes it: epoch milliseconds or ISO 8601 (tasks/core/due.py).
+RunAt = Annotated[
+    datetime,
+    BeforeValidator(parse_run_at),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string", "format": "date-time"}],
+            "description": "Epoch milliseconds or ISO 8601; a time past means now.",
+        }
+    ),
+]
+
+
+class Timing(BaseModel):
+    """When a job may start (new): now, unless `delay` or `runAt` says later; such a job is
+    `delayed` until then, and can be cancelled before."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    delay: int | None = Field(
+        None, ge=0, description="Milliseconds to wait before the job may start."
+    )
+    run_at: RunAt | None = Field(None, alias="runAt")
+
+    @model_validator(mode="after")
+    def _one_due_time(self) -> Timing:
+        self.due()  # refuses both at once, and a time more than a year ahead
+        return self
+
+    def due(self) -> datetime | None:
+        """When the job is due; None for now."""
+        delay = timedelta(milliseconds=self.delay) if self.delay is not None else None
+        return due_time(delay, self.run_at)
+
+
+class BackupRequest(BackupOptions, Timing):
+    """A backup request: the original options plus an optional priority and due time."""
 
     priority: PriorityValue | None = None
 
+    def options(self) -> BackupOptions:
+        """The job's options: what the flow gets, without the when and the priority."""
+        fields = set(BackupOptions.model_fields)
+        return BackupOptions.model_validate(self.model_dump(include=fields))
 
-class ScanRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
+class ScanRequest(Timing):
     scan_type: Literal["full", "quick"] = "full"
     priority: PriorityValue | None = None
 
 
-class UpdateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class UpdateRequest(Timing):
     priority: PriorityValue | None = None
 
 
@@ -193,7 +239,8 @@ class JobAccepted(Schema):
 
     job_id: str
     server_id: str
-    status: Literal["pending"] = "pending"
+    #: `delayed` for a job asked for later (`delay`, `runAt`).
+    status: Literal["pending", "delayed"] = "pending"
     message: str
 
 

@@ -262,8 +262,10 @@ class Gateway:
         user_id: str,
         priority: Priority | None,
         idempotency_key: str | None,
+        due: datetime | None = None,
     ) -> Enqueued:
-        """Start a job; its parameters are those of the first, for a repeat.
+        """Start a job (not before `due`, if given); its parameters are those of the first,
+        for a repeat.
 
         When it raises, no job was created, or (for a caller's `idempotency_key`) repeating
         the request with that key returns the one that was: see `api_shim.gateway.creation`.
@@ -276,11 +278,11 @@ class Gateway:
             )
         try:
             try:
-                run = await self._create(job_type, parameters, user_id, priority, key)
+                run = await self._create(job_type, parameters, user_id, priority, key, due)
             except JobNotFound:
                 # Registered again under a new id since we cached it: look it up once more.
                 self._deployment_ids.pop(CATALOGUE[job_type].deployment.full_name, None)
-                run = await self._create(job_type, parameters, user_id, priority, key)
+                run = await self._create(job_type, parameters, user_id, priority, key, due)
         except JobNotFound:
             # /health must not go on saying ready until it has looked again.
             self._ready.forget()
@@ -307,6 +309,7 @@ class Gateway:
         user_id: str,
         priority: Priority | None,
         key: str,
+        due: datetime | None,
     ) -> Enqueued:
         deployment = CATALOGUE[job_type].deployment.full_name
         deployment_id = self._deployment_ids.get(deployment)
@@ -328,6 +331,7 @@ class Gateway:
                 priority=priority,
                 tags=[user_tag(user_id)],
                 idempotency_key=key,
+                due=due,
             ),
             create=True,
         )

@@ -29,7 +29,7 @@ from deployments.control.queues import Priority
 from tasks.core.callers import Caller
 from tasks.core.errors import InvalidOptions
 from tasks.core.inventory import Server
-from tasks.core.jobs import BackupOptions, JobType, backup_recipients
+from tasks.core.jobs import JobType, backup_recipients
 from tasks.core.settings import get_settings
 
 router = APIRouter(prefix="/api/servers", tags=["servers"])
@@ -80,19 +80,17 @@ async def backup(
 ) -> Envelope[BackupEnqueued]:
     """Enqueue a `backup:manual` job (HIGH priority unless asked otherwise)."""
     body = body or BackupRequest()
-    options = body.model_dump(exclude={"priority"})
+    options = body.options()
     server = usable_server(caller, inventory_for(caller), server_id)
     try:
         # Encryption without a recipient is refused here, not by a job that fails later.
-        backup_recipients(
-            BackupOptions.model_validate(options), server.backup, get_settings().encryption
-        )
+        backup_recipients(options, server.backup, get_settings().encryption)
     except InvalidOptions as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
-    extra = {"options": options}
+    extra = {"options": options.model_dump(mode="json")}
     return await _enqueue(
         request, gateway, caller, JobType.BACKUP_MANUAL, server_id, "backup_id", extra,
-        body.priority, idempotency_key, BackupEnqueued, "Backup enqueued successfully",
+        body, idempotency_key, BackupEnqueued, "Backup enqueued successfully",
     )  # fmt: skip
 
 
@@ -115,7 +113,7 @@ async def scan(
     job_type = JobType.SCAN_QUICK if body.scan_type == "quick" else JobType.SCAN_FULL
     return await _enqueue(
         request, gateway, caller, job_type, server_id, "scan_id", {},
-        body.priority, idempotency_key, ScanEnqueued, "Scan enqueued successfully",
+        body, idempotency_key, ScanEnqueued, "Scan enqueued successfully",
     )  # fmt: skip
 
 
@@ -137,7 +135,7 @@ async def update(
     body = body or UpdateRequest()
     return await _enqueue(
         request, gateway, caller, JobType.UPDATE_SERVER, server_id, "update_id", {},
-        body.priority, idempotency_key, UpdateEnqueued, "Update enqueued successfully",
+        body, idempotency_key, UpdateEnqueued, "Update enqueued successfully",
     )  # fmt: skip
 
 
@@ -149,7 +147,7 @@ async def _enqueue(
     server_id: UUID,
     id_name: str,
     extra: dict[str, Any],
-    priority: PriorityValue | None,
+    body: BackupRequest | ScanRequest | UpdateRequest,
     idempotency_key: str | None,
     answer: type[E],
     message: str,
@@ -163,17 +161,25 @@ async def _enqueue(
         "job_type": job_type.value,
         **extra,
     }
+    due = body.due()
     job = await gateway.enqueue(
-        job_type, parameters, user_id=caller.user_id, priority=_priority(priority),
-        idempotency_key=scoped_key(request, caller.user_id, idempotency_key),
+        job_type, parameters, user_id=caller.user_id, priority=_priority(body.priority),
+        idempotency_key=scoped_key(request, caller.user_id, idempotency_key), due=due,
     )  # fmt: skip
     JOBS_ENQUEUED.labels(job_type.value).inc()
+    # A repeat (same Idempotency-Key) answers with the first request's job and due time.
+    due = job.due
     data = answer.model_validate(
         {
             "job_id": str(job.job_id),
             "server_id": str(job.parameters.get("server_id", server_id)),
             id_name: str(job.parameters.get(id_name)),
-            "message": f"{job_type.value} is queued and will run shortly",
+            "status": "delayed" if due else "pending",
+            "message": (
+                f"{job_type.value} is delayed until {due.isoformat()}"
+                if due
+                else f"{job_type.value} is queued and will run shortly"
+            ),
         }
     )
     return Envelope(message=message, data=data)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -77,12 +78,16 @@ async def prefect_client() -> AsyncIterator[PrefectClient]:
 
 
 async def enqueue(
-    job_type: JobType, parameters: dict[str, Any], priority: Priority | None = None
+    job_type: JobType,
+    parameters: dict[str, Any],
+    priority: Priority | None = None,
+    due: datetime | None = None,
 ) -> Enqueued:
-    """Create a flow run of the job type's deployment in the work queue of `priority`."""
+    """Create a flow run of the job type's deployment in the work queue of `priority`, not
+    before `due` if given."""
     async with prefect_client() as client:
         try:
-            return await jobs.enqueue(client, job_type, parameters, priority=priority)
+            return await jobs.enqueue(client, job_type, parameters, priority=priority, due=due)
         except ObjectNotFound:
             raise _missing(CATALOGUE[job_type].deployment.full_name) from None
 

@@ -12,6 +12,8 @@ import functools
 import getpass
 import os
 from collections.abc import Callable
+from datetime import datetime, timedelta
+from enum import IntEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 from uuid import UUID, uuid4
@@ -22,6 +24,7 @@ from rich.markup import escape
 
 from deployments.cli.jobs import (
     CliError,
+    JobNotFound,
     enqueue,
     enqueue_maintenance,
     job_result,
@@ -49,7 +52,8 @@ from tasks.archive_files import (
     restore,
     select,
 )
-from tasks.core.errors import JobError
+from tasks.core.due import due_time, parse_duration, parse_run_at
+from tasks.core.errors import InvalidOptions, InventoryError, JobError, ServerNotFound
 from tasks.core.inventory import load_inventory
 from tasks.core.jobs import BackupOptions, JobType
 from tasks.core.settings import get_settings
@@ -69,16 +73,36 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+class Exit(IntEnum):
+    """The exit statuses a script can rely on (README, "The command line")."""
+
+    DONE = 0
+    #: The job failed, or the command's own work did (a restore, a verify).
+    FAILED = 1
+    #: A bad id, option, time, server or path; typer's own usage errors are 2 as well.
+    BAD_INPUT = 2
+    #: The system could not be reached or used: Prefect down, not bootstrapped, credentials.
+    UNREACHABLE = 3
+    #: Ctrl-C while following a job (which goes on).
+    INTERRUPTED = 130
+
+
+#: Our errors that mean the input was wrong, not the system or the job.
+_BAD_INPUT = (ValueError, InvalidOptions, ServerNotFound, InventoryError, JobNotFound)
+
+
 def reported(command: Callable[P, R]) -> Callable[P, R]:
-    """Turn our errors into one line on stderr and exit status 1, never a traceback."""
+    """Turn our errors into one line on stderr and their `Exit` status, never a traceback."""
 
     @functools.wraps(command)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return command(*args, **kwargs)
-        except (JobError, CliError) as exc:
-            _fail(str(exc))
-        except ValueError as exc:  # bad ids and options, validated here or by pydantic
+        except _BAD_INPUT as exc:  # bad ids and options, validated here or by pydantic
+            _fail(str(exc), Exit.BAD_INPUT)
+        except CliError as exc:  # the ones that are not bad input: Prefect not usable
+            _fail(str(exc), Exit.UNREACHABLE)
+        except JobError as exc:
             _fail(str(exc))
         except OSError as exc:
             _fail(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
@@ -86,9 +110,9 @@ def reported(command: Callable[P, R]) -> Callable[P, R]:
     return run
 
 
-def _fail(message: str) -> NoReturn:
+def _fail(message: str, status: Exit = Exit.FAILED) -> NoReturn:
     err.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
-    raise typer.Exit(1)
+    raise typer.Exit(status)
 
 
 def _uuid(kind: str, value: str) -> UUID:
@@ -117,6 +141,26 @@ PriorityOption = Annotated[
     ),
 ]
 WaitOption = Annotated[bool, typer.Option("--wait", help="Follow the job until it ends.")]
+InOption = Annotated[
+    timedelta | None,
+    typer.Option(
+        "--in",
+        parser=parse_duration,
+        metavar="DURATION",
+        help="Start it after this long, e.g. 90s, 10m, 1h30m (a delayed job until then).",
+        show_default=False,
+    ),
+]
+AtOption = Annotated[
+    datetime | None,
+    typer.Option(
+        "--at",
+        parser=parse_run_at,
+        metavar="TIME",
+        help="Start it at this time: ISO 8601 (2026-12-24T03:00Z; no zone: UTC) or epoch ms.",
+        show_default=False,
+    ),
+]
 
 
 def _start(
@@ -125,9 +169,12 @@ def _start(
     id_name: str,
     priority: Priority | None,
     wait: bool,
+    when: tuple[timedelta | None, datetime | None] = (None, None),
     **extra: Any,
 ) -> None:
-    """Enqueue one job, print its job id, and watch it if asked."""
+    """Enqueue one job (now, or when `when` says: `--in`, `--at`), print its job id, and
+    watch it if asked."""
+    due = due_time(*when)
     parameters: dict[str, Any] = {
         "server_id": str(_uuid("server", server_id)),
         id_name: str(uuid4()),
@@ -135,8 +182,9 @@ def _start(
         "job_type": job_type.value,
         **extra,
     }
-    job: Enqueued = asyncio.run(enqueue(job_type, parameters, priority))
-    _announce(job, job_type.value, f", {_camel(id_name)} {parameters[id_name]}")
+    job: Enqueued = asyncio.run(enqueue(job_type, parameters, priority, due))
+    later = f", delayed until {due.isoformat()}" if due else ""
+    _announce(job, job_type.value, f", {_camel(id_name)} {parameters[id_name]}{later}")
     if wait:
         _watch(job.job_id)
 
@@ -160,7 +208,7 @@ def _watch(job_id: UUID) -> None:
             last: JobSnapshot = asyncio.run(watch(job_id, bar.update))
     except KeyboardInterrupt:
         err.print(f"stopped watching; job {job_id} goes on", markup=False, soft_wrap=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(Exit.INTERRUPTED) from None
     reason = f": {last.message}" if last.message else ""
     if last.state is JobState.COMPLETED:
         out.print(f"job {job_id} completed{reason}", markup=False)
@@ -188,9 +236,11 @@ def backup(
         ),
     ] = False,
     priority: PriorityOption = None,
+    in_: InOption = None,
+    at: AtOption = None,
     wait: WaitOption = False,
 ) -> None:
-    """Back up a server now (a backup:manual job)."""
+    """Back up a server (a backup:manual job), now or later."""
     options = BackupOptions(compression=compression or False, encryption=encrypt)
     _start(
         JobType.BACKUP_MANUAL,
@@ -198,6 +248,7 @@ def backup(
         "backup_id",
         priority,
         wait,
+        (in_, at),
         options=options.model_dump(mode="json"),
     )
 
@@ -208,11 +259,13 @@ def scan(
     server_id: Annotated[str, typer.Argument(help="Server id from the inventory.")],
     quick: Annotated[bool, typer.Option("--quick", help="Only check connectivity.")] = False,
     priority: PriorityOption = None,
+    in_: InOption = None,
+    at: AtOption = None,
     wait: WaitOption = False,
 ) -> None:
-    """Scan a server (scan:full, or scan:quick with --quick)."""
+    """Scan a server (scan:full, or scan:quick with --quick), now or later."""
     job_type = JobType.SCAN_QUICK if quick else JobType.SCAN_FULL
-    _start(job_type, server_id, "scan_id", priority, wait)
+    _start(job_type, server_id, "scan_id", priority, wait, (in_, at))
 
 
 @app.command()
@@ -220,10 +273,12 @@ def scan(
 def update(
     server_id: Annotated[str, typer.Argument(help="Server id from the inventory.")],
     priority: PriorityOption = None,
+    in_: InOption = None,
+    at: AtOption = None,
     wait: WaitOption = False,
 ) -> None:
-    """Run a server's update command (an update:server job)."""
-    _start(JobType.UPDATE_SERVER, server_id, "update_id", priority, wait)
+    """Run a server's update command (an update:server job), now or later."""
+    _start(JobType.UPDATE_SERVER, server_id, "update_id", priority, wait, (in_, at))
 
 
 @app.command("watch")
@@ -316,7 +371,7 @@ def _watch_report(job_id: UUID, summary: Callable[[dict[str, Any]], str]) -> Non
     try:
         _watch(job_id)
     except typer.Exit as stopped:
-        if stopped.exit_code == 1:
+        if stopped.exit_code == Exit.FAILED:
             _show_result(job_id, summary)
         raise
     _show_result(job_id, summary)

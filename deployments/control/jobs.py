@@ -31,6 +31,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import Artifact, FlowRun, StateType, TaskRun
 from prefect.client.schemas.sorting import ArtifactSort, TaskRunSort
+from prefect.states import Scheduled
 
 from deployments.control.catalogue import (
     CATALOGUE,
@@ -68,15 +69,20 @@ class Enqueued:
     queue: str
     #: The run's parameters as Prefect keeps them: the first request's, for a repeated key.
     parameters: dict[str, Any]
+    #: When a delayed job may start; None when it may start now (or has started).
+    due: datetime | None = None
 
 
 def enqueued(run: FlowRun, deployment: Deployment, priority: Priority) -> Enqueued:
     """What the caller is told about the run it created in `priority`'s work queue."""
+    state = run.state
+    due = state.state_details.scheduled_time if state is not None and state.is_scheduled() else None
     return Enqueued(
         job_id=run.id,
         deployment=deployment.full_name,
         queue=f"{deployment.queue.name}/{priority.queue_name}",
         parameters=dict(run.parameters),
+        due=due if due is not None and due > datetime.now(UTC) else None,
     )
 
 
@@ -89,9 +95,11 @@ async def enqueue(
     tags: Iterable[str] = (),
     idempotency_key: str | None = None,
     deployment_id: UUID | None = None,
+    due: datetime | None = None,
 ) -> Enqueued:
     """Create the flow run of a job in the work queue of `priority` (default: the job type's);
-    with an `idempotency_key` seen before, Prefect returns that run.
+    with an `idempotency_key` seen before, Prefect returns that run. `due`: not before then
+    (Scheduled until that time, so `delayed`); None: now.
 
     `deployment_id`: the job's deployment, if the caller knows it (saves a read).
     The run is tagged with its job type and its server (`parameters["server_id"]`), if it has
@@ -111,6 +119,7 @@ async def enqueue(
             *tags,
         ],
         idempotency_key=idempotency_key,
+        state=Scheduled(scheduled_time=due) if due is not None else None,
     )
     return enqueued(run, job.deployment, priority)
 

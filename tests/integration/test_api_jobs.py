@@ -315,3 +315,45 @@ def create_delayed_scan(stack: Stack, user_id: str, server_id: uuid.UUID) -> str
             tags=[job_type_tag(JobType.SCAN_FULL), server_tag(server_id), user_tag(user_id)],
         )
     return str(run.id)
+
+
+def test_a_job_asked_for_later_is_delayed_until_then_and_can_be_cancelled_before(
+    alice: Api, bob: Api, stack: Stack, target: LocalTarget, inventory: InventoryFile
+):
+    server_id = inventory.add_server(target, owners=[alice.user_id])
+    path = f"/api/servers/{server_id}/scan"
+    due = datetime.now(UTC) + timedelta(seconds=8)
+    body = {"scan_type": "quick", "runAt": int(due.timestamp() * 1000)}
+    accepted = ok(alice.post(path, json=body), 202)
+    assert accepted["status"] == "delayed"
+    assert f"delayed until {due.isoformat()[:19]}" in accepted["message"]
+    assert alice.job(accepted["jobId"])["state"] == "delayed"
+
+    later = ok(alice.post(path, json={"scan_type": "quick", "delay": 600_000}), 202)
+    assert later["status"] == "delayed"
+    error(bob.post(f"/api/jobs/{later['jobId']}/cancel"), 404)  # not bob's
+    ok(alice.post(f"/api/jobs/{later['jobId']}/cancel"))
+    assert alice.job(later["jobId"])["state"] == "cancelled"
+
+    # A time already past runs at once; one that is no time is refused, naming the field.
+    past = ok(alice.post(path, json={"scan_type": "quick", "runAt": "2020-01-01T00:00Z"}), 202)
+    assert past["status"] == "pending"
+    assert "runAt" in error(alice.post(path, json={"runAt": "soon"}), 422)
+    assert "delay" in error(alice.post(path, json={"delay": -5}), 422)
+    assert "not both" in error(alice.post(path, json={"delay": 5, "runAt": 0}), 422)
+    assert alice.wait_for_state(past["jobId"], "completed", "failed")["state"] == "completed"
+
+    job = alice.wait_for_state(accepted["jobId"], "completed", "failed", timeout=90)
+    assert job["state"] == "completed", job["failedReason"]
+    with stack.sync_client() as client:
+        states = client.read_flow_run_states(uuid.UUID(accepted["jobId"]))
+    first, *rest = sorted(states, key=lambda s: s.timestamp)
+    assert first.type.value == "SCHEDULED"
+    assert first.state_details.scheduled_time == due.replace(
+        microsecond=due.microsecond // 1000 * 1000
+    )
+    running = next(s for s in rest if s.type.value == "RUNNING")
+    # Nothing but Pending (the worker's prefetch, docs/API.md) between Scheduled and Running,
+    # and Running within a second of the time asked for (Prefect rounds its wait to seconds).
+    assert {s.type.value for s in rest[: rest.index(running)]} <= {"PENDING"}
+    assert abs((running.timestamp - due).total_seconds()) <= 1.0, (running.timestamp, due)

@@ -212,5 +212,5 @@ def _listed(api: Api, state: str) -> list[str]:
 
 def test_unknown_queue_names_the_allowed_ones():
     result = runner.invoke(cli.app, ["pause", "../backup"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # bad input
     assert "unknown queue '../backup'; use one of backup, scan, update" in result.output

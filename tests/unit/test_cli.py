@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -16,6 +17,7 @@ from typer.testing import CliRunner
 from deployments.cli import jobs as cli_jobs
 from deployments.cli import main as cli
 from deployments.cli.jobs import DeploymentMissing
+from deployments.cli.main import Exit
 from deployments.control.jobs import Enqueued, JobSnapshot
 from deployments.control.queues import Priority
 from deployments.control.states import JobState
@@ -37,14 +39,22 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     get_settings.cache_clear()
 
 
+#: The due time of each job `sent` saw, in order.
+dues: list[Any] = []
+
+
 @pytest.fixture
 def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[JobType, dict[str, Any], Any]]:
     """What the CLI asked Prefect for, instead of asking it."""
     calls: list[tuple[JobType, dict[str, Any], Any]] = []
+    dues.clear()
     job_id = UUID("11111111-2222-4333-8444-555555555555")
 
-    async def enqueue(job_type: JobType, parameters: dict[str, Any], priority: Any) -> Enqueued:
+    async def enqueue(
+        job_type: JobType, parameters: dict[str, Any], priority: Any, due: Any = None
+    ) -> Enqueued:
         calls.append((job_type, parameters, priority))
+        dues.append(due)
         return Enqueued(job_id=job_id, deployment="x/x", queue="pool/queue", parameters={})
 
     monkeypatch.setattr(cli, "enqueue", enqueue)
@@ -101,7 +111,7 @@ def test_bad_choices_are_usage_errors(sent: list[Any], args: list[str]) -> None:
 
 def test_a_bad_server_id_is_one_line(sent: list[Any]) -> None:
     result = runner.invoke(cli.app, ["backup", "../etc"])
-    assert result.exit_code == 1
+    assert result.exit_code == Exit.BAD_INPUT
     assert result.stderr == "error: '../etc' is not a server id (a UUID)\n"
     assert sent == []
 
@@ -112,7 +122,7 @@ def test_a_missing_deployment_is_one_line(monkeypatch: pytest.MonkeyPatch) -> No
 
     monkeypatch.setattr(cli, "enqueue", enqueue)
     result = runner.invoke(cli.app, ["scan", SERVER])
-    assert result.exit_code == 1
+    assert result.exit_code == Exit.UNREACHABLE
     assert result.stderr.splitlines() == [
         "error: deployment scan/scan is not registered; run the bootstrap"
     ]
@@ -131,7 +141,7 @@ def test_messages_are_printed_verbatim_not_as_markup(monkeypatch: pytest.MonkeyP
 def test_no_prefect_api_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cli_jobs, "PREFECT_API_URL", _Setting(None))
     result = runner.invoke(cli.app, ["update", SERVER])
-    assert result.exit_code == 1
+    assert result.exit_code == Exit.UNREACHABLE
     assert result.stderr.startswith("error: PREFECT_API_URL is not set")
     assert len(result.stderr.splitlines()) == 1
 
@@ -233,7 +243,7 @@ def test_servers_lists_the_inventory(tmp_path: Path) -> None:
 def test_servers_with_a_broken_inventory_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "inventory.yaml").write_text("servers: [{id: 1}]\n")
     result = runner.invoke(cli.app, ["servers"])
-    assert result.exit_code == 1
+    assert result.exit_code == Exit.BAD_INPUT
     assert "server #1" in result.stderr
     assert "Traceback" not in result.output
 
@@ -287,7 +297,7 @@ def test_backups_verify_and_restore(tmp_path: Path) -> None:
     assert (dest / "d" / "a.txt").read_text() == "alpha"
 
     again = runner.invoke(cli.app, ["restore", str(manifest.backup_id), str(dest)])
-    assert again.exit_code == 1
+    assert again.exit_code == Exit.BAD_INPUT
     assert "not empty" in again.stderr
     forced = runner.invoke(cli.app, ["restore", str(manifest.backup_id), str(dest), "--overwrite"])
     assert forced.exit_code == 0, forced.output
@@ -314,7 +324,7 @@ def test_ls_lists_the_files_and_restore_takes_only_the_paths_asked(tmp_path: Pat
     assert under.exit_code == 0, under.output
     assert "d/a.txt" in under.stdout and "b.bin" not in under.stdout
     missing = runner.invoke(cli.app, ["ls", backup_id, "/srv/nope"])
-    assert missing.exit_code == 1
+    assert missing.exit_code == Exit.BAD_INPUT
     assert missing.stderr.strip() == "error: not in the archive: '/srv/nope'"
 
     dest = tmp_path / "one"
@@ -327,7 +337,7 @@ def test_ls_lists_the_files_and_restore_takes_only_the_paths_asked(tmp_path: Pat
     refused = runner.invoke(
         cli.app, ["restore", backup_id, str(tmp_path / "two"), "--path", "d", "--path", "e"]
     )
-    assert refused.exit_code == 1
+    assert refused.exit_code == Exit.BAD_INPUT
     assert refused.stderr.strip() == "error: not in the archive: 'e'"
     assert not (tmp_path / "two").exists()
 
@@ -341,7 +351,7 @@ def test_verify_of_a_damaged_archive_exits_1_with_the_reason(tmp_path: Path) -> 
 
     result = runner.invoke(cli.app, ["verify", str(manifest.backup_id)])
 
-    assert result.exit_code == 1
+    assert result.exit_code == Exit.FAILED
     actual = hashlib.sha256(bytes(data)).hexdigest()
     assert result.stderr.strip() == (
         f"error: backup {manifest.backup_id}: sha256 {actual} does not match "
@@ -362,7 +372,7 @@ def test_verify_and_restore_search_every_host_repository(
     manifest = _backup(tmp_path)
     (tmp_path / "backups").rename(tmp_path / "host-2")
     missing = runner.invoke(cli.app, ["verify", str(manifest.backup_id)])
-    assert missing.exit_code == 1
+    assert missing.exit_code == Exit.BAD_INPUT
     assert f"no backup {manifest.backup_id} in {tmp_path / 'backups'}" in missing.stderr
 
     monkeypatch.setenv("MM_BACKUP_ROOTS", f"{tmp_path / 'host-1'}:{tmp_path / 'host-2'}")
@@ -376,7 +386,7 @@ def test_verify_and_restore_search_every_host_repository(
     assert restored.exit_code == 0, restored.output
     assert (tmp_path / "r" / "d" / "a.txt").read_text() == "alpha"
     unknown = runner.invoke(cli.app, ["verify", str(uuid4())])
-    assert unknown.exit_code == 1
+    assert unknown.exit_code == Exit.BAD_INPUT
     assert str(tmp_path / "host-2") in unknown.stderr
 
 
@@ -488,9 +498,41 @@ def test_check_wait_fails_and_lists_the_corrupt_backups(
     monkeypatch.setattr(cli, "job_result", job_result)
     result = runner.invoke(cli.app, ["check", "--wait"])
 
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == Exit.FAILED, result.output
     assert result.stdout.splitlines()[1:] == [
         "re-read 3 of 40 archives (2.0 KiB): 2 matched, 1 corrupt, 0 unreadable, 0 skipped",
         f"corrupt: backup {backup_id} of server {SERVER}: sha256 x",
     ]
     assert f"job {job_id} failed (Failed): {reason}" in result.stderr
+
+
+def test_jobs_can_be_asked_for_later(sent: list[Any]) -> None:
+    before = datetime.now(UTC)
+    later = runner.invoke(cli.app, ["scan", SERVER, "--quick", "--in", "10m"])
+    assert later.exit_code == Exit.DONE, later.output
+    assert timedelta(minutes=9) < dues[-1] - before <= timedelta(minutes=10, seconds=5)
+    assert "delayed until" in later.stderr
+
+    at = runner.invoke(cli.app, ["backup", SERVER, "--at", "2099-01-01T03:00Z"])
+    assert at.exit_code == Exit.BAD_INPUT  # more than a year ahead
+    assert "days ahead" in at.stderr
+    soon = (datetime.now(UTC) + timedelta(hours=2)).replace(microsecond=0)
+    at = runner.invoke(cli.app, ["update", SERVER, "--at", soon.isoformat()])
+    assert at.exit_code == Exit.DONE, at.output
+    assert dues[-1] == soon
+    past = runner.invoke(cli.app, ["scan", SERVER, "--at", "2020-01-01T00:00Z"])
+    assert past.exit_code == Exit.DONE and dues[-1] is None  # a time past: now
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["scan", SERVER, "--in", "ten minutes"],
+        ["scan", SERVER, "--at", "tomorrow"],
+        ["scan", SERVER, "--in", "1m", "--at", "2030-01-01T00:00Z"],
+    ],
+)
+def test_a_bad_time_is_bad_input(sent: list[Any], args: list[str]) -> None:
+    result = runner.invoke(cli.app, args)
+    assert result.exit_code == Exit.BAD_INPUT, result.output
+    assert not sent

@@ -410,7 +410,9 @@ def test_encryption_without_a_recipient_fails_before_the_server_is_asked(
 def test_the_cli_asks_for_encryption_with_encrypt(monkeypatch: pytest.MonkeyPatch) -> None:
     sent: list[dict[str, object]] = []
 
-    async def enqueue(job_type: object, parameters: dict[str, object], priority: object) -> object:
+    async def enqueue(
+        job_type: object, parameters: dict[str, object], priority: object, due: object
+    ) -> object:
         sent.append(parameters)
         return Enqueued(job_id=uuid.uuid4(), deployment="x/x", queue="pool/queue", parameters={})
 
@@ -437,7 +439,7 @@ def test_the_cli_verifies_and_restores_with_the_identity(
     )
 
     refused = runner.invoke(cli.app, ["restore", backup_id, str(tmp_path / "r")])
-    assert refused.exit_code == 1
+    assert refused.exit_code == 2  # bad input: no identity given
     assert "needs its age identity (--identity FILE or MM_BACKUP_IDENTITY)" in refused.stderr
     # MM_BACKUP_IDENTITY stands in for --identity.
     monkeypatch.setenv("MM_BACKUP_IDENTITY", str(identity.path))
