@@ -273,6 +273,26 @@ class Cancelled(Schema):
     state: JobState
 
 
+class LogEntry(Schema):
+    """One line of a job's log (Prefect's flow-run logs)."""
+
+    #: Epoch milliseconds, like the job's times.
+    timestamp: int
+    level: str
+    message: str
+    #: The step (task run) that logged it; null for the job's own lines.
+    task_run_id: str | None
+
+
+class JobLogs(Schema):
+    job_id: str
+    logs: list[LogEntry]
+    #: Lines on this page.
+    count: int
+    limit: int
+    offset: int
+
+
 class CleanResult(Schema):
     """How many jobs a clean deleted, by queue."""
 

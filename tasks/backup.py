@@ -18,7 +18,7 @@ from tasks.core.inventory import Server
 from tasks.core.jobs import BackupOptions, backup_recipients
 from tasks.core.settings import get_settings
 from tasks.encryption import EncryptingWriter, check_tools, encrypting
-from tasks.outcome import failure_published
+from tasks.outcome import command_output_logger, failure_published
 from tasks.progress import Progress
 from tasks.remote import Connection, run_once, session_for
 from tasks.repository import (
@@ -271,11 +271,12 @@ def run_hook(
     logger = get_run_logger()
     # Never the command's text: it may hold a token, and logs reach more eyes than admins'.
     logger.info("%s: running the %s command", server.name, which)
+    output = command_output_logger()
     with failure_published(), session_for(server, connection, open_session) as ssh:
         run_once(
             ssh,
             command,
-            lambda stream, line: logger.info("%s %s: %s", which, stream, line),
+            lambda stream, line: output.info("%s %s: %s", which, stream, line),
             timeout=get_settings().ssh.idle_timeout,
             label=f"the {which} command",
         )

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from prefect import get_run_logger
 from prefect.artifacts import Artifact, create_table_artifact
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import (
@@ -28,6 +29,7 @@ from prefect.client.schemas.filters import (
     ArtifactFilterType,
 )
 from prefect.client.schemas.sorting import ArtifactSort
+from prefect.logging.loggers import PrefectLogAdapter
 from prefect.settings import get_current_settings
 
 from tasks.core.errors import JobError
@@ -117,3 +119,16 @@ async def read_result(client: PrefectClient, flow_run_id: UUID) -> dict[str, Any
     if isinstance(rows, list) and rows and isinstance(rows[0], dict):
         return rows[0]
     return None
+
+
+#: The logger of an operator's command's output lines in a run's logs: a child of Prefect's
+#: task-run logger, so they reach Prefect's log like any other line, and by its name the API
+#: shows them to admins only (deployments/control/jobs.py, `read_logs`).
+COMMAND_OUTPUT_LOGGER = "prefect.task_runs.command-output"
+
+
+def command_output_logger() -> PrefectLogAdapter:
+    """This run's logger for the output of an operator's command (a hook, an update)."""
+    run = get_run_logger()
+    assert isinstance(run, PrefectLogAdapter)
+    return PrefectLogAdapter(run.logger.manager.getLogger(COMMAND_OUTPUT_LOGGER), run.extra)

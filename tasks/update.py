@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections import deque
 from uuid import UUID
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.core.errors import CommandOutcomeUnknown, InvalidOptions, RemoteCommandFailed
 from tasks.core.inventory import Server
-from tasks.outcome import failure_published
+from tasks.outcome import command_output_logger, failure_published
 from tasks.remote import Connection, run_once, session_for
 from tasks.repository import utcnow
 from tasks.results import UpdateRecord, load_update, save_update
@@ -73,12 +73,12 @@ def run_update(
     server: Server, record: UpdateRecord, connection: Connection | None = None
 ) -> UpdateRecord:
     """Run the command; every output line goes to the flow-run log and the update's log file."""
-    logger = get_run_logger()
+    output = command_output_logger()
     lines: deque[str] = deque(maxlen=LOG_LINES_KEPT)
 
     def on_line(stream: str, line: str) -> None:
         lines.append(f"{stream}: {line}")
-        (logger.warning if stream == "stderr" else logger.info)("%s", line)
+        (output.warning if stream == "stderr" else output.info)("%s", line)
 
     assert server.update is not None
     with failure_published(), session_for(server, connection, open_session) as ssh:

@@ -58,9 +58,11 @@ from deployments.control.jobs import (
     Enqueued,
     Holds,
     JobReader,
+    LogLine,
     enqueue,
     enqueued,
     read_holds,
+    read_logs,
     state_of,
 )
 from deployments.control.queues import Priority
@@ -335,6 +337,17 @@ class Gateway:
             ),
             create=True,
         )
+
+    async def logs(
+        self, job_id: UUID, scope: Scope | None, level: int, limit: int, offset: int
+    ) -> list[LogLine]:
+        """A page of the log of a job the caller may see, oldest first; an operator's
+        command's output only for admins (`read_logs`)."""
+        await self.find(job_id, scope)
+        read = read_logs(
+            self.client, job_id, level=level, limit=limit, offset=offset, full=scope is None
+        )
+        return await self.call("read_logs", read)
 
     async def find(self, job_id: UUID, scope: Scope | None) -> FlowRun:
         """The flow run of a job the caller may see; others' jobs are as absent as unknown ones."""

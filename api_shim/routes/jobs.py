@@ -16,6 +16,7 @@ from api_shim.access import CallerScope
 from api_shim.auth import AdminCaller
 from api_shim.gateway import POOLS, Gateway, GatewayError, Scope
 from api_shim.gateway.admin import clean as clean_jobs
+from api_shim.gateway.jobs import epoch_ms
 from api_shim.metrics import JOB_OPERATIONS
 from api_shim.routes import GatewayDep, errors
 from api_shim.schemas import (
@@ -26,9 +27,12 @@ from api_shim.schemas import (
     Job,
     JobEvent,
     JobList,
+    JobLogs,
     JobRef,
+    LogEntry,
     QueueCounts,
 )
+from deployments.control.jobs import LOG_LEVELS, log_level
 from deployments.control.states import JobState
 from tasks.core.settings import get_settings
 
@@ -36,6 +40,8 @@ router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
 #: The largest page of GET /api/jobs; a larger `limit` is capped to it, as the original does.
 MAX_LIMIT = 200
+#: The largest page of GET /api/jobs/:id/logs: the most Prefect answers at once.
+MAX_LOG_LINES = 200
 #: Seconds between keep-alive comments on a quiet event stream, so proxies keep it open.
 KEEPALIVE_SECONDS = 15.0
 
@@ -117,6 +123,43 @@ async def clean(
 async def get_job(job_id: UUID, scope: CallerScope, gateway: GatewayDep) -> Envelope[Job]:
     job = await gateway.job(job_id, scope)
     return Envelope(message="Job status retrieved successfully", data=job)
+
+
+@router.get(
+    "/{job_id}/logs", response_model=Envelope[JobLogs], responses=errors(400, 401, 404, 422, 503)
+)
+async def job_logs(
+    job_id: UUID,
+    scope: CallerScope,
+    gateway: GatewayDep,
+    level: Annotated[
+        str,
+        Query(description=f"At least this level: {', '.join(LOG_LEVELS)} or a number."),
+    ] = "debug",
+    limit: Annotated[
+        int, Query(ge=1, description=f"Lines per page; above {MAX_LOG_LINES}: {MAX_LOG_LINES}.")
+    ] = 200,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> Envelope[JobLogs]:
+    """The job's log (Prefect's flow-run logs), oldest first; the output of an operator's
+    command (a hook, an update) is shown to admins only, a user's line says it is withheld."""
+    try:
+        wanted = log_level(level)
+    except ValueError as exc:
+        raise InvalidQuery("level", str(exc)) from None
+    limit = min(limit, MAX_LOG_LINES)
+    lines = await gateway.logs(job_id, scope, wanted, limit, offset)
+    entries = [
+        LogEntry(
+            timestamp=epoch_ms(line.timestamp) or 0,
+            level=line.level_name,
+            message=line.message,
+            task_run_id=str(line.task_run_id) if line.task_run_id else None,
+        )
+        for line in lines
+    ]
+    data = JobLogs(job_id=str(job_id), logs=entries, count=len(entries), limit=limit, offset=offset)
+    return Envelope(message="Job logs retrieved successfully", data=data)
 
 
 @router.delete(

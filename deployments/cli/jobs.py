@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -142,4 +142,54 @@ async def watch(
             on_update(current)
             if current.final:
                 return current
+            await asyncio.sleep(poll_seconds)
+
+
+#: How far back a follow reads again each time: lines reach Prefect in batches, a late one with
+#: an earlier time than the newest seen is still shown (once: by id).
+FOLLOW_OVERLAP = timedelta(seconds=10)
+#: Lines per read of `follow_logs`: the most Prefect answers at once.
+LOG_PAGE = 200
+
+
+async def follow_logs(
+    job_id: UUID,
+    on_line: Callable[[jobs.LogLine], None],
+    *,
+    level: int = 0,
+    follow: bool = False,
+    poll_seconds: float = POLL_SECONDS,
+) -> None:
+    """Call `on_line` with each of the job's log lines, oldest first, in full (the operator's
+    view); with `follow`, also with the lines that come until the job has ended and its last
+    lines have arrived."""
+    seen: set[UUID] = set()
+    async with prefect_client() as client:
+        await snapshot(client, job_id)  # an unknown job is JobNotFound, not an empty log
+        after: datetime | None = None
+        ended_at: float | None = None
+        while True:
+            offset = 0
+            while True:
+                page = await jobs.read_logs(
+                    client, job_id, level=level, after=after, limit=LOG_PAGE, offset=offset,
+                    full=True,
+                )  # fmt: skip
+                for line in page:
+                    if line.id not in seen:
+                        seen.add(line.id)
+                        on_line(line)
+                        newest = line.timestamp - FOLLOW_OVERLAP
+                        after = newest if after is None or newest > after else after
+                if len(page) < LOG_PAGE:
+                    break
+                offset += LOG_PAGE
+            if not follow:
+                return
+            now = asyncio.get_running_loop().time()
+            if ended_at is None and (await snapshot(client, job_id)).final:
+                ended_at = now
+            # A run's last lines reach Prefect after its end, in the next batch of its logs.
+            if ended_at is not None and now - ended_at > 2 * poll_seconds + 1:
+                return
             await asyncio.sleep(poll_seconds)

@@ -12,7 +12,7 @@ import functools
 import getpass
 import os
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
@@ -27,6 +27,7 @@ from deployments.cli.jobs import (
     JobNotFound,
     enqueue,
     enqueue_maintenance,
+    follow_logs,
     job_result,
     set_paused,
     watch,
@@ -40,7 +41,7 @@ from deployments.cli.render import (
     servers_table,
     show,
 )
-from deployments.control.jobs import Enqueued, JobSnapshot
+from deployments.control.jobs import Enqueued, JobSnapshot, LogLine, log_level
 from deployments.control.queues import Priority
 from deployments.control.states import JobState
 from tasks.archive_files import (
@@ -288,6 +289,31 @@ def watch_command(
 ) -> None:
     """Follow a job until it ends; exit 0 if it completed, 1 otherwise."""
     _watch(_uuid("job", job_id))
+
+
+@app.command()
+@reported
+def logs(
+    job_id: Annotated[str, typer.Argument(help="Job id (the flow-run id).")],
+    level: Annotated[
+        str, typer.Option(help="At least this level: debug, info, warning, error, critical.")
+    ] = "debug",
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Go on printing lines until the job ends.")
+    ] = False,
+) -> None:
+    """Print a job's log (Prefect's flow-run logs), oldest first: time, level, message."""
+
+    def show_line(line: LogLine) -> None:
+        stamp = line.timestamp.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        out.print(f"{stamp} {line.level_name:<8} {line.message}", markup=False, soft_wrap=True)
+
+    try:
+        asyncio.run(
+            follow_logs(_uuid("job", job_id), show_line, level=log_level(level), follow=follow)
+        )
+    except KeyboardInterrupt:
+        raise typer.Exit(Exit.INTERRUPTED) from None
 
 
 QueueArgument = Annotated[

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,9 +29,13 @@ from prefect.client.schemas.filters import (
     ArtifactFilterType,
     FlowRunFilter,
     FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+    LogFilterLevel,
+    LogFilterTimestamp,
 )
 from prefect.client.schemas.objects import Artifact, FlowRun, StateType, TaskRun
-from prefect.client.schemas.sorting import ArtifactSort, TaskRunSort
+from prefect.client.schemas.sorting import ArtifactSort, LogSort, TaskRunSort
 from prefect.states import Scheduled
 
 from deployments.control.catalogue import (
@@ -45,7 +50,7 @@ from deployments.control.maintenance import MAINTENANCE_TAG
 from deployments.control.queues import QUEUES, Priority, get_queue
 from deployments.control.states import JobState, job_state
 from tasks.core.jobs import JobType
-from tasks.outcome import FAILURE, full_reason
+from tasks.outcome import COMMAND_OUTPUT_LOGGER, FAILURE, full_reason
 from tasks.retry import MAX_ATTEMPTS
 
 #: The most rows Prefect returns for one read (PREFECT_API_DEFAULT_LIMIT).
@@ -432,3 +437,77 @@ async def read_job(client: PrefectClient, job_id: UUID, *, full_reasons: bool) -
     """The job `job_id`; Prefect's `ObjectNotFound` when there is none."""
     run = await client.read_flow_run(job_id)
     return await JobReader(client, full_reasons=full_reasons).job(run)
+
+
+# -- a job's logs ------------------------------------------------------------------------------
+
+#: Python's level names, which Prefect keeps as numbers, for the API and the CLI.
+LOG_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+#: What a user reads in place of a line of an operator's command's output (tasks/outcome.py).
+WITHHELD = "(output of an operator's command: shown to admins)"
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line of a job's log, as Prefect keeps it."""
+
+    id: UUID
+    timestamp: datetime
+    level: int
+    #: The logger: `prefect.flow_runs`, `prefect.task_runs`, ...
+    name: str
+    message: str
+    #: The task run that logged it; None for the flow run's own lines.
+    task_run_id: UUID | None
+
+    @property
+    def level_name(self) -> str:
+        return logging.getLevelName(self.level).lower()
+
+
+def log_level(value: str) -> int:
+    """A level by name (`info`) or number (20); ValueError names the names."""
+    if value.isdigit():
+        return int(value)
+    try:
+        return LOG_LEVELS[value.lower()]
+    except KeyError:
+        raise ValueError(
+            f"unknown log level {value!r}; use one of {', '.join(LOG_LEVELS)} or a number"
+        ) from None
+
+
+async def read_logs(
+    client: PrefectClient,
+    job_id: UUID,
+    *,
+    level: int = 0,
+    after: datetime | None = None,
+    limit: int = 200,
+    offset: int = 0,
+    full: bool,
+) -> list[LogLine]:
+    """A page of the job's log lines at `level` or above (after `after`, if given), oldest
+    first. `full`: an operator's command's output as it is (admins, the operator's CLI); else
+    each such line says only that it is withheld, so pages stay the same for everyone."""
+    logs = await client.read_logs(
+        log_filter=LogFilter(
+            flow_run_id=LogFilterFlowRunId(any_=[job_id]),
+            level=LogFilterLevel(ge_=level),
+            timestamp=LogFilterTimestamp(after_=after) if after is not None else None,
+        ),
+        limit=limit,
+        offset=offset,
+        sort=LogSort.TIMESTAMP_ASC,
+    )
+    return [
+        LogLine(
+            id=log.id,
+            timestamp=log.timestamp,
+            level=log.level,
+            name=log.name,
+            message=log.message if full or log.name != COMMAND_OUTPUT_LOGGER else WITHHELD,
+            task_run_id=log.task_run_id,
+        )
+        for log in logs
+    ]

@@ -3,6 +3,9 @@ retries, an active and a delayed job, with every documented field checked."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -357,3 +360,47 @@ def test_a_job_asked_for_later_is_delayed_until_then_and_can_be_cancelled_before
     # and Running within a second of the time asked for (Prefect rounds its wait to seconds).
     assert {s.type.value for s in rest[: rest.index(running)]} <= {"PENDING"}
     assert abs((running.timestamp - due).total_seconds()) <= 1.0, (running.timestamp, due)
+
+
+def test_job_logs_page_filter_and_keep_command_output_for_admins(
+    alice: Api, bob: Api, admin: Api, stack: Stack, target: LocalTarget, inventory: InventoryFile
+):
+    command = "echo out-first; sleep 3; echo out-last >&2"
+    server_id = inventory.add_server(target, update={"command": command}, owners=[alice.user_id])
+    job_id = ok(alice.post(f"/api/servers/{server_id}/update"), 202)["jobId"]
+
+    # The operator's CLI follows the log until the job has ended, the command's output included.
+    env = {**os.environ, "PREFECT_API_URL": stack.api_url}
+    if stack.auth_string:
+        env["PREFECT_API_AUTH_STRING"] = stack.auth_string
+    followed = subprocess.run(
+        [sys.executable, "-m", "deployments.cli.main", "logs", job_id, "--follow"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert followed.returncode == 0, followed.stderr
+    assert "out-first" in followed.stdout and "out-last" in followed.stdout
+    assert alice.job(job_id)["state"] == "completed"
+
+    everything = ok(admin.get(f"/api/jobs/{job_id}/logs"))
+    messages = [line["message"] for line in everything["logs"]]
+    assert "out-first" in messages and "out-last" in messages
+    times = [line["timestamp"] for line in everything["logs"]]
+    assert times == sorted(times) and everything["count"] == len(times) >= 3
+    warnings = ok(admin.get(f"/api/jobs/{job_id}/logs", params={"level": "warning"}))
+    assert [line["message"] for line in warnings["logs"]] == ["out-last"]  # stderr: a warning
+    page = ok(admin.get(f"/api/jobs/{job_id}/logs", params={"limit": 1, "offset": 1}))
+    assert [line["message"] for line in page["logs"]] == messages[1:2]
+
+    # The user who asked sees the same lines, the command's output withheld; others see nothing.
+    theirs = ok(alice.get(f"/api/jobs/{job_id}/logs"))
+    assert len(theirs["logs"]) == len(everything["logs"])
+    assert not any("out-" in line["message"] for line in theirs["logs"])
+    assert sum("shown to admins" in line["message"] for line in theirs["logs"]) == 2
+    error(bob.get(f"/api/jobs/{job_id}/logs"), 404)
+    assert "debug, info" in error(alice.get(f"/api/jobs/{job_id}/logs", params={"level": "x"}), 400)
+
+    unknown = subprocess.run(
+        [sys.executable, "-m", "deployments.cli.main", "logs", str(uuid.uuid4())],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert unknown.returncode == 2 and "no job" in unknown.stderr
