@@ -16,8 +16,10 @@ from prefect.client.schemas.sorting import FlowRunSort
 
 from api_shim.finished_jobs import FinishedJob
 from api_shim.gateway import POOLS, Gateway
+from deployments.control.catalogue import CATALOGUE
 from deployments.control.jobs import PAGE, job_name
 from deployments.control.states import STATE_TABLE, job_state
+from tasks.core.jobs import JobType
 
 #: Prefect's state types whose job state is final: the one table says which.
 FINAL_TYPES = [state_type for state_type, job in STATE_TABLE.items() if job.final]
@@ -52,13 +54,22 @@ async def finished_jobs(
     return [_finished(run) for run in runs if run.end_time is not None and run.state is not None]
 
 
+def _queue(job_type: str, run: FlowRun) -> str:
+    """The job type's queue in the catalogue; the run's pool for a name it does not know."""
+    try:
+        return CATALOGUE[JobType(job_type)].queue.name
+    except ValueError:
+        return run.work_pool_name or "unknown"
+
+
 def _finished(run: FlowRun) -> FinishedJob:
     assert run.end_time is not None and run.state is not None
+    job_type = job_name(run)
     return FinishedJob(
         id=run.id,
         ended=run.end_time,
-        queue=run.work_pool_name or "unknown",
-        job_type=job_name(run),
+        queue=_queue(job_type, run),
+        job_type=job_type,
         state=job_state(run.state.type),
         seconds=run.total_run_time.total_seconds() if run.start_time is not None else None,
     )
