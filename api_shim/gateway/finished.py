@@ -54,21 +54,27 @@ async def finished_jobs(
     return [_finished(run) for run in runs if run.end_time is not None and run.state is not None]
 
 
-def _queue(job_type: str, run: FlowRun) -> str:
-    """The job type's queue in the catalogue; the run's pool for a name it does not know."""
+#: The job type label of a run that names none of ours (made by hand, without a `job:` tag or
+#: a `job_type` parameter): one value, not its flow id, so that labels stay few.
+OTHER = "other"
+
+
+def _kind(run: FlowRun) -> tuple[str, str]:
+    """The run's job type and its queue in the catalogue (the run's pool for another)."""
     try:
-        return CATALOGUE[JobType(job_type)].queue.name
+        job_type = JobType(job_name(run))
     except ValueError:
-        return run.work_pool_name or "unknown"
+        return OTHER, run.work_pool_name or "unknown"
+    return job_type.value, CATALOGUE[job_type].queue.name
 
 
 def _finished(run: FlowRun) -> FinishedJob:
     assert run.end_time is not None and run.state is not None
-    job_type = job_name(run)
+    job_type, queue = _kind(run)
     return FinishedJob(
         id=run.id,
         ended=run.end_time,
-        queue=_queue(job_type, run),
+        queue=queue,
         job_type=job_type,
         state=job_state(run.state.type),
         seconds=run.total_run_time.total_seconds() if run.start_time is not None else None,

@@ -53,7 +53,8 @@ def test_a_job_that_ends_is_counted_once_with_its_duration(
     labels = {"queue": "backup", "job_type": "backup:manual"}
     before = httpx.get(metrics, timeout=30).text
     server_id = inventory.add_server(target, backup={"paths": [str(make_tree(tmp_path / "s"))]})
-    run = wait_for_final_state(run_job("backup/backup", {"server_id": str(server_id)}))
+    parameters = {"server_id": str(server_id), "job_type": "backup:manual"}
+    run = wait_for_final_state(run_job("backup/backup", parameters))
     assert run.state.is_completed(), run.state.message
     # Read SETTLE (10 s) after its end at the soonest; scrapes meanwhile count it once.
     deadline = time.monotonic() + 60

@@ -73,3 +73,28 @@ def test_a_burst_beyond_the_budget_is_counted_over_later_scrapes_once() -> None:
     # Memory too: only runs at the edge of the next read are remembered.
     scrape(tally, prefect, 200)
     assert not tally._counted
+
+
+def test_a_run_is_labelled_by_the_catalogue_and_a_stranger_as_other() -> None:
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.states import Completed, Crashed
+
+    from api_shim.gateway.finished import _finished
+
+    def run(tags: list[str], state, pool: str | None = None) -> FlowRun:
+        return FlowRun(
+            flow_id=uuid4(),
+            tags=tags,
+            state=state,
+            end_time=T0,
+            start_time=T0 - timedelta(seconds=3),
+            total_run_time=timedelta(seconds=3),
+            work_pool_name=pool,
+        )
+
+    scan = _finished(run(["job:scan:quick"], Crashed(), pool="elsewhere"))
+    assert (scan.queue, scan.job_type, scan.state, scan.seconds) == (
+        "scan", "scan:quick", JobState.FAILED, 3.0
+    )  # fmt: skip
+    stranger = _finished(run([], Completed(), pool="backup"))
+    assert (stranger.queue, stranger.job_type) == ("backup", "other")
