@@ -5,21 +5,25 @@ them as backups complete."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import yaml
+from prefect.states import Completed
 
 from deployments.system.local_target import free_port
 from deployments.system.stack import PROJECT_DIR, Stack
 from tasks.atomic import write_atomic
+from tasks.repository import BackupRepository, BackupStatus, Manifest
 from tests.support.monitoring import RULES, alerts, exported_names, prometheus, used_names
 from tests.support.trees import make_tree
 
@@ -169,3 +173,66 @@ def test_prometheus_fires_the_stale_backup_alerts_and_clears_them(
         # The rules Prometheus loaded are the shipped file's, all of them.
         rules = httpx.get(f"{url}/api/v1/rules", timeout=5).json()["data"]["groups"]
         assert sum(len(g["rules"]) for g in rules) == 5
+
+
+@pytest.mark.slow
+def test_the_cost_of_a_scrape_with_many_servers_and_ended_runs(stack, tmp_path):
+    """Measured, and bounded: 200 servers' repositories and 450 runs ended at once (three pages
+    of the job counters' read). Prints the figures docs/DESIGN.md quotes."""
+    assert stack.shim_url
+    repo = BackupRepository(stack.backup_root)
+    now = datetime.now(UTC)
+    for _ in range(200):
+        backup_id = uuid.uuid4()
+        repo.save(
+            Manifest(
+                backup_id=backup_id,
+                server_id=uuid.uuid4(),
+                server_name="many",
+                job_type="backup:manual",
+                paths=["/srv"],
+                archive=BackupRepository.archive_name(backup_id, "none"),
+                started_at=now - timedelta(minutes=1),
+                finished_at=now,
+                size=1,
+                status=BackupStatus.COMPLETED,
+            )
+        )
+
+    async def create(n: int) -> None:
+        async with stack.client() as client:
+            deployment = await client.read_deployment_by_name("scan/scan")
+            for _ in range(n):
+                await client.create_flow_run_from_deployment(
+                    deployment.id,
+                    parameters={"server_id": str(uuid.uuid4()), "job_type": "scan:quick"},
+                    state=Completed(),
+                )
+
+    metrics = f"{stack.shim_url}/metrics"
+    labels = {"queue": "scan", "job_type": "scan:quick", "state": "completed"}
+    first = httpx.get(metrics, timeout=30).text
+    before = _sample(first, "mm_jobs_finished_total", **labels)
+    asyncio.run(create(450))
+    time.sleep(11)  # SETTLE: the runs are read from 10 s after their end
+    timings = []
+    for _ in range(4):
+        began = time.perf_counter()
+        text = httpx.get(metrics, timeout=30).text
+        timings.append(time.perf_counter() - began)
+    print(
+        f"/metrics with 450 new runs and 200+ servers: first {timings[0]:.3f} s, then "
+        + ", ".join(f"{t:.3f}" for t in timings[1:])
+    )
+    reads = {"operation": "read_finished_runs"}
+    spent = [
+        _sample(t, f"mm_prefect_call_seconds_{part}", **reads)
+        for t in (first, text)
+        for part in ("sum", "count")
+    ]
+    print(
+        f"the counters' reads meanwhile: {spent[3] - spent[1]:.0f} pages in "
+        f"{spent[2] - spent[0]:.3f} s"
+    )
+    assert _sample(text, "mm_jobs_finished_total", **labels) - before == 450
+    assert timings[0] < 5 and max(timings[1:]) < 1
