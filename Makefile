@@ -35,6 +35,9 @@ test: install
 	@command -v age >/dev/null || { \
 		$(SUDO) apt-get update && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends age; }
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+		$(SUDO) apt-get update && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends prometheus; }
 	$(UV) run pytest --durations=15 --burst=sixth
 	$(UV) run pytest --durations=5 --stack-mode=scaled $(SCALED_TESTS)
 

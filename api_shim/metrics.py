@@ -1,8 +1,10 @@
 """Prometheus metrics of the shim (GET /metrics) and the queues' health verdict.
 
 Queue gauges are set from count queries at scrape time, so they are as fresh as the scrape, and
-so is the corrupt-backup gauge, from the repositories' manifests; counters and histograms live in
-this process and restart with it.
+so are the backup gauges, from the repositories' manifests and the inventory's schedules; the job
+counters are read from Prefect (api_shim/finished_jobs.py); the others live in this process and
+restart with it. Every name follows Prometheus' conventions: base units (`_seconds`, `_bytes`),
+`_timestamp_seconds` for a time, `_total` for a counter.
 """
 
 from __future__ import annotations
@@ -10,13 +12,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from datetime import timedelta
 from pathlib import Path
+from uuid import UUID
 
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api_shim.schemas import Health, HealthStatus, QueueCounts
-from tasks.archive_checks import CorruptCounter
+from tasks.backup_facts import FactsReader
+from tasks.core.freshness import backup_max_age
+from tasks.core.inventory import Inventory
 
 #: Waiting jobs in one queue beyond which the queues count as degraded.
 MAX_WAITING = 100
@@ -37,6 +43,29 @@ BACKUPS_CORRUPT = Gauge(
     "mm_backup_corrupt_archives",
     "Backups whose archive a check found missing or not matching its manifest, per server.",
     ["server_id"],
+)
+#: The labels of every per-server backup series: the id, and the name to read it by.
+SERVER_LABELS = ["server_id", "server"]
+BACKUP_LAST = Gauge(
+    "mm_backup_last_completed_timestamp_seconds",
+    "When the server's last completed backup finished (Unix time); no series: none completed.",
+    SERVER_LABELS,
+)
+BACKUP_LAST_SIZE = Gauge(
+    "mm_backup_last_completed_size_bytes",
+    "Bytes of the server's last completed backup as stored (compressed, encrypted).",
+    SERVER_LABELS,
+)
+BACKUP_LAST_DURATION = Gauge(
+    "mm_backup_last_completed_duration_seconds",
+    "Seconds the server's last completed backup took, from its start to its verified end.",
+    SERVER_LABELS,
+)
+BACKUP_MAX_AGE = Gauge(
+    "mm_backup_max_age_seconds",
+    "How old a scheduled server's last completed backup may be: its schedule's longest gap plus"
+    " MM_NOTIFY_STALE_GRACE_SECONDS (tasks/core/freshness.py).",
+    SERVER_LABELS,
 )
 REQUEST_SECONDS = Histogram(
     "mm_http_request_seconds",
@@ -91,25 +120,61 @@ def record_queues(counts: Mapping[str, QueueCounts], workers: Mapping[str, int])
         QUEUE_WORKERS.labels(queue).set(online)
 
 
-#: The shim's reader of the repositories' corrupt backups (it remembers unchanged servers), the
-#: servers it has set a series for, and the lock two scrapes at once take turns with.
-_CORRUPT = CorruptCounter()
-_CORRUPT_SERIES: set[str] = set()
-_CORRUPT_LOCK = threading.Lock()
+class Series:
+    """The label sets a gauge was given at the last scrape, so that one no longer set (a server
+    gone, or renamed) is removed instead of exporting its last value for ever."""
+
+    def __init__(self, gauge: Gauge) -> None:
+        self.gauge = gauge
+        self._labels: set[tuple[str, ...]] = set()
+
+    def set_all(self, values: Mapping[tuple[str, ...], float]) -> None:
+        for labels, value in values.items():
+            self.gauge.labels(*labels).set(value)
+        for gone in self._labels - values.keys():
+            self.gauge.remove(*gone)
+        self._labels = set(values)
 
 
-def record_corrupt_backups(roots: Iterable[Path]) -> None:
+#: The shim's reader of the repositories (it remembers unchanged servers), and the lock two
+#: scrapes at once take turns with.
+_FACTS = FactsReader()
+_FACTS_LOCK = threading.Lock()
+_CORRUPT = Series(BACKUPS_CORRUPT)
+_LAST = Series(BACKUP_LAST)
+_LAST_SIZE = Series(BACKUP_LAST_SIZE)
+_LAST_DURATION = Series(BACKUP_LAST_DURATION)
+_MAX_AGE = Series(BACKUP_MAX_AGE)
+
+
+def record_backups(roots: Iterable[Path], names: Mapping[UUID, str]) -> None:
     """Set the corrupt-backup gauge of each server with backups in `roots` (0 included, so an
-    alert clears); a server whose backups are all gone loses its series. Reads files: call it
-    in a thread."""
-    with _CORRUPT_LOCK:
-        counts = {str(server_id): n for server_id, n in _CORRUPT.counts(roots).items()}
-        for server_id, count in counts.items():
-            BACKUPS_CORRUPT.labels(server_id).set(count)
-        for gone in _CORRUPT_SERIES - counts.keys():
-            BACKUPS_CORRUPT.remove(gone)
-        _CORRUPT_SERIES.clear()
-        _CORRUPT_SERIES.update(counts)
+    alert clears) and the last completed backup's gauges of each that has one; a server whose
+    backups are all gone loses its series. `names`: the inventory's, else the manifests' names
+    label the series. Reads files: call it in a thread."""
+    with _FACTS_LOCK:
+        facts = _FACTS.facts(roots)
+        _CORRUPT.set_all({(str(server_id),): f.corrupt for server_id, f in facts.items()})
+        last = {
+            (str(server_id), names.get(server_id, f.last.server_name)): f.last
+            for server_id, f in facts.items()
+            if f.last is not None
+        }
+        _LAST.set_all({labels: b.finished_at.timestamp() for labels, b in last.items()})
+        _LAST_SIZE.set_all({labels: b.size for labels, b in last.items()})
+        _LAST_DURATION.set_all({labels: b.duration for labels, b in last.items()})
+
+
+async def record_max_ages(inventory: Inventory, grace: timedelta) -> None:
+    """Set `mm_backup_max_age_seconds` of each scheduled server (`backup_max_age`, the rule the
+    notifications share); a server without a schedule has no series, one never backed up has
+    this one alone, which the alert rules look for."""
+    ages: dict[tuple[str, ...], float] = {}
+    for server in inventory.servers:
+        age = await backup_max_age(server, grace)
+        if age is not None:
+            ages[(str(server.id), server.name)] = age.total_seconds()
+    _MAX_AGE.set_all(ages)
 
 
 def verdict(counts: Mapping[str, QueueCounts], workers: Mapping[str, int]) -> Health:

@@ -6,7 +6,7 @@ import time
 from typing import Any
 from uuid import UUID
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from flows.job_variables import refuse_job_variables
@@ -24,9 +24,10 @@ from tasks.backup import (
 from tasks.core.inventory import BackupSpec, Server
 from tasks.core.jobs import BackupJob, BackupOptions, JobType, backup_id_of
 from tasks.outcome import RESULT_OPTIONS, publish_result
+from tasks.pings import Pings
 from tasks.progress import Progress
 from tasks.remote import Connection
-from tasks.repository import BackupStatus
+from tasks.repository import BackupStatus, Manifest
 from tasks.server_slot import server_slot
 from tasks.servers import find_server, run_name
 from tasks.ssh import job_connection
@@ -52,6 +53,40 @@ def backup(
     progress = Progress.start()
     progress.milestone(10, "started")
     server = find_server(server_id)
+    pings = Pings(server.backup.ping_url if server.backup else None, get_run_logger(), job_id)
+    pings.start()
+    try:
+        manifest = _back_up(server, backup_id, job_id, user_id, job_type, options, progress)
+    except Exception as exc:
+        # Once per run of the flow: its tasks' retries are over by now (tasks/retry.py), and
+        # the flow itself is not retried; a run killed outright sends nothing, and the
+        # service's own timer after `start` tells of it (docs/DESIGN.md, "Backup pings").
+        pings.failure(str(exc) or type(exc).__name__)
+        raise
+    pings.success(f"backup {manifest.backup_id} completed: {manifest.size} bytes")
+    progress.milestone(100, "backup record updated")
+    return publish_result(
+        {
+            "backupId": str(manifest.backup_id),
+            "status": manifest.status.value,
+            "size": manifest.size,
+            "fileCount": manifest.file_count,
+            "sha256": manifest.sha256,
+            "duration": round(time.monotonic() - began, 3),
+        }
+    )
+
+
+def _back_up(
+    server: Server,
+    backup_id: UUID,
+    job_id: UUID | None,
+    user_id: str | None,
+    job_type: BackupJob,
+    options: BackupOptions,
+    progress: Progress,
+) -> Manifest:
+    """The backup itself: the server's slot, the plan, the hooks, the archive and its record."""
     # The server's one slot (no update or other backup of it meanwhile), then one connection
     # for the plan and the hooks (and the transfer, through paramiko).
     with server_slot(server, progress), job_connection(server) as connection:
@@ -85,17 +120,7 @@ def backup(
             manifest = complete_backup_record(manifest.model_copy(update={"post_pending": False}))
             if post_error is not None:
                 raise post_error
-    progress.milestone(100, "backup record updated")
-    return publish_result(
-        {
-            "backupId": str(manifest.backup_id),
-            "status": manifest.status.value,
-            "size": manifest.size,
-            "fileCount": manifest.file_count,
-            "sha256": manifest.sha256,
-            "duration": round(time.monotonic() - began, 3),
-        }
-    )
+    return manifest
 
 
 def _run_post(server: Server, spec: BackupSpec, connection: Connection) -> Exception | None:

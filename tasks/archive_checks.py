@@ -18,8 +18,6 @@ would say nothing about its bytes.
 from __future__ import annotations
 
 import math
-import time
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -29,6 +27,7 @@ from uuid import UUID
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.backup_facts import FactsReader
 from tasks.core.errors import ArchiveInvalid
 from tasks.core.settings import get_settings
 from tasks.progress import Progress
@@ -256,35 +255,11 @@ def reread_archives(share: Share, progress: Progress) -> CheckReport:
 
 
 class CorruptCounter:
-    """Corrupt backups per server in some repositories, for `/metrics` at each scrape.
-
-    A server's directory is surveyed again only when its mtime changed: every manifest write
-    renames a file into it. One that changed within the last second may change again within the
-    same tick of a coarse clock, so it is not remembered.
-    """
+    """Corrupt backups per server in some repositories; unchanged servers are not surveyed
+    again (`tasks.backup_facts.FactsReader`, which /metrics reads with the last backups)."""
 
     def __init__(self) -> None:
-        self._seen: dict[Path, tuple[int, int]] = {}
+        self._reader = FactsReader()
 
     def counts(self, roots: Iterable[Path]) -> dict[UUID, int]:
-        found: dict[UUID, int] = defaultdict(int)
-        seen: dict[Path, tuple[int, int]] = {}
-        for root in roots:
-            repo = BackupRepository(root)
-            for server_id in repo.server_ids():
-                directory = repo.server_dir(server_id)
-                try:
-                    mtime = directory.stat().st_mtime_ns
-                except FileNotFoundError:
-                    continue
-                cached = self._seen.get(directory)
-                if cached is not None and cached[0] == mtime:
-                    count = cached[1]
-                else:
-                    survey = repo.survey(server_id)
-                    count = sum(1 for m in survey.manifests if m.status is BackupStatus.CORRUPT)
-                if time.time_ns() - mtime > 1_000_000_000:
-                    seen[directory] = (mtime, count)
-                found[server_id] += count
-        self._seen = seen
-        return dict(found)
+        return {server_id: f.corrupt for server_id, f in self._reader.facts(roots).items()}

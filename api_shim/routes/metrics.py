@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Response
@@ -11,8 +15,10 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api_shim.access import CallerScope
+from api_shim.finished_jobs import FinishedJobs
 from api_shim.gateway import Gateway, GatewayError, OrchestratorUnavailable, Scope
-from api_shim.metrics import record_corrupt_backups, record_queues, verdict
+from api_shim.gateway.finished import finished_jobs
+from api_shim.metrics import record_backups, record_max_ages, record_queues, verdict
 from api_shim.routes import GatewayDep, errors
 from api_shim.schemas import (
     Envelope,
@@ -24,12 +30,18 @@ from api_shim.schemas import (
     SystemMetrics,
     WorkerCount,
 )
+from tasks.core.errors import InventoryError
+from tasks.core.inventory import Inventory, load_inventory
 from tasks.core.settings import get_settings
+
+log = logging.getLogger("api_shim.metrics")
 
 router = APIRouter(tags=["metrics"])
 
 #: When this process started, for the uptime in /api/metrics/system.
 STARTED = time.monotonic()
+#: The jobs that ended since this process started, each counted once (`mm_jobs_finished_total`).
+FINISHED = FinishedJobs(datetime.now(UTC))
 
 
 async def _queues(
@@ -94,17 +106,36 @@ async def system_metrics(scope: CallerScope, gateway: GatewayDep) -> Any:
     return Envelope[SystemMetrics](message=message, data=data)
 
 
+def _inventory(path: Path) -> Inventory | None:
+    try:
+        return load_inventory(path)
+    except InventoryError as exc:
+        # The max-age gauges keep their last values rather than vanish: an alert on a server
+        # must not clear because someone broke the file.
+        log.warning("/metrics: %s", exc)
+        return None
+
+
 @router.get(
     "/metrics",
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
 )
 async def prometheus(gateway: GatewayDep) -> Response:
-    """Prometheus exposition; queue gauges are refreshed unless Prefect is down, the corrupt
-    backups of each server from the repositories (MM_BACKUP_ROOT, MM_BACKUP_ROOTS)."""
-    try:
-        await _queues(gateway, None)
-    except OrchestratorUnavailable:
-        pass  # the gauges keep their last values; mm_prefect_call_seconds shows the failures
-    await asyncio.to_thread(record_corrupt_backups, get_settings().paths.search_roots())
+    """Prometheus exposition. From Prefect, unless it is down: the queue gauges and the jobs
+    that ended since the last scrape; from the repositories (MM_BACKUP_ROOT, MM_BACKUP_ROOTS):
+    corrupt and last completed backups; from the inventory: each schedule's max age."""
+    read = partial(finished_jobs, gateway)
+    for step in (_queues(gateway, None), FINISHED.scrape(read, datetime.now(UTC))):
+        try:
+            await step
+        except OrchestratorUnavailable:
+            pass  # the gauges keep their last values; mm_prefect_call_seconds shows the failures
+    settings = get_settings()
+    inventory = await asyncio.to_thread(_inventory, settings.paths.inventory)
+    names = {s.id: s.name for s in inventory.servers} if inventory is not None else {}
+    await asyncio.to_thread(record_backups, settings.paths.search_roots(), names)
+    if inventory is not None:
+        grace = timedelta(seconds=settings.notify.stale_grace_seconds)
+        await record_max_ages(inventory, grace)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

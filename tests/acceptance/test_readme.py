@@ -34,3 +34,17 @@ def test_make_targets_install_what_they_need():
         assert re.search(rf"^{target}: install\b", makefile, re.M), target
     assert "sync --frozen" in makefile
     assert "openssh-server" in makefile
+
+
+def test_ci_and_make_test_install_prometheus_for_the_monitoring_tests():
+    # tests/unit/test_monitoring.py runs promtool and tests/integration/test_monitoring.py a
+    # real Prometheus; neither skips when the binary is missing, so both installers must bring it.
+    ci = (ROOT / ".ci" / "run").read_text()
+    guard = re.search(r"if ! command -v promtool .*?; then(.*?)fi", ci, re.S)
+    assert guard and "apt-get install" in guard.group(1) and "prometheus" in guard.group(1)
+    makefile = (ROOT / "Makefile").read_text()
+    test_recipe = makefile.split("\ntest: install", 1)[1].split("\nlint:", 1)[0]
+    assert (
+        "command -v promtool" in test_recipe
+        and "install -y --no-install-recommends prometheus" in test_recipe
+    )

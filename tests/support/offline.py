@@ -133,7 +133,7 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Offline
     monkeypatch.setattr(tasks.scan, "create_table_artifact", table_artifact)
     monkeypatch.setattr(tasks.outcome, "Artifact", FailureArtifact)
     logger = logging.getLogger("tests.offline")
-    for module in (tasks.backup, tasks.archive_checks, flows.check):
+    for module in (tasks.backup, tasks.archive_checks, flows.check, flows.backup):
         monkeypatch.setattr(module, "get_run_logger", lambda: logger)
     output = logging.getLogger("tests.offline.command-output")
     for module in (tasks.backup, tasks.update):

@@ -330,3 +330,34 @@ def test_a_link_dropped_mid_transfer_is_retryable_and_post_gets_a_new_connection
     assert offline.fake.commands[-1] == POST
     post = [call for call in offline.fake.calls if call.command == POST]
     assert post[0].session == 2  # the broken session was not reused
+
+
+# --- pings ------------------------------------------------------------------------------------
+
+
+def test_pings_say_start_then_success_or_failure_without_the_commands_text(
+    offline: Offline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tasks.pings
+
+    sent: list[tasks.pings.Ping] = []
+    monkeypatch.setattr(tasks.pings, "send", lambda ping, logger: sent.append(ping) or True)
+    url = "https://hc.example/ping/token"
+    server = hooked(offline, ping_url=url)
+    script(offline.fake)
+    run(offline, server.id, uuid.uuid4())
+    assert [(p.method, p.url.split("?")[0]) for p in sent] == [
+        ("GET", f"{url}/start"),
+        ("GET", url),
+    ]
+    sent.clear()
+    offline.fake = FakeSSH()  # a server whose post command now fails
+    script(offline.fake, post=5)
+    with pytest.raises(RemoteCommandFailed):
+        run(offline, server.id, uuid.uuid4())
+    start, failure = sent
+    assert start.url.startswith(f"{url}/start")
+    assert failure.method == "POST" and failure.url.startswith(f"{url}/fail")
+    assert failure.body and "the post command exited with status 5" in failure.body
+    # The reason users read: the hook's text and output stay the admins'.
+    assert POST not in failure.body and "post failed" not in failure.body
