@@ -132,6 +132,35 @@ class UpdateRequest(Timing):
     priority: PriorityValue | None = None
 
 
+#: Servers one bulk enqueue takes at most.
+MAX_BULK_SERVERS = 1000
+
+
+class ServerChoice(BaseModel):
+    """The servers of a bulk enqueue: `serverIds`, or `all` the caller may use."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    server_ids: list[UUID] | None = Field(
+        None, alias="serverIds", min_length=1, max_length=MAX_BULK_SERVERS
+    )
+    all: bool = Field(False, description="Every server the caller may use (that has a backup).")
+
+    @model_validator(mode="after")
+    def _one_choice(self) -> ServerChoice:
+        if (self.server_ids is None) == (not self.all):
+            raise ValueError("give serverIds or all: true, one of them")
+        return self
+
+
+class BulkScanRequest(ScanRequest, ServerChoice):
+    """A scan of each of several servers."""
+
+
+class BulkBackupRequest(BackupRequest, ServerChoice):
+    """A backup of each of several servers, same options for all."""
+
+
 class PauseRequest(BaseModel):
     """Which queue to pause or resume; all of them when absent."""
 
@@ -256,6 +285,22 @@ class UpdateEnqueued(JobAccepted):
     update_id: str
 
 
+class BulkEnqueueResult(Schema):
+    """What one server of a bulk enqueue came to: its job, or why it has none."""
+
+    server_id: str
+    success: bool
+    message: str
+    job: BackupEnqueued | ScanEnqueued | None = None
+
+
+class BulkEnqueued(Schema):
+    results: list[BulkEnqueueResult]
+    count: int
+    #: Jobs created (or, for a repeated Idempotency-Key, found).
+    enqueued: int
+
+
 class CheckEnqueued(Schema):
     """The answer to a check request, sent before the job runs."""
 
@@ -271,6 +316,50 @@ class JobRef(Schema):
 class Cancelled(Schema):
     job_id: str
     state: JobState
+
+
+#: Jobs one bulk request acts on at most; for more, repeat it (`total` says how many matched).
+MAX_BULK = 200
+
+
+class BulkJobsRequest(BaseModel):
+    """The jobs a bulk retry or cancel acts on: by id, or by the list's filters (the caller's
+    jobs only, as in `GET /api/jobs`)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    ids: list[UUID] | None = Field(None, min_length=1, max_length=MAX_BULK)
+    queue: QueueName | None = None
+    state: JobState | None = None
+    server_id: UUID | None = Field(None, alias="serverId")
+
+    @model_validator(mode="after")
+    def _ids_or_filters(self) -> BulkJobsRequest:
+        filters = (self.queue, self.state, self.server_id)
+        if self.ids is not None and any(f is not None for f in filters):
+            raise ValueError("give ids or filters (queue, state, serverId), not both")
+        if self.ids is None and all(f is None for f in filters):
+            raise ValueError("give ids, or at least one filter: queue, state or serverId")
+        return self
+
+
+class BulkJobResult(Schema):
+    """What one job of a bulk request came to."""
+
+    job_id: str
+    success: bool
+    #: Its state now, when it was found.
+    state: JobState | None = None
+    message: str
+
+
+class BulkJobResults(Schema):
+    results: list[BulkJobResult]
+    #: Jobs acted on (this answer's).
+    count: int
+    succeeded: int
+    #: Jobs that matched the filters; more than `count` when there were over 200: repeat.
+    total: int
 
 
 class LogEntry(Schema):

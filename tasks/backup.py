@@ -15,7 +15,7 @@ from tasks.archive_listing import write_listing
 from tasks.atomic import HashingWriter
 from tasks.core.errors import InvalidOptions, RemoteCommandFailed, RemotePathMissing
 from tasks.core.inventory import Server
-from tasks.core.jobs import BackupOptions, backup_recipients
+from tasks.core.jobs import BackupOptions, backup_recipients, backup_spec
 from tasks.core.settings import get_settings
 from tasks.encryption import EncryptingWriter, check_tools, encrypting
 from tasks.outcome import command_output_logger, failure_published
@@ -173,11 +173,10 @@ def plan_backup(
     server: Server, options: BackupOptions, connection: Connection | None = None
 ) -> BackupPlan:
     """Connect, check every path exists, pick the codec and estimate the size."""
-    if server.backup is None:
-        raise InvalidOptions(f"{server.name} has no `backup` section in the inventory")
-    paths = server.backup.paths
+    spec = backup_spec(server)
+    paths = spec.paths
     # Before the server is asked anything: encryption without a recipient fails at once.
-    recipients = backup_recipients(options, server.backup, get_settings().encryption)
+    recipients = backup_recipients(options, spec, get_settings().encryption)
     with session_for(server, connection, open_session) as ssh:
         result = ssh.run(plan_command(paths), check=False)
     answer = parse_plan(result.text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import Annotated
 from uuid import UUID
@@ -14,12 +14,16 @@ from fastapi.responses import StreamingResponse
 
 from api_shim.access import CallerScope
 from api_shim.auth import AdminCaller
-from api_shim.gateway import POOLS, Gateway, GatewayError, Scope
+from api_shim.gateway import POOLS, Gateway, GatewayError, JobConflict, JobNotFound, Scope
 from api_shim.gateway.admin import clean as clean_jobs
 from api_shim.gateway.jobs import epoch_ms
 from api_shim.metrics import JOB_OPERATIONS
 from api_shim.routes import GatewayDep, errors
 from api_shim.schemas import (
+    MAX_BULK,
+    BulkJobResult,
+    BulkJobResults,
+    BulkJobsRequest,
     Cancelled,
     CleanRequest,
     CleanResult,
@@ -42,6 +46,8 @@ router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 MAX_LIMIT = 200
 #: The largest page of GET /api/jobs/:id/logs: the most Prefect answers at once.
 MAX_LOG_LINES = 200
+#: The states a job can be cancelled in, for a bulk cancel by filters alone.
+UNENDED = tuple(state for state in JobState if not state.final)
 #: Seconds between keep-alive comments on a quiet event stream, so proxies keep it open.
 KEEPALIVE_SECONDS = 15.0
 
@@ -117,6 +123,82 @@ async def clean(
     )
     JOB_OPERATIONS.labels("clean").inc()
     return Envelope(message=f"Removed {result.deleted} old jobs", data=result)
+
+
+#: Operations of one bulk request at once: each is one or two Prefect calls.
+BULK_CONCURRENCY = 8
+
+
+async def _bulk(
+    body: BulkJobsRequest,
+    scope: Scope | None,
+    gateway: Gateway,
+    default_states: tuple[JobState, ...],
+    act: Callable[[UUID], Awaitable[JobState]],
+) -> BulkJobResults:
+    """`act` on each job of `body` (ids, or the filters' first `MAX_BULK` jobs in the states
+    asked for, else `default_states`), a few at once; one result per job, in order."""
+    if body.ids is not None:
+        ids = list(dict.fromkeys(body.ids))
+        total = len(ids)
+    else:
+        ids, total = [], 0
+        for state in (body.state,) if body.state else default_states:
+            wanted = MAX_BULK - len(ids)
+            page = await gateway.jobs(
+                scope, body.queue, state, max(wanted, 1), 0, server_id=body.server_id
+            )
+            ids += [UUID(job.id) for job in page.jobs][:wanted]
+            total += page.total
+    limit = asyncio.Semaphore(BULK_CONCURRENCY)
+
+    async def one(job_id: UUID) -> BulkJobResult:
+        async with limit:
+            try:
+                state = await act(job_id)
+            except (JobNotFound, JobConflict) as exc:
+                return BulkJobResult(job_id=str(job_id), success=False, message=exc.message)
+        return BulkJobResult(job_id=str(job_id), success=True, state=state, message="done")
+
+    results = await asyncio.gather(*(one(i) for i in ids))
+    succeeded = sum(r.success for r in results)
+    return BulkJobResults(results=results, count=len(results), succeeded=succeeded, total=total)
+
+
+@router.post(
+    "/retry", response_model=Envelope[BulkJobResults], responses=errors(400, 401, 422, 503)
+)
+async def retry_jobs(
+    body: BulkJobsRequest, scope: CallerScope, gateway: GatewayDep
+) -> Envelope[BulkJobResults]:
+    """Run failed jobs again, each under its id: by `ids`, or by filters (`queue`, `state`,
+    `serverId`; `state` defaults to `failed`); at most 200 per request, one result per job."""
+
+    async def retry(job_id: UUID) -> JobState:
+        await gateway.retry(job_id, scope)
+        JOB_OPERATIONS.labels("retry").inc()
+        return JobState.WAITING
+
+    data = await _bulk(body, scope, gateway, (JobState.FAILED,), retry)
+    return Envelope(message=f"Retried {data.succeeded} of {data.count} jobs", data=data)
+
+
+@router.post(
+    "/cancel", response_model=Envelope[BulkJobResults], responses=errors(400, 401, 422, 503)
+)
+async def cancel_jobs(
+    body: BulkJobsRequest, scope: CallerScope, gateway: GatewayDep
+) -> Envelope[BulkJobResults]:
+    """Cancel jobs that have not ended: by `ids`, or by filters (`state` defaults to every
+    state before the end); at most 200 per request, one result per job."""
+
+    async def cancel(job_id: UUID) -> JobState:
+        state = await gateway.cancel(job_id, scope)
+        JOB_OPERATIONS.labels("cancel").inc()
+        return state
+
+    data = await _bulk(body, scope, gateway, UNENDED, cancel)
+    return Envelope(message=f"Cancelled {data.succeeded} of {data.count} jobs", data=data)
 
 
 @router.get("/{job_id}", response_model=Envelope[Job], responses=errors(401, 404, 422, 503))

@@ -11,7 +11,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict
 
 from tasks.core.errors import InvalidOptions
-from tasks.core.inventory import BackupSpec
+from tasks.core.inventory import BackupSpec, Server
 from tasks.core.settings import EncryptionSettings
 
 
@@ -44,6 +44,13 @@ BackupJob = Literal[JobType.BACKUP_MANUAL, JobType.BACKUP_SCHEDULED]
 ScanJob = Literal[JobType.SCAN_FULL, JobType.SCAN_QUICK]
 UpdateJob = Literal[JobType.UPDATE_SERVER]
 CheckJob = Literal[JobType.CHECK_ARCHIVES]
+
+
+def backup_spec(server: Server) -> BackupSpec:
+    """What the server's backups take; `InvalidOptions` for a server the inventory gives none."""
+    if server.backup is None:
+        raise InvalidOptions(f"{server.name} has no `backup` section in the inventory")
+    return server.backup
 
 
 def backup_id_of(job_id: UUID, backup_id: UUID | str | None) -> UUID:

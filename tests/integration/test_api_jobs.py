@@ -404,3 +404,61 @@ def test_job_logs_page_filter_and_keep_command_output_for_admins(
         capture_output=True, text=True, env=env, timeout=60,
     )  # fmt: skip
     assert unknown.returncode == 2 and "no job" in unknown.stderr
+
+
+def test_bulk_enqueue_cancel_and_retry_answer_one_result_each_under_the_ownership_rules(
+    failing_scan: dict[str, Any],
+    alice: Api,
+    bob: Api,
+    target: LocalTarget,
+    inventory: InventoryFile,
+):
+    mine = [str(inventory.add_server(target, owners=[alice.user_id])) for _ in range(2)]
+    theirs = str(inventory.add_server(target, owners=[bob.user_id]))
+    body = {"serverIds": [*mine, theirs], "scan_type": "quick", "delay": 600_000}
+    key = {"Idempotency-Key": f"bulk-{uuid.uuid4()}"}
+    answer = ok(alice.post("/api/servers/scan", json=body, headers=key), 202)
+    assert answer["count"] == 3 and answer["enqueued"] == 2
+    results = {r["serverId"]: r for r in answer["results"]}
+    assert not results[theirs]["success"] and "no server" in results[theirs]["message"]
+    assert results[theirs]["job"] is None
+    jobs = [results[s]["job"] for s in mine]
+    assert all(j["status"] == "delayed" and j["serverId"] in mine for j in jobs)
+    again = ok(alice.post("/api/servers/scan", json=body, headers=key), 202)
+    assert [r["job"] and r["job"]["jobId"] for r in again["results"]] == [
+        r["job"] and r["job"]["jobId"] for r in answer["results"]
+    ]  # the same jobs for the same key
+    every = ok(alice.post("/api/servers/scan", json={"all": True, "delay": 600_000}), 202)
+    assert theirs not in {r["serverId"] for r in every["results"]}
+    assert set(mine) <= {r["serverId"] for r in every["results"] if r["success"]}
+    assert "serverIds or all" in error(alice.post("/api/servers/scan", json={}), 422)
+    # Backups only of servers that have one; a server without is refused by its reason.
+    backups = ok(alice.post("/api/servers/backup", json={"serverIds": mine, "delay": 600_000}))
+    assert backups["enqueued"] == 0 and "backup" in backups["results"][0]["message"]
+
+    # Cancel by id: bob cannot cancel alice's jobs, alice can.
+    ids = [j["jobId"] for j in jobs]
+    refused = ok(bob.post("/api/jobs/cancel", json={"ids": ids}))
+    assert refused["succeeded"] == 0 and all("no job" in r["message"] for r in refused["results"])
+    cancelled = ok(alice.post("/api/jobs/cancel", json={"ids": ids}))
+    assert cancelled["succeeded"] == 2 and {r["state"] for r in cancelled["results"]} == {
+        "cancelled"
+    }
+    # ... and by filters: the delayed jobs left on one server.
+    left = ok(alice.post("/api/jobs/cancel", json={"state": "delayed", "serverId": mine[0]}))
+    assert left["succeeded"] == left["count"] == left["total"] == 1
+    assert (
+        ok(alice.get("/api/jobs", params={"serverId": mine[0], "state": "delayed"}))["total"] == 0
+    )
+    done = ok(alice.post("/api/jobs/cancel", json={"ids": ids}))
+    assert done["succeeded"] == 0 and all("already ended" in r["message"] for r in done["results"])
+
+    # Retry by filters: the failed scan of the refusing server.
+    alice.wait_for_state(failing_scan["jobId"], "failed", timeout=150)
+    retried = ok(alice.post("/api/jobs/retry", json={"serverId": failing_scan["enqueuedServerId"]}))
+    assert [r["jobId"] for r in retried["results"]] == [failing_scan["jobId"]]
+    assert retried["succeeded"] == 1
+    assert "not both" in error(
+        alice.post("/api/jobs/retry", json={"ids": ids, "state": "failed"}), 422
+    )
+    assert "at least one filter" in error(alice.post("/api/jobs/cancel", json={}), 422)
