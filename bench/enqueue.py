@@ -75,7 +75,7 @@ def _parameters(post: Post) -> tuple[JobType, dict[str, Any]]:
     """The job and parameters the shim enqueues for `post` (api_shim/routes/servers.py)."""
     job_type, id_name = JOBS[post.pool]
     extra: dict[str, Any] = (
-        {"options": BackupRequest().model_dump(exclude={"priority"})}
+        {"options": BackupRequest().options().model_dump(mode="json")}
         if post.pool == "backup"
         else {}
     )

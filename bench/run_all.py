@@ -52,6 +52,7 @@ BENCHMARKS = [
     Benchmark("api", [("API job read and lists", "<= 1.5x; < 1 s")]),
     Benchmark("memory", [("memory", "<= 1 GiB idle; <= 100 MiB per job")]),
     Benchmark("stop", [("idle stop", "< 3 s")]),
+    Benchmark("bulk_enqueue", [("bulk enqueue of 300 quick scans", "< 1x of 300 requests")]),
 ]
 
 

@@ -433,7 +433,8 @@ def test_bulk_enqueue_cancel_and_retry_answer_one_result_each_under_the_ownershi
     assert set(mine) <= {r["serverId"] for r in every["results"] if r["success"]}
     assert "serverIds or all" in error(alice.post("/api/servers/scan", json={}), 422)
     # Backups only of servers that have one; a server without is refused by its reason.
-    backups = ok(alice.post("/api/servers/backup", json={"serverIds": mine, "delay": 600_000}))
+    body = {"serverIds": mine, "delay": 600_000}
+    backups = ok(alice.post("/api/servers/backup", json=body), 202)
     assert backups["enqueued"] == 0 and "backup" in backups["results"][0]["message"]
 
     # Cancel by id: bob cannot cancel alice's jobs, alice can.
