@@ -21,6 +21,7 @@ from tasks.backup import (
     set_post_pending,
     transfer_archive,
 )
+from tasks.backup_events import announce_backup, tag_with_server
 from tasks.core.inventory import BackupSpec, Server
 from tasks.core.jobs import BackupJob, BackupOptions, JobType
 from tasks.outcome import RESULT_OPTIONS, publish_result
@@ -49,6 +50,9 @@ def backup(
     backup_id = backup_id or job_id
     if backup_id is None:
         raise ValueError("backup_id is required when not running as a flow run")
+    if job_id is not None:
+        # A scheduled run has no server tag; its history and failures are found by it.
+        tag_with_server(job_id, server_id)
     progress = Progress.start()
     progress.milestone(10, "started")
     server = find_server(server_id)
@@ -85,6 +89,8 @@ def backup(
             manifest = complete_backup_record(manifest.model_copy(update={"post_pending": False}))
             if post_error is not None:
                 raise post_error
+    # The dead-man's switch's heartbeat, and "resolved" when this ends an incident.
+    announce_backup(job_id, server)
     progress.milestone(100, "backup record updated")
     return publish_result(
         {
