@@ -66,6 +66,7 @@ async def read_failures(
             names,
             url_for(run, url_type="ui"),
             run.end_time,
+            run.name,
         )
         for run in runs
         if keep is None or str(run.parameters.get("server_id")) in keep

@@ -106,12 +106,14 @@ def failure_of(
     names: dict[str, str],
     link: str | None,
     ended: datetime | None,
+    run_name: str = "",
 ) -> Failure:
-    """A failed run as a digest lists it; `names`: server names by id."""
+    """A failed run as a digest lists it; `names`: server names by id. A job type left at its
+    default is not among the parameters, but begins the run's name (`{job_type} {server_id}`)."""
     server_id = str(parameters.get("server_id") or "")
     return Failure(
         run_id=run_id,
-        job_type=str(parameters.get("job_type") or "job"),
+        job_type=str(parameters.get("job_type") or (run_name.split() or ["job"])[0]),
         server=names.get(server_id, server_id or "no server"),
         # The state message is what users read; command text and output stay in the artifact.
         reason=(message or "failed").strip().splitlines()[0][:300],
