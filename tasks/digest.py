@@ -38,7 +38,7 @@ async def read_failures(
 ) -> list[Failure]:
     """The runs of `deployment_ids` that ended Failed in [since, since + window], of the
     servers `server_ids` (None: of any server)."""
-    until = since + timedelta(seconds=window_seconds)
+    until = since + timedelta(seconds=window_seconds) + timedelta(seconds=15)
     wanted = FlowRunFilter(
         state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.FAILED])),
         end_time=FlowRunFilterEndTime(after_=since, before_=until),

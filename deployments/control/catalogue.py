@@ -78,7 +78,6 @@ NOTIFY = Deployment(
     "flows.notify:digest",
     QUEUES_BY_NAME["scan"],
     work_queue=Priority.CRITICAL,
-    limit=2,
 )
 
 #: Every deployment prefect.yaml declares.

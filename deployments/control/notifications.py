@@ -8,7 +8,8 @@ URLs"), all named `medicine-man: notify <target> ...`:
 - **failed jobs** (proactive): the first `prefect.flow-run.Failed` of a backup, scan or update
   (failed after all its attempts: retries pass through AwaitingRetry, the gave-up automation
   sets Failed) opens one window of MM_NOTIFY_DIGEST_SECONDS that later failures do not move;
-  its end runs `notify/digest` (flows/notify.py), which sends one message listing them all.
+  its end runs `notify/digest` (flows/notify.py), which sends one message listing them all
+  (for a per-server target, those of its servers; nothing when there are none).
   The trigger expects an event that never comes (`NEVER`), so it fires at the window's end,
   never early; a reactive trigger would fire at once and swallow the rest uncounted.
 - **stale backups** (proactive, one per max age): after a server's `BACKUP_COMPLETED` or the
@@ -149,17 +150,12 @@ def failed_jobs_automation(
             "prefect.resource.id": [f"prefect.deployment.{i}" for i in job_ids],
         }
     ]
-    server_ids: list[str] | None = None
-    if target.servers is not None:
-        server_ids = sorted(str(s.id) for s in target.servers)
-        # Every backup run carries its server's tag (tasks/backup_events.py), scans and
-        # updates theirs from enqueueing (deployments/control/jobs.py).
-        related.append(
-            {
-                "prefect.resource.role": "tag",
-                "prefect.resource.id": [f"prefect.tag.server:{i}" for i in server_ids],
-            }
-        )
+    # A per-server target's trigger sees every job's failure and its digest keeps its own
+    # servers' (sending nothing when none): a run's tags cannot tell, since Prefect's server
+    # caches a run's related resources, tags included, for its state events
+    # (`_flow_run_resource_data_cache`, prefect/server/models/events.py), so the tag a
+    # scheduled backup gives itself is missing from its Failed event.
+    server_ids = None if target.servers is None else sorted(str(s.id) for s in target.servers)
     return AutomationCore(
         name=f"{AUTOMATION_PREFIX}{target.key}: failed jobs",
         description=(

@@ -23,6 +23,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from pydantic import SecretStr
 
+from deployments.control.catalogue import server_tag
 from deployments.control.notifications import AUTOMATION_PREFIX, ensure_notifications
 from deployments.system.local_target import LocalTarget, free_port
 from deployments.system.stack import Stack
@@ -33,7 +34,7 @@ from tests.support.session import InventoryFile
 from tests.support.trees import make_tree
 
 #: Short windows so that the whole file takes about two minutes.
-DIGEST_SECONDS = 20
+DIGEST_SECONDS = 45
 GRACE_SECONDS = 5
 SCANS = 50
 
@@ -48,7 +49,7 @@ class Webhook:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
-                received.append(json.loads(self.rfile.read(length)))
+                received.append({**json.loads(self.rfile.read(length)), "path": self.path})
                 self.send_response(200)
                 self.end_headers()
 
@@ -59,8 +60,11 @@ class Webhook:
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def titled(self, text: str) -> list[dict[str, Any]]:
-        return [b for b in self.bodies if text in b.get("title", "")]
+    def titled(self, text: str, path: str) -> list[dict[str, Any]]:
+        return [b for b in self.bodies if text in b.get("title", "") and b["path"] == path]
+
+    def at(self, path: str) -> list[str]:
+        return [b["title"] for b in self.bodies if b["path"] == path]
 
 
 class Mailbox:
@@ -123,12 +127,12 @@ def test_failed_stale_digest_and_resolved_each_make_one_message(
     tmp_path: Any,
 ) -> None:
     webhook, mailbox, smtp_port = receivers
-    urls = (
-        f"json://127.0.0.1:{webhook.port}/hook"
-        f" mailto://127.0.0.1:{smtp_port}?from=mm@example.com&to=ops@example.com"
-    )
+    hook = f"json://127.0.0.1:{webhook.port}"
+    # Everything by mail (MM_NOTIFY_URLS); each server's own webhook (`notify:`) besides.
     settings = NotifySettings(
-        urls=SecretStr(urls), digest_seconds=DIGEST_SECONDS, stale_grace_seconds=GRACE_SECONDS
+        urls=SecretStr(f"mailto://127.0.0.1:{smtp_port}?from=mm@example.com&to=ops@example.com"),
+        digest_seconds=DIGEST_SECONDS,
+        stale_grace_seconds=GRACE_SECONDS,
     )
     source = make_tree(tmp_path / "source", big_bytes=10_000)
     # Backed up every minute (max age 60 + 5 s), but its sshd port is closed: every backup
@@ -137,10 +141,13 @@ def test_failed_stale_digest_and_resolved_each_make_one_message(
         target,
         name="web-flaky",
         port=closed_port(),
+        notify=[f"{hook}/flaky"],
         backup={"paths": [str(source)], "schedule": "* * * * *"},
     )
     # Refuses our key: each scan fails at once (permanent).
-    locked = inventory.add_server(target, name="web-locked", username="nobody-here")
+    locked = inventory.add_server(
+        target, name="web-locked", username="nobody-here", notify=[f"{hook}/locked"]
+    )
 
     async def ensure(notify: NotifySettings) -> list[str]:
         async with stack.client() as client:
@@ -152,60 +159,76 @@ def test_failed_stale_digest_and_resolved_each_make_one_message(
         assert any("armed" in c for c in changes), changes
         assert not any("127.0.0.1" in c for c in changes), "a URL in the bootstrap's lines"
 
-        # 1. One backup that fails after its three retries: one message.
-        run = wait_for_final_state(
-            run_job("backup/backup", {"server_id": str(flaky)}), timeout=120
-        )
-        assert run.state.is_failed()
-        wait_until(lambda: webhook.titled("failed on web-flaky"), 60, "the failed backup's digest")
-        (digest,) = webhook.titled("failed on web-flaky")
+        # 1. One backup that fails after its three retries, and fifty scans failing at once
+        # (tagged with their server, as deployments/control/jobs.py enqueues them).
+        backup = run_job("backup/backup", {"server_id": str(flaky)})
+        # The scans a little later: their burst and the backup's retries (35 s) then end
+        # within one window of the mail's digest.
+        time.sleep(10)
+        with stack.sync_client() as client:
+            scan = client.read_deployment_by_name("scan/scan")
+            scans = [
+                client.create_flow_run_from_deployment(
+                    scan.id,
+                    parameters={"server_id": str(locked), "job_type": JobType.SCAN_FULL.value},
+                    tags=[server_tag(locked)],
+                ).id
+                for _ in range(SCANS)
+            ]
+        failed = wait_for_final_state(backup, timeout=120)
+        assert failed.state.is_failed()
+        for run in scans:
+            assert wait_for_final_state(run, timeout=150).state.is_failed()
+
+        # Each server's own webhook: one digest of its own jobs.
+        wait_until(lambda: webhook.titled("failed", "/flaky"), 60, "web-flaky's digest")
+        wait_until(lambda: webhook.titled("failed", "/locked"), 45, "web-locked's digest")
+        (digest,) = webhook.titled("failed", "/flaky")
         assert digest["title"] == "medicine-man: 1 job failed on web-flaky"
-        assert "backup:manual on web-flaky" in digest["message"]
-        assert str(run.id) in digest["message"], "no link to the run"
-        wait_until(lambda: mailbox.subjects("1 job failed"), 10, "the digest by mail")
-
-        # 2. Fifty scans failing at once: one digest, counting fifty.
-        scans = [
-            run_job("scan/scan", {"server_id": str(locked), "job_type": JobType.SCAN_FULL.value})
-            for _ in range(SCANS)
-        ]
-        for scan in scans:
-            assert wait_for_final_state(scan, timeout=150).state.is_failed()
-        wait_until(lambda: webhook.titled("failed on web-locked"), 60, "the scans' digest")
-        time.sleep(3)
-        (burst,) = webhook.titled("failed on web-locked")
+        assert "backup:manual on web-flaky: " in digest["message"]
+        assert "Unable to connect" in digest["message"]
+        assert f"/runs/flow-run/{failed.id}" in digest["message"], "no link to the run"
+        (burst,) = webhook.titled("failed", "/locked")
         assert burst["title"] == f"medicine-man: {SCANS} jobs failed on web-locked"
-        assert burst["message"].count("scan:full on web-locked") == SCANS
-        assert len(mailbox.subjects(f"{SCANS} jobs failed")) == 1
+        assert burst["message"].count("- scan:full on web-locked: ") == SCANS
+        # The mail: one digest of all 51 (the first 50 listed).
+        wait_until(lambda: mailbox.subjects("jobs failed"), 30, "the digest by mail")
+        (mail,) = mailbox.subjects("jobs failed")
+        assert mail["Subject"] == f"medicine-man: {SCANS + 1} jobs failed on 2 servers"
+        assert "... and 1 more" in text_of(mail)
 
-        # 3. Stale: no backup completed within 65 s of the watch.
-        wait_until(lambda: webhook.titled("are stale"), 90, "the stale-backup message")
-        (stale,) = webhook.titled("are stale")
+        # 2. Stale: no backup of web-flaky completed within 65 s of the watch.
+        wait_until(lambda: webhook.titled("are stale", "/flaky"), 90, "the stale message")
+        (stale,) = webhook.titled("are stale", "/flaky")
         assert stale["title"] == "medicine-man: backups of web-flaky are stale"
-        assert "web-flaky has not been backed up since" in stale["message"]
+        assert "web-flaky has not been backed up since it was first watched" in stale["message"]
+        wait_until(lambda: mailbox.subjects("are stale"), 10, "the stale mail")
         (stale_mail,) = mailbox.subjects("are stale")
         assert "web-flaky has not been backed up" in text_of(stale_mail)
 
-        # 4. The server answers again: its backup completes, and that resolves the incident.
+        # 3. The server answers again: its backup completes, and that resolves the incident.
         inventory.remove(flaky)
         inventory.add_server(
             target,
             server_id=flaky,
             name="web-flaky",
+            notify=[f"{hook}/flaky"],
             backup={"paths": [str(source)], "schedule": "* * * * *"},
         )
         good = wait_for_final_state(
             run_job("backup/backup", {"server_id": str(flaky)}), timeout=120
         )
         assert good.state.is_completed()
-        wait_until(lambda: webhook.titled("resolved"), 30, "the resolved message")
-        (resolved,) = webhook.titled("resolved")
+        wait_until(lambda: webhook.titled("resolved", "/flaky"), 30, "the resolved message")
+        (resolved,) = webhook.titled("resolved", "/flaky")
         assert resolved["title"] == "medicine-man: resolved: web-flaky is backed up again"
         assert "its last backup had failed" in resolved["message"]
         wait_until(lambda: mailbox.subjects("resolved"), 10, "the resolved mail")
-        # Nothing more than these four, on either channel.
-        assert len(webhook.bodies) == 4, [b["title"] for b in webhook.bodies]
-        assert len(mailbox.mails) == 4
+        time.sleep(2)
+        # Nothing more than these, on any channel.
+        assert len(webhook.at("/flaky")) == 3, webhook.at("/flaky")
+        assert len(webhook.at("/locked")) == 1, webhook.at("/locked")
+        assert len(mailbox.mails) == 3, [m["Subject"] for m in mailbox.mails]
         print(f"notifications shown in {time.monotonic() - started:.0f} s")
     finally:
         inventory.remove(locked)

@@ -52,7 +52,7 @@ def test_one_target_per_url_list_and_the_global_one() -> None:
         _server("d"),
     )
     targets = notify_targets(inv, NotifySettings(urls=SecretStr("mailto://m, json://j")))
-    assert [t.key for t in targets][0] == "all"
+    assert targets[0].key == "all"
     assert targets[0].servers is None
     assert targets[0].urls.get_secret_value() == "mailto://m json://j"
     groups = {tuple(sorted(s.name for s in t.servers or ())) for t in targets[1:]}
@@ -86,12 +86,13 @@ def test_the_failed_jobs_trigger_waits_out_its_window_once() -> None:
     assert "json://" not in automation.model_dump_json()
 
 
-def test_a_per_server_target_matches_its_servers_tags() -> None:
+def test_a_per_server_targets_digest_keeps_its_servers() -> None:
     inv = _inventory(_server("a", ["ntfy://x"]))
     (target,) = notify_targets(inv, NotifySettings())
     automation = failed_jobs_automation(target, uuid4(), [uuid4()], NotifySettings())
-    related = automation.trigger.match_related  # type: ignore[union-attr]
-    assert isinstance(related, list) and len(related) == 2
+    (action,) = automation.actions
+    assert isinstance(action, RunDeployment) and action.parameters is not None
+    assert action.parameters["server_ids"] == [str(inv.servers[0].id)]
     assert "ntfy://" not in automation.model_dump_json()
 
 
@@ -158,9 +159,7 @@ def test_a_long_digest_lists_fifty_and_counts_the_rest() -> None:
 
 
 def _run(state: StateType, ended: datetime, message: str = "") -> FlowRun:
-    return FlowRun(
-        flow_id=uuid4(), state=State(type=state, message=message), end_time=ended
-    )
+    return FlowRun(flow_id=uuid4(), state=State(type=state, message=message), end_time=ended)
 
 
 def test_a_backup_after_a_failed_one_resolves() -> None:
@@ -175,3 +174,13 @@ def test_a_backup_after_a_stale_spell_resolves_and_a_fresh_one_does_not() -> Non
     assert "older than its schedule allows" in recovery_reason(old, now, timedelta(hours=2))
     assert recovery_reason(old, now, timedelta(hours=4)) == ""
     assert recovery_reason(None, now, timedelta(hours=4)) == ""
+
+
+def test_a_job_type_left_at_its_default_comes_from_the_run_name() -> None:
+    from tasks.notifications import failure_of
+
+    run_id = uuid4()
+    failure = failure_of(
+        run_id, {"server_id": "s1"}, "boom\nmore", {"s1": "web-1"}, None, None, "backup:manual s1"
+    )
+    assert (failure.job_type, failure.server, failure.reason) == ("backup:manual", "web-1", "boom")
