@@ -184,3 +184,12 @@ def test_a_job_type_left_at_its_default_comes_from_the_run_name() -> None:
         run_id, {"server_id": "s1"}, "boom\nmore", {"s1": "web-1"}, None, None, "backup:manual s1"
     )
     assert (failure.job_type, failure.server, failure.reason) == ("backup:manual", "web-1", "boom")
+
+
+def test_a_digest_window_starts_at_its_first_failure_or_counts_back() -> None:
+    from flows.notify import FIRING_SLACK, window_start
+
+    created = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    first = "2026-01-01T11:55:00.123000+00:00"
+    assert window_start(first, created, 300) == datetime.fromisoformat(first)
+    assert window_start("", created, 300) == created - timedelta(seconds=300) - FIRING_SLACK
