@@ -21,6 +21,7 @@ from tasks.backup import (
     set_post_pending,
     transfer_archive,
 )
+from tasks.backup_events import announce_backup, tag_with_server
 from tasks.core.inventory import BackupSpec, Server
 from tasks.core.jobs import BackupJob, BackupOptions, JobType, backup_id_of
 from tasks.outcome import RESULT_OPTIONS, publish_result
@@ -50,6 +51,9 @@ def backup(
         backup_id = backup_id_of(job_id, backup_id)
     if backup_id is None:
         raise ValueError("backup_id is required when not running as a flow run")
+    if job_id is not None:
+        # A scheduled run has no server tag; its history and failures are found by it.
+        tag_with_server(job_id, server_id)
     progress = Progress.start()
     progress.milestone(10, "started")
     server = find_server(server_id)
@@ -63,6 +67,8 @@ def backup(
         # service's own timer after `start` tells of it (docs/DESIGN.md, "Backup pings").
         pings.failure(str(exc) or type(exc).__name__)
         raise
+    # The dead-man's switch's heartbeat, and "resolved" when this ends an incident.
+    announce_backup(job_id, server)
     pings.success(f"backup {manifest.backup_id} completed: {manifest.size} bytes")
     progress.milestone(100, "backup record updated")
     return publish_result(

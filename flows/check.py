@@ -13,9 +13,10 @@ from typing import Any
 from uuid import UUID
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 
 from flows.job_variables import refuse_job_variables
-from tasks.archive_checks import choose_archives, reread_archives
+from tasks.archive_checks import announce_corrupt, choose_archives, reread_archives
 from tasks.core.errors import ArchiveInvalid
 from tasks.core.jobs import CheckJob, JobType
 from tasks.outcome import RESULT_OPTIONS, publish_result
@@ -55,6 +56,8 @@ def check(
         }
     )
     if report.corrupt or report.unreadable:
+        # One message for the lot (deployments/control/notifications.py), then the failure.
+        announce_corrupt(report, UUID(flow_run.get_id()) if flow_run.get_id() else None)
         raise ArchiveInvalid(report.summary())
     progress.milestone(100, "done")
     return result

@@ -22,14 +22,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
 
 from tasks.backup_facts import FactsReader
 from tasks.core.errors import ArchiveInvalid
 from tasks.core.settings import get_settings
+from tasks.notifications import BACKUPS_CORRUPT, SERVER_RESOURCE
 from tasks.progress import Progress
 from tasks.repository import BackupRepository, BackupStatus, Manifest, readable_codecs, utcnow
 
@@ -263,3 +266,41 @@ class CorruptCounter:
 
     def counts(self, roots: Iterable[Path]) -> dict[UUID, int]:
         return {server_id: f.corrupt for server_id, f in self._reader.facts(roots).items()}
+
+
+def corrupt_event(report: CheckReport, run_id: UUID | None) -> dict[str, Any]:
+    """The keyword arguments of the run's one `BACKUPS_CORRUPT` event: the run as resource,
+    each server with a bad archive related (per-server targets match it), and the text."""
+    bad = [*report.corrupt, *report.unreadable]
+    servers = {str(f.manifest.server_id): f.manifest.server_name for f in bad}
+    lines = [
+        f"- {f.manifest.server_name}: backup {f.manifest.backup_id}"
+        f" of {_aware(f.manifest.started_at):%Y-%m-%d %H:%M} UTC: {f.error}"
+        for f in bad
+    ]
+    return {
+        "event": BACKUPS_CORRUPT,
+        "resource": {
+            "prefect.resource.id": f"medicine-man.check.{run_id or 'offline'}",
+            "prefect.resource.name": "check:archives",
+        },
+        "related": [
+            {
+                "prefect.resource.id": f"{SERVER_RESOURCE}{server_id}",
+                "prefect.resource.name": name,
+                "prefect.resource.role": "server",
+            }
+            for server_id, name in sorted(servers.items())
+        ],
+        "payload": {
+            "count": len(bad),
+            "servers": ", ".join(sorted(servers.values())),
+            "text": "\n".join(lines),
+        },
+    }
+
+
+@task(name="report corrupt archives", cache_policy=NO_CACHE)
+def announce_corrupt(report: CheckReport, run_id: UUID | None) -> None:
+    """One event for the run's corrupt and unreadable archives: one message per target."""
+    emit_event(**corrupt_event(report, run_id))

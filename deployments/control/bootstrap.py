@@ -3,7 +3,8 @@
 Against the API in PREFECT_API_URL it creates or updates the work pools (with our fixed job
 template, deployments/control/job_template.py) and their priority work queues from the queue table,
 applies prefect.yaml with `prefect deploy --all`, creates the automations that crash stalled
-runs and re-run crashed ones (`deployments.control.automations`), and makes the backup deployment's
+runs and re-run crashed ones (`deployments.control.automations`) and those that notify
+(`deployments.control.notifications`, with their Apprise blocks), and makes the backup deployment's
 schedules match the inventory (the maintenance and check schedules: the settings). Running it
 again changes nothing; what an operator sets at run time (a paused pool, a deactivated schedule)
 survives it.
@@ -43,6 +44,7 @@ from deployments.control.catalogue import BACKUP
 from deployments.control.checks import check_checks, sync_check_schedule
 from deployments.control.job_template import base_job_template
 from deployments.control.maintenance import check_maintenance, sync_maintenance_schedule
+from deployments.control.notifications import ensure_notifications
 from deployments.control.queues import QUEUES, Priority, Queue
 from tasks.core.errors import InventoryError
 from tasks.core.inventory import Inventory, load_inventory
@@ -91,6 +93,9 @@ async def bootstrap(
                 logger.info("%s", schedule_change)
         if inventory is not None:
             await sync_backup_schedules(client, inventory)
+        # Names only in these lines: the URLs stay in the blocks.
+        for notify_change in await ensure_notifications(client, inventory, settings.notify):
+            logger.info("%s", notify_change)
 
 
 async def ensure_pool(client: PrefectClient, queue: Queue, project_dir: Path) -> None:

@@ -69,8 +69,19 @@ MAINTENANCE = Deployment(
     limit=1,
 )
 
+#: The failed-jobs digest (flows/notify.py), run by the notification automations: CRITICAL
+#: priority in the scan pool, so that a burst of failing scans does not delay the message about
+#: them. Not a job type: its failures are no job's (deployments/control/notifications.py).
+NOTIFY = Deployment(
+    "notify",
+    "digest",
+    "flows.notify:digest",
+    QUEUES_BY_NAME["scan"],
+    work_queue=Priority.CRITICAL,
+)
+
 #: Every deployment prefect.yaml declares.
-ALL_DEPLOYMENTS: tuple[Deployment, ...] = (*DEPLOYMENTS, MAINTENANCE)
+ALL_DEPLOYMENTS: tuple[Deployment, ...] = (*DEPLOYMENTS, MAINTENANCE, NOTIFY)
 
 
 @dataclass(frozen=True)

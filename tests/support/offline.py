@@ -72,6 +72,8 @@ class Offline:
     artifacts: list[dict[str, Any]] = field(default_factory=list)
     #: The server slots the flows held (tasks/server_slot.py), in order.
     slots: list[str] = field(default_factory=list)
+    #: What the flows announced to the notifications (completed backups, corrupt archives).
+    announced: list[tuple[str, Any]] = field(default_factory=list)
 
     def add_server(self, **fields: Any) -> Server:
         """A server in the inventory file (read by the flows' `find_server`)."""
@@ -135,6 +137,17 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Offline
     logger = logging.getLogger("tests.offline")
     for module in (tasks.backup, tasks.archive_checks, flows.check, flows.backup):
         monkeypatch.setattr(module, "get_run_logger", lambda: logger)
+    # The notifications' events need Prefect's server: recorded instead.
+    monkeypatch.setattr(
+        flows.backup,
+        "announce_backup",
+        lambda run_id, server: state.announced.append(("backup", server.id)),
+    )
+    monkeypatch.setattr(
+        flows.check,
+        "announce_corrupt",
+        lambda report, run_id: state.announced.append(("corrupt", report)),
+    )
     output = logging.getLogger("tests.offline.command-output")
     for module in (tasks.backup, tasks.update):
         monkeypatch.setattr(module, "command_output_logger", lambda: output)

@@ -279,6 +279,9 @@ def test_the_check_job_fails_naming_the_corrupt_backup(
     assert "does not match" in entry["error"]
     stored = repo.read(SERVER, bad.backup_id)
     assert stored is not None and stored.status is BackupStatus.CORRUPT
+    # One announcement for the notifications, naming the bad one only.
+    [(kind, report)] = offline.announced
+    assert kind == "corrupt" and [f.manifest.backup_id for f in report.corrupt] == [bad.backup_id]
     # Only the server asked for: the other's backup was not read.
     assert repo.read(other_server.server_id, other_server.backup_id) == other_server
     assert [p for p, _ in offline.progress.milestones] == [10, 20, 90]

@@ -27,6 +27,7 @@ def test_a_fresh_server_lacks_every_pool_and_deployment() -> None:
         "deployment update/update",
         "deployment check/check",
         "deployment maintenance/maintenance",
+        "deployment notify/digest",
     ]
 
 
@@ -37,6 +38,7 @@ def test_pools_without_their_deployments_are_not_ready() -> None:
         "deployment update/update",
         "deployment check/check",
         "deployment maintenance/maintenance",
+        "deployment notify/digest",
     ]
 
 
