@@ -407,7 +407,6 @@ def test_job_logs_page_filter_and_keep_command_output_for_admins(
 
 
 def test_bulk_enqueue_cancel_and_retry_answer_one_result_each_under_the_ownership_rules(
-    failing_scan: dict[str, Any],
     alice: Api,
     bob: Api,
     target: LocalTarget,
@@ -454,11 +453,12 @@ def test_bulk_enqueue_cancel_and_retry_answer_one_result_each_under_the_ownershi
     done = ok(alice.post("/api/jobs/cancel", json={"ids": ids}))
     assert done["succeeded"] == 0 and all("already ended" in r["message"] for r in done["results"])
 
-    # Retry by filters: the failed scan of the refusing server.
-    alice.wait_for_state(failing_scan["jobId"], "failed", timeout=150)
-    retried = ok(alice.post("/api/jobs/retry", json={"serverId": failing_scan["enqueuedServerId"]}))
-    assert [r["jobId"] for r in retried["results"]] == [failing_scan["jobId"]]
-    assert retried["succeeded"] == 1
+    # Retry by filters: a backup of a server without a `backup` section fails at once, for good.
+    failed = ok(alice.post(f"/api/servers/{mine[1]}/backup"), 202)["jobId"]
+    assert alice.wait_for_state(failed, "completed", "failed")["state"] == "failed"
+    retried = ok(alice.post("/api/jobs/retry", json={"serverId": mine[1]}))
+    assert [r["jobId"] for r in retried["results"]] == [failed]
+    assert retried["succeeded"] == 1 and retried["results"][0]["state"] == "waiting"
     assert "not both" in error(
         alice.post("/api/jobs/retry", json={"ids": ids, "state": "failed"}), 422
     )

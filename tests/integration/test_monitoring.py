@@ -177,9 +177,10 @@ def test_prometheus_fires_the_stale_backup_alerts_and_clears_them(
 
 
 @pytest.mark.slow
-def test_the_cost_of_a_scrape_with_many_servers_and_ended_runs(stack, tmp_path):
-    """Measured, and bounded: 200 servers' repositories and 450 runs ended at once (three pages
-    of the job counters' read). Prints the figures docs/DESIGN.md quotes."""
+def test_a_scrape_counts_many_ended_runs_once_over_several_pages(stack, tmp_path):
+    """200 servers' repositories and 450 runs ended at once (three pages of the job counters'
+    read) are counted once. Prints the times docs/DESIGN.md quotes; they are figures, not
+    asserted (a timed test fails on a loaded machine, and proves nothing on an idle one)."""
     assert stack.shim_url
     repo = BackupRepository(stack.backup_root)
     now = datetime.now(UTC)
@@ -256,4 +257,3 @@ def _measure(shim_url: str, create: Callable[[], None]) -> None:
         f"{spent[2] - spent[0]:.3f} s"
     )
     assert _sample(text, "mm_jobs_finished_total", **labels) - before == 450
-    assert timings[0] < 5 and max(timings[1:]) < 1
