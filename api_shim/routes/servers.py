@@ -138,7 +138,7 @@ async def scan_many(
 
     async def start(server: Server, key: str | None) -> ScanEnqueued:
         return await _job(
-            request, gateway, caller, job_type, server.id, "scan_id", {}, body, key, ScanEnqueued
+            gateway, caller, job_type, server.id, "scan_id", {}, body, key, ScanEnqueued
         )
 
     return await _many(request, gateway, caller, body, _any, start, idempotency_key)
@@ -167,8 +167,8 @@ async def backup_many(
         backup_recipients(options, backup_spec(server), encryption)
         extra = {"options": options.model_dump(mode="json")}
         return await _job(
-            request, gateway, caller, JobType.BACKUP_MANUAL, server.id, "backup_id", extra,
-            body, key, BackupEnqueued,
+            gateway, caller, JobType.BACKUP_MANUAL, server.id, "backup_id", extra, body, key,
+            BackupEnqueued,
         )  # fmt: skip
 
     return await _many(request, gateway, caller, body, _backed_up, start, idempotency_key)
@@ -263,14 +263,13 @@ async def _enqueue(
     message: str,
 ) -> Envelope[E]:
     data = await _job(
-        request, gateway, caller, job_type, server_id, id_name, extra, body,
+        gateway, caller, job_type, server_id, id_name, extra, body,
         scoped_key(request, caller.user_id, idempotency_key), answer,
     )  # fmt: skip
     return Envelope(message=message, data=data)
 
 
 async def _job(
-    request: Request,
     gateway: GatewayDep,
     caller: Caller,
     job_type: JobType,

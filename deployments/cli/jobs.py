@@ -167,10 +167,11 @@ async def follow_logs(
     async with prefect_client() as client:
         await snapshot(client, job_id)  # an unknown job is JobNotFound, not an empty log
         after: datetime | None = None
+        newest: datetime | None = None
         ended_at: float | None = None
         while True:
             offset = 0
-            while True:
+            while True:  # the pages of one read share its `after`, or offsets would skip
                 page = await jobs.read_logs(
                     client, job_id, level=level, after=after, limit=LOG_PAGE, offset=offset,
                     full=True,
@@ -179,11 +180,12 @@ async def follow_logs(
                     if line.id not in seen:
                         seen.add(line.id)
                         on_line(line)
-                        newest = line.timestamp - FOLLOW_OVERLAP
-                        after = newest if after is None or newest > after else after
+                    if newest is None or line.timestamp > newest:
+                        newest = line.timestamp
                 if len(page) < LOG_PAGE:
                     break
                 offset += LOG_PAGE
+            after = newest - FOLLOW_OVERLAP if newest is not None else None
             if not follow:
                 return
             now = asyncio.get_running_loop().time()
