@@ -37,9 +37,12 @@ from deployments.cli.render import (
     backups_table,
     check_summary,
     clean_summary,
+    job_record,
     members_table,
+    server_record,
     servers_table,
     show,
+    to_json,
 )
 from deployments.control.jobs import Enqueued, JobSnapshot, LogLine, log_level
 from deployments.control.queues import Priority
@@ -142,6 +145,9 @@ PriorityOption = Annotated[
     ),
 ]
 WaitOption = Annotated[bool, typer.Option("--wait", help="Follow the job until it ends.")]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print JSON (one document, or one per line) for scripts.")
+]
 InOption = Annotated[
     timedelta | None,
     typer.Option(
@@ -171,6 +177,7 @@ def _start(
     priority: Priority | None,
     wait: bool,
     when: tuple[timedelta | None, datetime | None] = (None, None),
+    as_json: bool = False,
     **extra: Any,
 ) -> None:
     """Enqueue one job (now, or when `when` says: `--in`, `--at`), print its job id, and
@@ -185,14 +192,32 @@ def _start(
     }
     job: Enqueued = asyncio.run(enqueue(job_type, parameters, priority, due))
     later = f", delayed until {due.isoformat()}" if due else ""
-    _announce(job, job_type.value, f", {_camel(id_name)} {parameters[id_name]}{later}")
+    ids = {_camel(id_name): parameters[id_name]}
+    _announce(
+        job,
+        job_type.value,
+        f", {_camel(id_name)} {parameters[id_name]}{later}",
+        as_json and not wait,
+        ids,
+    )
     if wait:
-        _watch(job.job_id)
+        _watch(job.job_id, as_json)
 
 
-def _announce(job: Enqueued, what: str, ids: str = "") -> None:
-    """The job id on stdout, for scripts; what was queued where on stderr, for people."""
-    out.print(str(job.job_id), markup=False)
+def _announce(
+    job: Enqueued,
+    what: str,
+    ids: str = "",
+    as_json: bool = False,
+    more: dict[str, Any] | None = None,
+) -> None:
+    """The job id on stdout, for scripts (or, `as_json`, the job as created); what was queued
+    where on stderr, for people."""
+    if as_json:
+        record = {"jobId": job.job_id, "queue": job.queue, "due": job.due, **(more or {})}
+        out.print(to_json(record), markup=False, soft_wrap=True)
+    else:
+        out.print(str(job.job_id), markup=False)
     err.print(
         f"{what} queued on {job.queue}: jobId {job.job_id}{ids}", markup=False, soft_wrap=True
     )
@@ -203,7 +228,9 @@ def _camel(name: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
-def _watch(job_id: UUID) -> None:
+def _watch(job_id: UUID, as_json: bool = False) -> None:
+    """Follow the job (its progress on stderr) until it ends; exit 1 unless it completed.
+    `as_json`: the job as it ended, on stdout."""
     try:
         with JobProgress(str(job_id), err) as bar:
             last: JobSnapshot = asyncio.run(watch(job_id, bar.update))
@@ -211,8 +238,11 @@ def _watch(job_id: UUID) -> None:
         err.print(f"stopped watching; job {job_id} goes on", markup=False, soft_wrap=True)
         raise typer.Exit(Exit.INTERRUPTED) from None
     reason = f": {last.message}" if last.message else ""
+    if as_json:
+        out.print(to_json(job_record(last)), markup=False, soft_wrap=True)
     if last.state is JobState.COMPLETED:
-        out.print(f"job {job_id} completed{reason}", markup=False)
+        if not as_json:
+            out.print(f"job {job_id} completed{reason}", markup=False)
         return
     _fail(f"job {job_id} {last.state.value} ({last.state_name}){reason}")
 
@@ -240,6 +270,7 @@ def backup(
     in_: InOption = None,
     at: AtOption = None,
     wait: WaitOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Back up a server (a backup:manual job), now or later."""
     options = BackupOptions(compression=compression or False, encryption=encrypt)
@@ -250,6 +281,7 @@ def backup(
         priority,
         wait,
         (in_, at),
+        as_json,
         options=options.model_dump(mode="json"),
     )
 
@@ -263,10 +295,11 @@ def scan(
     in_: InOption = None,
     at: AtOption = None,
     wait: WaitOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Scan a server (scan:full, or scan:quick with --quick), now or later."""
     job_type = JobType.SCAN_QUICK if quick else JobType.SCAN_FULL
-    _start(job_type, server_id, "scan_id", priority, wait, (in_, at))
+    _start(job_type, server_id, "scan_id", priority, wait, (in_, at), as_json)
 
 
 @app.command()
@@ -277,18 +310,20 @@ def update(
     in_: InOption = None,
     at: AtOption = None,
     wait: WaitOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Run a server's update command (an update:server job), now or later."""
-    _start(JobType.UPDATE_SERVER, server_id, "update_id", priority, wait, (in_, at))
+    _start(JobType.UPDATE_SERVER, server_id, "update_id", priority, wait, (in_, at), as_json)
 
 
 @app.command("watch")
 @reported
 def watch_command(
     job_id: Annotated[str, typer.Argument(help="Job id (the flow-run id).")],
+    as_json: JsonOption = False,
 ) -> None:
     """Follow a job until it ends; exit 0 if it completed, 1 otherwise."""
-    _watch(_uuid("job", job_id))
+    _watch(_uuid("job", job_id), as_json)
 
 
 @app.command()
@@ -301,10 +336,21 @@ def logs(
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Go on printing lines until the job ends.")
     ] = False,
+    as_json: JsonOption = False,
 ) -> None:
-    """Print a job's log (Prefect's flow-run logs), oldest first: time, level, message."""
+    """Print a job's log (Prefect's flow-run logs), oldest first: time, level, message
+    (`--json`: one object per line)."""
 
     def show_line(line: LogLine) -> None:
+        if as_json:
+            record = {
+                "timestamp": line.timestamp,
+                "level": line.level_name,
+                "message": line.message,
+                "taskRunId": line.task_run_id,
+            }
+            out.print(to_json(record), markup=False, soft_wrap=True)
+            return
         stamp = line.timestamp.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         out.print(f"{stamp} {line.level_name:<8} {line.message}", markup=False, soft_wrap=True)
 
@@ -326,18 +372,20 @@ QueueArgument = Annotated[
 
 @app.command()
 @reported
-def pause(queue: QueueArgument = None) -> None:
+def pause(queue: QueueArgument = None, as_json: JsonOption = False) -> None:
     """Hold new jobs of a queue (or all): they wait as `paused`; running jobs go on."""
     pools = asyncio.run(set_paused(queue, True))
-    out.print(f"paused {', '.join(pools)}", markup=False)
+    text = to_json({"paused": pools}) if as_json else f"paused {', '.join(pools)}"
+    out.print(text, markup=False)
 
 
 @app.command()
 @reported
-def resume(queue: QueueArgument = None) -> None:
+def resume(queue: QueueArgument = None, as_json: JsonOption = False) -> None:
     """Let the held jobs of a queue (or all) start again, highest priority first."""
     pools = asyncio.run(set_paused(queue, False))
-    out.print(f"resumed {', '.join(pools)}", markup=False)
+    text = to_json({"resumed": pools}) if as_json else f"resumed {', '.join(pools)}"
+    out.print(text, markup=False)
 
 
 @app.command()
@@ -347,6 +395,7 @@ def clean(
         bool, typer.Option("--dry-run", help="Only count what would be deleted.")
     ] = False,
     wait: WaitOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Apply the retention policies now: old job records and old backup archives.
 
@@ -354,9 +403,9 @@ def clean(
     starts; with --wait, follows it and prints what it deleted.
     """
     job = asyncio.run(enqueue_maintenance({"dry_run": dry_run, "user_id": _operator()}))
-    _announce(job, f"maintenance{' (dry run)' if dry_run else ''}")
+    _announce(job, f"maintenance{' (dry run)' if dry_run else ''}", as_json=as_json and not wait)
     if wait:
-        _watch_report(job.job_id, clean_summary)
+        _watch_report(job.job_id, clean_summary, as_json)
 
 
 @app.command()
@@ -370,6 +419,7 @@ def check(
         typer.Option("--server", metavar="SERVER_ID", help="Only this server's archives."),
     ] = None,
     wait: WaitOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Re-read stored archives against their manifests now (a check:archives job).
 
@@ -386,21 +436,25 @@ def check(
     if server_id is not None:
         parameters["server_id"] = str(_uuid("server", server_id))
     job = asyncio.run(enqueue(JobType.CHECK_ARCHIVES, parameters, None))
-    _announce(job, JobType.CHECK_ARCHIVES.value)
+    _announce(job, JobType.CHECK_ARCHIVES.value, as_json=as_json and not wait)
     if wait:
-        _watch_report(job.job_id, check_summary)
+        _watch_report(job.job_id, check_summary, as_json)
 
 
-def _watch_report(job_id: UUID, summary: Callable[[dict[str, Any]], str]) -> None:
+def _watch_report(
+    job_id: UUID, summary: Callable[[dict[str, Any]], str], as_json: bool = False
+) -> None:
     """Follow a job whose result is a report, then print the report: also when the job failed
-    (a check's corrupt archives matter most then), not when the watch was interrupted."""
+    (a check's corrupt archives matter most then), not when the watch was interrupted.
+    `as_json`: the job as it ended, its report as its `result`."""
     try:
-        _watch(job_id)
+        _watch(job_id, as_json)
     except typer.Exit as stopped:
-        if stopped.exit_code == Exit.FAILED:
+        if stopped.exit_code == Exit.FAILED and not as_json:
             _show_result(job_id, summary)
         raise
-    _show_result(job_id, summary)
+    if not as_json:
+        _show_result(job_id, summary)
 
 
 def _show_result(job_id: UUID, summary: Callable[[dict[str, Any]], str]) -> None:
@@ -413,10 +467,13 @@ def _show_result(job_id: UUID, summary: Callable[[dict[str, Any]], str]) -> None
 @reported
 def backups(
     server_id: Annotated[str, typer.Argument(help="Server id.")],
+    as_json: JsonOption = False,
 ) -> None:
-    """List the backups of a server in the repository."""
+    """List the backups of a server in the repository (`--json`: their manifests)."""
     wanted = _uuid("server", server_id)
     manifests = backups_of([wanted])
+    if as_json:
+        out.print(to_json(manifests), markup=False, soft_wrap=True)
     if not manifests:
         err.print(
             f"no backups of server {wanted} in " + ", ".join(str(r.root) for r in repositories()),
@@ -424,7 +481,8 @@ def backups(
             soft_wrap=True,
         )
         return
-    show(out, backups_table(str(wanted), manifests))
+    if not as_json:
+        show(out, backups_table(str(wanted), manifests))
 
 
 IdentityOption = Annotated[
@@ -450,10 +508,14 @@ def ls(
         str | None,
         typer.Argument(help="A path in the backup (e.g. /srv/app): only what is at or under it."),
     ] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """List the files of a backup (type, size, time, path), from its listing."""
     repository, manifest = find_backup(backup_id)
     listed = select(members(repository, manifest), [path] if path else [])
+    if as_json:
+        out.print(to_json(list(listed)), markup=False, soft_wrap=True)
+        return
     show(out, members_table(str(manifest.backup_id), listed))
 
 
@@ -462,6 +524,7 @@ def ls(
 def verify(
     backup_id: Annotated[str, typer.Argument(help="Backup id.")],
     identity: IdentityOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Check a backup's archive against its manifest (size, sha256, readable by tar).
 
@@ -470,6 +533,18 @@ def verify(
     """
     repository, manifest = find_backup(backup_id)
     result = repository.verify(manifest, _identity(identity) if manifest.encrypted else None)
+    if as_json:
+        record = {
+            "backupId": result.backup_id,
+            "ok": True,
+            "fileCount": result.file_count,
+            "size": result.size,
+            "sha256": result.sha256,
+            "encrypted": manifest.encrypted,
+            "decrypted": result.decrypted,
+        }
+        out.print(to_json(record), markup=False, soft_wrap=True)
+        return
     checked = ""
     if manifest.encrypted:
         checked = (
@@ -507,6 +582,7 @@ def restore_command(
         typer.Option("--same-owner", help="Keep the files' owners (root only); else yours."),
     ] = False,
     identity: IdentityOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Verify a backup, then unpack it, or only the --path ones, into DEST (which must be empty
     unless --overwrite). Nothing is written outside DEST, no setuid bit, no device node. An
@@ -521,6 +597,14 @@ def restore_command(
         same_owner=same_owner,
         identity=_identity(identity) if manifest.encrypted else None,
     )
+    if as_json:
+        record = {
+            "backupId": manifest.backup_id,
+            "destination": done.destination,
+            "restored": [str(p) for p in done.written],
+        }
+        out.print(to_json(record), markup=False, soft_wrap=True)
+        return
     out.print(
         f"backup {manifest.backup_id}: restored {plural(len(done.written), 'member')} into "
         f"{done.destination}",
@@ -531,9 +615,14 @@ def restore_command(
 
 @app.command()
 @reported
-def servers() -> None:
+def servers(as_json: JsonOption = False) -> None:
     """List the servers of the inventory."""
-    show(out, servers_table(load_inventory(get_settings().paths.inventory)))
+    inventory = load_inventory(get_settings().paths.inventory)
+    if as_json:
+        records = [server_record(server) for server in inventory.servers]
+        out.print(to_json(records), markup=False, soft_wrap=True)
+        return
+    show(out, servers_table(inventory))
 
 
 def main() -> None:

@@ -1,13 +1,15 @@
 """How the CLI shows things: rich tables of servers, backups and a backup's files, a job's live
-progress bar, and what a clean did."""
+progress bar, and what a clean did; and the same as JSON, for scripts (`--json`)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from datetime import datetime
 from types import TracebackType
 from typing import Any
 
+from pydantic import BaseModel
 from rich.console import Console
 from rich.measure import Measurement
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn
@@ -16,7 +18,7 @@ from rich.text import Text
 
 from deployments.control.jobs import JobSnapshot
 from tasks.archive_listing import Member
-from tasks.core.inventory import Inventory
+from tasks.core.inventory import Inventory, Server
 from tasks.repository import BackupStatus, Manifest
 
 _STATUS_STYLE = {
@@ -195,3 +197,56 @@ def check_summary(result: dict[str, Any]) -> str:
             for f in found
         )
     return "\n".join(lines)
+
+
+# -- JSON, for scripts (`--json`) ------------------------------------------------------------
+
+
+def to_json(value: Any) -> str:
+    """One line of JSON; times as ISO 8601, ids as strings."""
+    return json.dumps(value, default=_plain, separators=(",", ":"))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", by_alias=True)
+    return str(value)  # UUIDs, paths, enums
+
+
+def job_record(job: JobSnapshot) -> dict[str, Any]:
+    """A job as `--json` prints it: the facts the API's job has, by the same names."""
+    return {
+        "id": job.id,
+        "name": job.name,
+        "state": job.state.value,
+        "stateName": job.state_name,
+        "progress": job.percent,
+        "step": job.step,
+        "attempts": job.attempts,
+        "maxAttempts": job.max_attempts,
+        "message": job.message,
+        "result": job.result,
+        "queue": job.pool,
+        "parameters": job.parameters,
+        "created": job.created,
+        "started": job.started,
+        "ended": job.ended,
+    }
+
+
+def server_record(server: Server) -> dict[str, Any]:
+    """A server of the inventory as `servers --json` prints it (no key files, no commands)."""
+    backup = server.backup
+    return {
+        "id": server.id,
+        "name": server.name,
+        "host": server.host,
+        "port": server.port,
+        "username": server.username,
+        "paths": backup.paths if backup is not None else [],
+        "schedule": backup.schedule if backup is not None else None,
+        "timezone": backup.timezone if backup is not None else None,
+        "owners": server.owners,
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,7 +19,7 @@ from deployments.cli import jobs as cli_jobs
 from deployments.cli import main as cli
 from deployments.cli.jobs import DeploymentMissing
 from deployments.cli.main import Exit
-from deployments.control.jobs import Enqueued, JobSnapshot
+from deployments.control.jobs import Enqueued, JobSnapshot, LogLine
 from deployments.control.queues import Priority
 from deployments.control.states import JobState
 from tasks.atomic import atomic_file
@@ -536,3 +537,83 @@ def test_a_bad_time_is_bad_input(sent: list[Any], args: list[str]) -> None:
     result = runner.invoke(cli.app, args)
     assert result.exit_code == Exit.BAD_INPUT, result.output
     assert not sent
+
+
+# -- --json, for scripts -----------------------------------------------------------------------
+
+
+def _json(result: Any) -> Any:
+    assert result.exit_code in (Exit.DONE, Exit.FAILED), result.output
+    return json.loads(result.stdout)
+
+
+def test_json_of_a_job_asked_for(sent: list[Any]) -> None:
+    record = _json(runner.invoke(cli.app, ["backup", SERVER, "--json", "--in", "1h"]))
+    [(_, parameters, _)] = sent
+    assert record["jobId"] == "11111111-2222-4333-8444-555555555555"
+    assert record["queue"] == "pool/queue" and record["backupId"] == parameters["backup_id"]
+    record = _json(runner.invoke(cli.app, ["scan", SERVER, "--quick", "--json"]))
+    assert record["scanId"] == sent[-1][1]["scan_id"] and record["due"] is None
+
+
+@pytest.mark.parametrize(("state", "code"), [(JobState.COMPLETED, 0), (JobState.FAILED, 1)])
+def test_json_of_a_watched_job_is_the_job_as_it_ended(
+    monkeypatch: pytest.MonkeyPatch, state: JobState, code: int
+) -> None:
+    async def watch(job_id: UUID, on_update: Any) -> JobSnapshot:
+        snap = _snapshot(state, state.value.title(), "why", 100.0, "done")
+        on_update(snap)
+        return snap
+
+    monkeypatch.setattr(cli, "watch", watch)
+    result = runner.invoke(cli.app, ["watch", str(uuid4()), "--json"])
+    assert result.exit_code == code
+    record = json.loads(result.stdout)
+    assert record["state"] == state.value and record["message"] == "why"
+    assert set(record) >= {"id", "progress", "attempts", "result", "queue", "started", "ended"}
+
+
+def test_json_of_servers_backups_files_verify_and_restore(tmp_path: Path) -> None:
+    _inventory(tmp_path)
+    [server] = _json(runner.invoke(cli.app, ["servers", "--json"]))
+    assert server["id"] == SERVER and server["port"] == 2200 and server["paths"] == ["/srv"]
+    assert "private_key_file" not in server
+    manifest = _backup(tmp_path)
+    backup_id = str(manifest.backup_id)
+    [listed] = _json(runner.invoke(cli.app, ["backups", SERVER, "--json"]))
+    assert listed["backupId"] == backup_id and listed["status"] == "completed"
+    files = _json(runner.invoke(cli.app, ["ls", backup_id, "--json"]))
+    assert sorted((f["type"], f["path"], f["size"]) for f in files) == [
+        ("dir", ".", 0),
+        ("dir", "./d", 0),
+        ("file", "./b.bin", 2560),
+        ("file", "./d/a.txt", 5),
+    ]
+    verified = _json(runner.invoke(cli.app, ["verify", backup_id, "--json"]))
+    assert verified["ok"] is True and verified["fileCount"] == 2
+    restored = _json(runner.invoke(cli.app, ["restore", backup_id, str(tmp_path / "r"), "--json"]))
+    assert restored["backupId"] == backup_id and len(restored["restored"]) >= 2
+
+
+def test_json_of_pause_and_logs(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def set_paused(queue: str | None, paused: bool) -> list[str]:
+        return ["backup"]
+
+    monkeypatch.setattr(cli, "set_paused", set_paused)
+    assert _json(runner.invoke(cli.app, ["pause", "backup", "--json"])) == {"paused": ["backup"]}
+    assert _json(runner.invoke(cli.app, ["resume", "--json"])) == {"resumed": ["backup"]}
+
+    async def follow_logs(job_id: UUID, on_line: Any, **options: Any) -> None:
+        for n in range(2):
+            on_line(
+                LogLine(
+                    uuid4(), datetime(2026, 12, 3, tzinfo=UTC), 20, "prefect", f"line {n}", None
+                )
+            )
+
+    monkeypatch.setattr(cli, "follow_logs", follow_logs)
+    result = runner.invoke(cli.app, ["logs", str(uuid4()), "--json"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["message"] for line in lines] == ["line 0", "line 1"]
+    assert lines[0]["level"] == "info" and lines[0]["timestamp"].startswith("2026-12-03")
