@@ -20,7 +20,6 @@ from uuid import UUID, uuid4
 import httpx
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import FlowRun, State
-from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled, Cancelling, Scheduled
 
@@ -35,14 +34,6 @@ from api_shim.gateway.errors import (
 )
 from api_shim.gateway.jobs import api_job
 from api_shim.gateway.readiness import PREFECT_API, ReadyMark, look, missing_parts
-from api_shim.gateway.selection import (
-    WAITING_FOR_SERVER_READ,
-    Scope,
-    Slice,
-    needs_waiting_for_server,
-    slices_for,
-    waiting_for_server,
-)
 from api_shim.metrics import PREFECT_SECONDS
 from api_shim.schemas import Job, JobList, PrefectStatus, QueueCounts, ServiceHealth
 from deployments.control.catalogue import (
@@ -53,7 +44,6 @@ from deployments.control.catalogue import (
     user_tag,
 )
 from deployments.control.jobs import (
-    PAGE,
     POOLS,
     Enqueued,
     Holds,
@@ -66,6 +56,16 @@ from deployments.control.jobs import (
     state_of,
 )
 from deployments.control.queues import Priority
+from deployments.control.selection import (
+    WAITING_FOR_SERVER_READ,
+    Scope,
+    Slice,
+    needs_waiting_for_server,
+    page_of,
+    read_slice,
+    slices_for,
+    waiting_for_server,
+)
 from deployments.control.states import STARTED, JobState
 from tasks.core.jobs import JobType
 
@@ -402,22 +402,16 @@ class Gateway:
         if server_id is not None:
             # A user's scope still applies: another's server gives an empty page, as an unknown one.
             slices = [replace(s, tags=(*s.tags, server_tag(server_id))) for s in slices]
-        totals = await asyncio.gather(*(self._count(s, scope) for s in slices))
-        if len(slices) == 1:
-            runs = await self._read(slices[0], scope, offset, limit)
-        else:
-            # A union: the first offset+limit of each slice, merged in the same order.
-            wanted = offset + limit
-            reads = [
-                self._read(part, scope, 0, min(wanted, n))
-                for part, n in zip(slices, totals, strict=True)
-            ]
-            parts = await asyncio.gather(*reads)
-            merged = sorted((run for part in parts for run in part), key=_due, reverse=True)
-            runs = merged[offset : offset + limit]
+        runs, total = await page_of(
+            slices,
+            lambda part: self._count(part, scope),
+            lambda part, start, n: self._read(part, scope, start, n),
+            offset,
+            limit,
+        )
         reader = JobReader(self.client, full_reasons=scope is None)
         page = [api_job(j) for j in await self.call("read_job_details", reader.jobs(runs, holds))]
-        return JobList(jobs=page, count=len(page), total=sum(totals), limit=limit, offset=offset)
+        return JobList(jobs=page, count=len(page), total=total, limit=limit, offset=offset)
 
     async def counts(self, scope: Scope | None) -> dict[str, QueueCounts]:
         """Jobs per queue and state, by count queries run side by side."""
@@ -546,23 +540,5 @@ class Gateway:
         if scope is not None and scope.empty:
             return []
         deployments = await self.deployments_of(part.pools)
-        runs: list[FlowRun] = []
-        while len(runs) < limit:
-            wanted = min(PAGE, limit - len(runs))
-            page = await self.call(
-                "read_flow_runs",
-                self.client.read_flow_runs(
-                    flow_run_filter=part.flow_run_filter(scope, deployments=deployments),
-                    sort=FlowRunSort.EXPECTED_START_TIME_DESC,
-                    limit=wanted,
-                    offset=offset + len(runs),
-                ),
-            )
-            runs.extend(page)
-            if len(page) < wanted:
-                break
-        return runs
-
-
-def _due(run: FlowRun) -> tuple[datetime, str]:
-    return (run.expected_start_time or run.created or datetime.min.replace(tzinfo=UTC), str(run.id))
+        flow_run_filter = part.flow_run_filter(scope, deployments=deployments)
+        return await read_slice(self.client, flow_run_filter, offset, limit, self.call)

@@ -11,19 +11,32 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 import httpx
 from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.filters import FlowRunFilter
+from prefect.client.schemas.objects import FlowRun
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 
 from deployments.control import jobs
-from deployments.control.catalogue import CATALOGUE, MAINTENANCE
+from deployments.control.catalogue import CATALOGUE, DEPLOYMENTS, MAINTENANCE, server_tag
 from deployments.control.jobs import Enqueued, JobSnapshot
 from deployments.control.queues import Priority
+from deployments.control.selection import (
+    WAITING_FOR_SERVER_READ,
+    Slice,
+    needs_waiting_for_server,
+    page_of,
+    read_slice,
+    slices_for,
+    waiting_for_server,
+)
+from deployments.control.states import JobState
 from tasks.core.jobs import JobType
 
 #: Seconds between two looks at a watched job.
@@ -195,3 +208,42 @@ async def follow_logs(
             if ended_at is not None and now - ended_at > 2 * poll_seconds + 1:
                 return
             await asyncio.sleep(poll_seconds)
+
+
+async def list_jobs(
+    queue: str | None, state: JobState | None, server_id: UUID | None, limit: int
+) -> tuple[list[JobSnapshot], int]:
+    """The newest `limit` jobs of a queue (or all), in a state (or any), of a server (or any),
+    chosen by the same slices as the API's list; and how many match in all."""
+    pools = tuple(jobs.pools_of(queue))
+    async with prefect_client() as client:
+        holds = await jobs.read_holds(client)
+        by_pool: dict[str, list[UUID]] = {pool: [] for pool in pools}
+        for deployment in DEPLOYMENTS:
+            if deployment.queue.name in by_pool:
+                try:
+                    found = await client.read_deployment_by_name(deployment.full_name)
+                except ObjectNotFound:
+                    raise _missing(deployment.full_name) from None
+                by_pool[deployment.queue.name].append(found.id)
+
+        def flow_runs(part: Slice) -> FlowRunFilter:
+            ids = [i for pool in part.pools for i in by_pool[pool]]
+            return part.flow_run_filter(None, deployments=ids)
+
+        async def count(part: Slice) -> int:
+            return await client.count_flow_runs(flow_run_filter=flow_runs(part))
+
+        async def read(part: Slice, offset: int, n: int) -> list[FlowRun]:
+            return await read_slice(client, flow_runs(part), offset, n)
+
+        waiting = (
+            await read(waiting_for_server(pools), 0, WAITING_FOR_SERVER_READ)
+            if needs_waiting_for_server(state)
+            else []
+        )
+        slices = slices_for(state, pools, holds, datetime.now(UTC), [r.id for r in waiting])
+        if server_id is not None:
+            slices = [replace(s, tags=(*s.tags, server_tag(server_id))) for s in slices]
+        runs, total = await page_of(slices, count, read, 0, limit)
+        return await jobs.JobReader(client, full_reasons=True).jobs(runs, holds), total

@@ -29,6 +29,7 @@ from deployments.cli.jobs import (
     enqueue_maintenance,
     follow_logs,
     job_result,
+    list_jobs,
     set_paused,
     watch,
 )
@@ -38,6 +39,7 @@ from deployments.cli.render import (
     check_summary,
     clean_summary,
     job_record,
+    jobs_table,
     members_table,
     server_record,
     servers_table,
@@ -360,6 +362,31 @@ def logs(
         )
     except KeyboardInterrupt:
         raise typer.Exit(Exit.INTERRUPTED) from None
+
+
+@app.command("jobs")
+@reported
+def jobs_command(
+    queue: Annotated[
+        str | None, typer.Option(help="Only this queue: backup, scan or update.")
+    ] = None,
+    state: Annotated[
+        JobState | None, typer.Option(help="Only jobs in this state.", show_default=False)
+    ] = None,
+    server_id: Annotated[
+        str | None, typer.Option("--server", metavar="SERVER_ID", help="Only this server's jobs.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=200, help="At most this many.")] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """List jobs, newest first, chosen as `GET /api/jobs` chooses them (every user's)."""
+    server = _uuid("server", server_id) if server_id is not None else None
+    found, total = asyncio.run(list_jobs(queue, state, server, limit))
+    if as_json:
+        record = {"jobs": [job_record(j) for j in found], "count": len(found), "total": total}
+        out.print(to_json(record), markup=False, soft_wrap=True)
+        return
+    show(out, jobs_table(found, total))
 
 
 QueueArgument = Annotated[

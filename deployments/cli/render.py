@@ -101,6 +101,25 @@ def members_table(backup_id: str, members: Iterable[Member]) -> Table:
     return table
 
 
+def jobs_table(jobs: Iterable[JobSnapshot], total: int) -> Table:
+    """One row per job, newest first, as `medicine-man jobs` lists them."""
+    listed = list(jobs)
+    table = Table(title=f"Jobs: {len(listed)} of {total}")
+    for column in ("id", "job", "state", "progress", "server", "created", "reason"):
+        table.add_column(column, no_wrap=column in ("id", "server"))
+    for job in listed:
+        table.add_row(
+            str(job.id),
+            job.name,
+            f"{job.state.value} ({job.state_name})",
+            f"{job.percent:.0f} %",
+            str(job.parameters.get("server_id") or "-"),
+            _when(job.created),
+            Text(job.message or "") if job.state.final else Text(job.step or ""),
+        )
+    return table
+
+
 def servers_table(inventory: Inventory) -> Table:
     """One row per server of the inventory."""
     table = Table(title="Servers")

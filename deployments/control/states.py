@@ -66,7 +66,8 @@ STARTED: frozenset[StateType] = frozenset(
 )
 
 #: The job state of a Running run with `WAITING_FOR_SERVER_TAG`: it holds a process but has not
-#: begun its work, so it is not `active` (api_shim/gateway/selection.py filters by the same rule).
+#: begun its work, so it is not `active` (deployments/control/selection.py filters by the same
+#: rule).
 WAITING_FOR_SERVER = JobState.WAITING
 
 

@@ -3,6 +3,7 @@ retries, an active and a delayed job, with every documented field checked."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -406,7 +407,20 @@ def test_job_logs_page_filter_and_keep_command_output_for_admins(
     assert unknown.returncode == 2 and "no job" in unknown.stderr
 
 
+def _cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    """`medicine-man ARGS` as an operator runs it against this stack."""
+    env = {**os.environ, "PREFECT_API_URL": stack.api_url}
+    if stack.auth_string:
+        env["PREFECT_API_AUTH_STRING"] = stack.auth_string
+    return subprocess.run(
+        [sys.executable, "-m", "deployments.cli.main", *args],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+
+
 def test_bulk_enqueue_cancel_and_retry_answer_one_result_each_under_the_ownership_rules(
+    stack: Stack,
+    admin: Api,
     alice: Api,
     bob: Api,
     target: LocalTarget,
@@ -450,6 +464,20 @@ def test_bulk_enqueue_cancel_and_retry_answer_one_result_each_under_the_ownershi
     assert (
         ok(alice.get("/api/jobs", params={"serverId": mine[0], "state": "delayed"}))["total"] == 0
     )
+    # The operator's CLI lists the same jobs as the API, by the same filters.
+    listed = _cli(stack, "jobs", "--server", mine[0], "--json", "--limit", "200")
+    assert listed.returncode == 0, listed.stderr
+    record = json.loads(listed.stdout)
+    api = ok(admin.get("/api/jobs", params={"serverId": mine[0], "limit": 200}))
+    assert [j["id"] for j in record["jobs"]] == [j["id"] for j in api["jobs"]]
+    assert record["total"] == api["total"] >= 2
+    assert {j["state"] for j in record["jobs"]} == {"cancelled"}
+    cancelled_only = json.loads(
+        _cli(stack, "jobs", "--state", "cancelled", "--server", mine[0], "--json").stdout
+    )
+    assert cancelled_only["total"] == record["total"]
+    bad = _cli(stack, "jobs", "--state", "stuck")
+    assert bad.returncode == 2, bad.stderr
     done = ok(alice.post("/api/jobs/cancel", json={"ids": ids}))
     assert done["succeeded"] == 0 and all("already ended" in r["message"] for r in done["results"])
 

@@ -617,3 +617,27 @@ def test_json_of_pause_and_logs(monkeypatch: pytest.MonkeyPatch) -> None:
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["message"] for line in lines] == ["line 0", "line 1"]
     assert lines[0]["level"] == "info" and lines[0]["timestamp"].startswith("2026-12-03")
+
+
+def test_jobs_lists_by_the_filters_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[tuple[Any, ...]] = []
+
+    async def list_jobs(
+        queue: str | None, state: JobState | None, server: UUID | None, limit: int
+    ) -> tuple[list[JobSnapshot], int]:
+        asked.append((queue, state, server, limit))
+        return [_snapshot(JobState.FAILED, "Failed", "refused", 100.0, None)], 7
+
+    monkeypatch.setattr(cli, "list_jobs", list_jobs)
+    record = _json(
+        runner.invoke(
+            cli.app, ["jobs", "--queue", "scan", "--state", "failed", "--server", SERVER, "--json"]
+        )
+    )
+    assert asked == [("scan", JobState.FAILED, UUID(SERVER), 50)]
+    assert record["count"] == 1 and record["total"] == 7
+    assert record["jobs"][0]["state"] == "failed" and record["jobs"][0]["message"] == "refused"
+    table = runner.invoke(cli.app, ["jobs"])
+    assert table.exit_code == 0 and "Jobs: 1 of 7" in table.stdout and "refused" in table.stdout
+    assert runner.invoke(cli.app, ["jobs", "--limit", "500"]).exit_code == Exit.BAD_INPUT
+    assert runner.invoke(cli.app, ["jobs", "--server", "web-1"]).exit_code == Exit.BAD_INPUT

@@ -13,9 +13,9 @@ import yaml
 from prefect.client.schemas.objects import FlowRun
 
 from api_shim.access import scope_of, usable_server, usable_servers
-from api_shim.gateway.selection import Scope, Slice
 from api_shim.routes.servers import _info
 from deployments.control.catalogue import server_tag, user_tag
+from deployments.control.selection import Scope, Slice
 from tasks.core.callers import Caller, Role
 from tasks.core.errors import InventoryError, ServerNotFound
 from tasks.core.inventory import Inventory, load_inventory

@@ -1,6 +1,6 @@
 """Which runs show as which job state when a pool, or one of its work queues, is paused, and
 when a Running run waits for its server: the one run's state
-(deployments.control.jobs.state_of) and the lists' filters (api_shim.gateway.selection) must
+(deployments.control.jobs.state_of) and the lists' filters (deployments.control.selection) must
 agree."""
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from prefect.client.schemas.objects import FlowRun, State, StateType
 
-from api_shim.gateway.selection import (
+from deployments.control.catalogue import server_tag, user_tag
+from deployments.control.jobs import Holds, state_of
+from deployments.control.selection import (
     Scope,
     Slice,
     needs_waiting_for_server,
     slices_for,
     waiting_for_server,
 )
-from deployments.control.catalogue import server_tag, user_tag
-from deployments.control.jobs import Holds, state_of
 from deployments.control.states import JobState
 from tasks.core.jobs import WAITING_FOR_SERVER_TAG
 

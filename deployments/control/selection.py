@@ -13,12 +13,14 @@ slices are cut by those ids, which keeps them disjoint even while a tag comes or
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
+from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterDeploymentId,
@@ -30,9 +32,10 @@ from prefect.client.schemas.filters import (
     FlowRunFilterWorkQueueName,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.sorting import FlowRunSort
 
 from deployments.control.catalogue import server_tag, user_tag
-from deployments.control.jobs import Holds
+from deployments.control.jobs import PAGE, Holds
 from deployments.control.states import (
     STATE_TABLE,
     WAITING_FOR_SERVER,
@@ -213,3 +216,66 @@ def slices_for(
         if state is STATE_TABLE[StateType.SCHEDULED] and not held:
             slices.append(Slice(scheduled, part, due_before=now, work_queues=queues))
     return slices
+
+
+#: How a reader sends one Prefect call: as it is (the CLI), or through the shim's gateway,
+#: which bounds its time and translates its errors.
+Call = Callable[[str, Awaitable[list[FlowRun]]], Awaitable[list[FlowRun]]]
+
+
+async def _as_it_is(operation: str, awaitable: Awaitable[list[FlowRun]]) -> list[FlowRun]:
+    return await awaitable
+
+
+async def read_slice(
+    client: PrefectClient,
+    flow_run_filter: FlowRunFilter,
+    offset: int,
+    limit: int,
+    call: Call = _as_it_is,
+) -> list[FlowRun]:
+    """Up to `limit` runs of a slice's filter from `offset`, newest (by due time) first, in
+    pages Prefect accepts."""
+    runs: list[FlowRun] = []
+    while len(runs) < limit:
+        wanted = min(PAGE, limit - len(runs))
+        page = await call(
+            "read_flow_runs",
+            client.read_flow_runs(
+                flow_run_filter=flow_run_filter,
+                sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+                limit=wanted,
+                offset=offset + len(runs),
+            ),
+        )
+        runs.extend(page)
+        if len(page) < wanted:
+            break
+    return runs
+
+
+def due_order(run: FlowRun) -> tuple[datetime, str]:
+    """The lists' order, newest first when reversed: by due time, then id."""
+    return (run.expected_start_time or run.created or datetime.min.replace(tzinfo=UTC), str(run.id))
+
+
+async def page_of(
+    slices: Sequence[Slice],
+    count: Callable[[Slice], Awaitable[int]],
+    read: Callable[[Slice, int, int], Awaitable[list[FlowRun]]],
+    offset: int,
+    limit: int,
+) -> tuple[list[FlowRun], int]:
+    """A page of the union of disjoint `slices`, newest first, and how many runs they hold:
+    each slice's first offset+limit runs, merged in the same order."""
+    totals = await asyncio.gather(*(count(s) for s in slices))
+    if len(slices) == 1:
+        runs = await read(slices[0], offset, limit)
+    else:
+        wanted = offset + limit
+        parts = await asyncio.gather(
+            *(read(part, 0, min(wanted, n)) for part, n in zip(slices, totals, strict=True))
+        )
+        merged = sorted((run for part in parts for run in part), key=due_order, reverse=True)
+        runs = merged[offset : offset + limit]
+    return runs, sum(totals)
