@@ -95,9 +95,13 @@ def test_hostile_requests_are_clear_4xx_and_change_nothing(
             assert field in error(send("body", "POST", path, json=body), 422), body
 
     # Malformed JSON and JSON that is not an object.
-    for raw in [b'{"scan_type":', b"{'scan_type': 'quick'}", b"\xff\xfe", b"nul"]:
+    for raw in [b'{"scan_type":', b"{'scan_type': 'quick'}", b"nul"]:
         response = send("malformed", "POST", scan, content=raw, headers=_json)
         assert "malformed JSON" in error(response, 422), raw
+    # Bytes that are not UTF-8, which JSON must be (api_shim/body_guard.py).
+    for raw in [b"\xff\xfe", b'{"scan_type": "\xe9"}']:
+        response = send("not-utf8", "POST", scan, content=raw, headers=_json)
+        assert "not UTF-8" in error(response, 400), raw
     assert "body" in error(send("array", "POST", scan, json=["quick"]), 422)
 
     # Wrong content types.
