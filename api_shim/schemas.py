@@ -21,7 +21,7 @@ from pydantic.alias_generators import to_camel
 from deployments.control.queues import QUEUES, Priority
 from deployments.control.states import JobState
 from tasks.archive_listing import Member
-from tasks.core.due import due_time, parse_run_at
+from tasks.core.due import MAX_AHEAD, due_time, parse_run_at
 from tasks.core.jobs import BackupOptions
 from tasks.repository import Manifest
 
@@ -97,7 +97,10 @@ class Timing(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     delay: int | None = Field(
-        None, ge=0, description="Milliseconds to wait before the job may start."
+        None,
+        ge=0,
+        le=MAX_AHEAD // timedelta(milliseconds=1),
+        description="Milliseconds to wait before the job may start (at most a year).",
     )
     run_at: RunAt | None = Field(None, alias="runAt")
 

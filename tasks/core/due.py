@@ -55,7 +55,10 @@ def parse_duration(text: str) -> timedelta:
     parts = list(_DURATION.finditer(cleaned))
     if not parts or "".join(p.group(0) for p in parts) != re.sub(r"\s+", "", cleaned):
         raise ValueError(f"{text!r} is not a duration such as 90s, 10m, 2h or 1h30m")
-    return sum((float(p.group(1)) * _UNITS[p.group(2).lower()] for p in parts), timedelta())
+    try:
+        return sum((float(p.group(1)) * _UNITS[p.group(2).lower()] for p in parts), timedelta())
+    except OverflowError:
+        raise ValueError(f"{text!r} is longer than any date can be") from None
 
 
 def due_time(
@@ -65,6 +68,8 @@ def due_time(
     `delay` and `run_at`; neither more than `MAX_AHEAD` away."""
     if delay is not None and run_at is not None:
         raise ValueError("give a delay or a time to run at, not both")
+    if delay is not None and delay > MAX_AHEAD:  # before the sum, which could overflow
+        raise ValueError(f"a delay of {delay} is more than {MAX_AHEAD.days} days ahead")
     now = now or datetime.now(UTC)
     due = now + delay if delay is not None else run_at
     if due is None or due <= now:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import ValidationError
 
-from api_shim.schemas import BackupRequest, ScanRequest
+from api_shim.schemas import BackupRequest, ScanRequest, UpdateRequest
 from tasks.core.due import MAX_AHEAD, due_time, parse_duration, parse_run_at
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
@@ -65,6 +65,16 @@ def test_due_time() -> None:
         due_time(timedelta(1), NOW + timedelta(hours=1), NOW)
     with pytest.raises(ValueError, match="days ahead"):
         due_time(MAX_AHEAD + timedelta(days=1), None, NOW)
+    # The largest delay a timedelta holds is refused, not an overflow (a fuzzer's 500).
+    with pytest.raises(ValueError, match="days ahead"):
+        due_time(timedelta.max, None, NOW)
+
+
+def test_delays_beyond_any_date_are_refused_with_the_field_named() -> None:
+    with pytest.raises(ValueError, match="longer than any date"):
+        parse_duration("99999999999999w")
+    with pytest.raises(ValidationError, match="delay"):
+        UpdateRequest.model_validate({"delay": 66419627956033590115958784})
 
 
 def test_requests_take_delay_or_run_at_and_keep_them_out_of_the_options() -> None:
