@@ -204,21 +204,33 @@ def test_a_scrape_counts_many_ended_runs_once_over_several_pages(stack, tmp_path
 
     created: list[uuid.UUID] = []
 
+    # A few requests at a time (one after another, the 450 creates took most of a minute); a
+    # gate per event loop, as each asyncio.run has its own.
     async def create(n: int) -> None:
+        gate = asyncio.Semaphore(6)
         async with stack.client() as client:
             deployment = await client.read_deployment_by_name("scan/scan")
-            for _ in range(n):
-                run = await client.create_flow_run_from_deployment(
-                    deployment.id,
-                    parameters={"server_id": str(uuid.uuid4()), "job_type": "scan:quick"},
-                    state=Completed(),
-                )
+
+            async def one() -> None:
+                async with gate:
+                    run = await client.create_flow_run_from_deployment(
+                        deployment.id,
+                        parameters={"server_id": str(uuid.uuid4()), "job_type": "scan:quick"},
+                        state=Completed(),
+                    )
                 created.append(run.id)
 
+            await asyncio.gather(*(one() for _ in range(n)))
+
     async def delete() -> None:
+        gate = asyncio.Semaphore(6)
         async with stack.client() as client:
-            for run_id in created:
-                await client.delete_flow_run(run_id)
+
+            async def one(run_id: uuid.UUID) -> None:
+                async with gate:
+                    await client.delete_flow_run(run_id)
+
+            await asyncio.gather(*(one(run_id) for run_id in created))
 
     try:
         _measure(stack.shim_url, lambda: asyncio.run(create(450)))

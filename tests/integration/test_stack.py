@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from typing import Any
+from uuid import UUID
 
 import pytest
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.actions import DeploymentUpdate, WorkPoolUpdate
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.workers.process import ProcessWorker
 
 from deployments.control.bootstrap import schedule_slug
@@ -156,6 +166,45 @@ def test_bootstrap_follows_inventory_changes(stack: Stack, inventory: InventoryF
         slugs = [s.slug for s in client.read_deployment_schedules(deployment_id)]
     assert slug not in slugs
     assert schedule_slug(SCHEDULED_SERVER_ID) in slugs
+
+
+def _scheduled_runs(client: SyncPrefectClient, server_id: UUID) -> list[FlowRun]:
+    deployment = client.read_deployment_by_name(BACKUP.full_name)
+    runs = client.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+        flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+        ),
+    )
+    return [r for r in runs if r.parameters.get("server_id") == str(server_id)]
+
+
+def test_a_schedule_shows_its_next_run_as_one_delayed_job(
+    stack: Stack, inventory: InventoryFile
+) -> None:
+    """Prefect's scheduler keeps 3 runs ahead by default (a daily backup showed 3 delayed
+    jobs); the stack's settings keep the next one (deployments/system/prefect_server.py)."""
+    added = inventory.add_server(
+        host="127.0.0.1",
+        username="nobody",
+        private_key_file="/nonexistent/id_ed25519",
+        backup={"paths": ["/srv"], "schedule": "30 2 * * *"},
+    )
+    try:
+        stack.bootstrap()
+        # The scheduler visits recently changed deployments every few seconds, and inserts a
+        # schedule's runs in one transaction: the first one seen comes with any others.
+        deadline = time.monotonic() + 90
+        with stack.sync_client() as client:
+            while not (runs := _scheduled_runs(client, added)) and time.monotonic() < deadline:
+                time.sleep(1)
+        assert len(runs) == 1, [r.expected_start_time for r in runs]
+        assert runs[0].auto_scheduled
+    finally:
+        inventory.remove(added)
+        stack.bootstrap()
+    with stack.sync_client() as client:
+        assert _scheduled_runs(client, added) == []
 
 
 def test_prefect_deploy_all_yields_the_same_deployments(stack: Stack) -> None:
