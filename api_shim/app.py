@@ -10,7 +10,8 @@ Every answer is in the `{success, message, data}` envelope, errors too; no error
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -19,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api_shim.auth import Forbidden
 from api_shim.body_guard import BodyGuard
@@ -69,6 +71,52 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
 
 
+#: The methods of OpenAPI's path items.
+_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+
+
+def _methods_of(item: dict[str, Any]) -> set[str]:
+    return {method.upper() for method in item if method in _METHODS}
+
+
+def _allowed_methods(path: str) -> list[str]:
+    """The methods the OpenAPI document lists for `path`: a fixed path's own
+    (`/api/jobs/cancel`), else those of each path with parameters that it fits
+    (`/api/jobs/{job_id}`: GET and DELETE, where Starlette's `Allow` names the first route's)."""
+    paths = app.openapi()["paths"]
+    if path in paths:
+        return sorted(_methods_of(paths[path]))
+    fits = [
+        item
+        for template, item in paths.items()
+        if re.fullmatch(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)), path)
+    ]
+    return sorted(set().union(*(_methods_of(item) for item in fits)))
+
+
+def _not_allowed(method: str, path: str) -> JSONResponse:
+    # With the `Allow` header that RFC 9110 asks of a 405.
+    allowed = ", ".join(_allowed_methods(path))
+    return _error(405, f"method {method} not allowed on {path}", headers={"Allow": allowed})
+
+
+class FixedPathMethods:
+    """A 405 for a method that a fixed path does not take (`GET /api/jobs/cancel`), before the
+    router tries the paths with parameters, where it would be `GET /api/jobs/{job_id}` with a
+    bad id (a 422), and before the caller is checked, as Starlette's own 405s are."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            item = app.openapi()["paths"].get(scope["path"])  # built once, then kept
+            if item is not None and scope["method"] not in _methods_of(item):
+                await _not_allowed(scope["method"], scope["path"])(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 app = FastAPI(
     title="Medicine Man Jobs API",
     version="1.0.0",
@@ -81,6 +129,7 @@ app = FastAPI(
 for module in (health, servers, jobs, backups, queues, metrics, checks):
     app.include_router(module.router)
 app.add_middleware(BodyGuard, limit=lambda: get_settings().api.max_body_bytes)
+app.add_middleware(FixedPathMethods)
 # Added last, so outermost: the time includes the body guard's.
 app.add_middleware(RequestTiming)
 
@@ -90,9 +139,10 @@ def _error(
     message: str,
     details: list[ErrorDetail] | None = None,
     retry_after: int | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     body = ErrorEnvelope(message=message, data=ErrorData(errors=details) if details else None)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    headers = {**(headers or {}), **({"WWW-Authenticate": "Bearer"} if status == 401 else {})}
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
     return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers or None)
@@ -156,7 +206,7 @@ def _detail(error: Any) -> ErrorDetail:
 @app.exception_handler(HTTPException)
 async def _http(request: Request, exc: HTTPException) -> JSONResponse:
     if exc.status_code == 405:
-        return _error(405, f"method {request.method} not allowed on {request.url.path}")
+        return _not_allowed(request.method, request.url.path)
     if exc.status_code == 404 and request.scope.get("route") is None:
         # No route matched, e.g. an id with a slash (`..%2F..`) in it.
         return _error(404, f"no endpoint {request.method} {request.url.path}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal, TypeVar
 from uuid import UUID
 
 from pydantic import (
@@ -12,16 +12,21 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
+    StrictBool,
     WithJsonSchema,
     create_model,
+    field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from deployments.control.queues import QUEUES, Priority
 from deployments.control.states import JobState
 from tasks.archive_listing import Member
-from tasks.core.due import MAX_AHEAD, due_time, parse_run_at
+from tasks.core.due import MAX_DELAY, MAX_EPOCH_MS, due_time, run_at_from_json
 from tasks.core.jobs import BackupOptions
 from tasks.repository import Manifest
 
@@ -73,24 +78,66 @@ else:
     PriorityName = Literal[tuple(p.queue_name for p in Priority)]
     #: A pool's name: backup, scan or update.
     QueueName = Literal[tuple(queue.name for queue in QUEUES)]
+
+
+def _a_json_number(value: object) -> object:
+    """Pydantic reads "5" and true as the integer 5 and 1; JSON Schema's integer is neither."""
+    if isinstance(value, str | bool):
+        raise ValueError("expected a number")
+    return value
+
+
 #: A work queue by name or by its number (1 = critical ... 4 = low), as BullMQ priorities were.
-PriorityValue = PriorityName | Annotated[int, Field(ge=min(Priority), le=max(Priority))]
+PriorityValue = (
+    PriorityName
+    | Annotated[int, Field(ge=min(Priority), le=max(Priority)), BeforeValidator(_a_json_number)]
+)
 
 
 #: `runAt` as the API takes it: epoch milliseconds or ISO 8601 (tasks/core/due.py).
 RunAt = Annotated[
     datetime,
-    BeforeValidator(parse_run_at),
+    BeforeValidator(run_at_from_json),
     WithJsonSchema(
         {
-            "anyOf": [{"type": "integer"}, {"type": "string", "format": "date-time"}],
+            "anyOf": [
+                {"type": "integer", "minimum": 0, "maximum": MAX_EPOCH_MS},
+                {"type": "string", "format": "date-time"},
+            ],
             "description": "Epoch milliseconds or ISO 8601; a time past means now.",
         }
     ),
 ]
 
 
-class Timing(BaseModel):
+#: JSON Schema rules between a request's fields (`FieldRules`).
+Rules = tuple[dict[str, Any], ...]
+
+
+def given(field: str) -> dict[str, Any]:
+    """JSON Schema: `field` is there and not null."""
+    return {"required": [field], "properties": {field: {"not": {"type": "null"}}}}
+
+
+class FieldRules(BaseModel):
+    """A request whose fields depend on each other ("this or that, not both"): its validators
+    say so to the caller, and `field_rules` (JSON Schema, collected over the class's bases)
+    say it in the OpenAPI document, so that what the document calls valid is accepted."""
+
+    field_rules: ClassVar[Rules] = ()
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler(core_schema)
+        rules = [rule for klass in cls.__mro__ for rule in vars(klass).get("field_rules", ())]
+        if rules:
+            handler.resolve_ref_schema(schema)["allOf"] = rules
+        return schema
+
+
+class Timing(FieldRules):
     """When a job may start (new): now, unless `delay` or `runAt` says later; such a job is
     `delayed` until then, and can be cancelled before."""
 
@@ -99,10 +146,14 @@ class Timing(BaseModel):
     delay: int | None = Field(
         None,
         ge=0,
-        le=MAX_AHEAD // timedelta(milliseconds=1),
+        le=MAX_DELAY // timedelta(milliseconds=1),
         description="Milliseconds to wait before the job may start (at most a year).",
     )
     run_at: RunAt | None = Field(None, alias="runAt")
+
+    field_rules: ClassVar[Rules] = ({"not": {"allOf": [given("delay"), given("runAt")]}},)
+
+    _delay_is_a_number = field_validator("delay", mode="before")(_a_json_number)
 
     @model_validator(mode="after")
     def _one_due_time(self) -> Timing:
@@ -139,7 +190,10 @@ class UpdateRequest(Timing):
 MAX_BULK_SERVERS = 1000
 
 
-class ServerChoice(BaseModel):
+_ALL = {"required": ["all"], "properties": {"all": {"const": True}}}
+
+
+class ServerChoice(FieldRules):
     """The servers of a bulk enqueue: `serverIds`, or `all` the caller may use."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -147,7 +201,14 @@ class ServerChoice(BaseModel):
     server_ids: list[UUID] | None = Field(
         None, alias="serverIds", min_length=1, max_length=MAX_BULK_SERVERS
     )
-    all: bool = Field(False, description="Every server the caller may use (that has a backup).")
+    all: StrictBool = Field(
+        False, description="Every server the caller may use (that has a backup)."
+    )
+
+    field_rules: ClassVar[Rules] = (
+        {"anyOf": [given("serverIds"), _ALL]},
+        {"not": {"allOf": [given("serverIds"), _ALL]}},
+    )
 
     @model_validator(mode="after")
     def _one_choice(self) -> ServerChoice:
@@ -178,7 +239,7 @@ class CheckRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    all: bool = False
+    all: StrictBool = False
     server_id: UUID | None = None
 
 
@@ -191,6 +252,10 @@ class CleanRequest(BaseModel):
     older_than_seconds: int = Field(7 * 24 * 3600, ge=0, le=10 * 365 * 24 * 3600)
     #: Completed jobs beyond the newest this many of each queue are deleted too.
     keep_completed: int = Field(1000, ge=0, le=1_000_000)
+
+    _numbers = field_validator("older_than_seconds", "keep_completed", mode="before")(
+        _a_json_number
+    )
 
 
 # -- servers --------------------------------------------------------------------------------
@@ -325,7 +390,10 @@ class Cancelled(Schema):
 MAX_BULK = 200
 
 
-class BulkJobsRequest(BaseModel):
+_FILTERS = (given("queue"), given("state"), given("serverId"))
+
+
+class BulkJobsRequest(FieldRules):
     """The jobs a bulk retry or cancel acts on: by id, or by the list's filters (the caller's
     jobs only, as in `GET /api/jobs`)."""
 
@@ -335,6 +403,11 @@ class BulkJobsRequest(BaseModel):
     queue: QueueName | None = None
     state: JobState | None = None
     server_id: UUID | None = Field(None, alias="serverId")
+
+    field_rules: ClassVar[Rules] = (
+        {"anyOf": [given("ids"), *_FILTERS]},
+        {"not": {"allOf": [given("ids"), {"anyOf": list(_FILTERS)}]}},
+    )
 
     @model_validator(mode="after")
     def _ids_or_filters(self) -> BulkJobsRequest:

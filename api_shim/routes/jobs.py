@@ -71,9 +71,18 @@ def _choice(field: str, value: str | None, allowed: list[str]) -> str | None:
 async def list_jobs(
     scope: CallerScope,
     gateway: GatewayDep,
-    queue: Annotated[str | None, Query(description=f"One of {', '.join(POOLS)}.")] = None,
+    # Checked here, not by FastAPI, for the original's 400 naming the allowed values; listed
+    # as the parameters' `enum` all the same.
+    queue: Annotated[
+        str | None,
+        Query(description=f"One of {', '.join(POOLS)}.", json_schema_extra={"enum": [*POOLS]}),
+    ] = None,
     state: Annotated[
-        str | None, Query(description=f"One of {', '.join(s.value for s in JobState)}.")
+        str | None,
+        Query(
+            description=f"One of {', '.join(s.value for s in JobState)}.",
+            json_schema_extra={"enum": [s.value for s in JobState]},
+        ),
     ] = None,
     server_id: Annotated[
         UUID | None, Query(alias="serverId", description="Only this server's jobs.")
@@ -216,7 +225,10 @@ async def job_logs(
     gateway: GatewayDep,
     level: Annotated[
         str,
-        Query(description=f"At least this level: {', '.join(LOG_LEVELS)} or a number."),
+        Query(
+            description=f"At least this level: {', '.join(LOG_LEVELS)} or a number.",
+            json_schema_extra={"pattern": f"^({'|'.join(LOG_LEVELS)}|[0-9]+)$"},
+        ),
     ] = "debug",
     limit: Annotated[
         int, Query(ge=1, description=f"Lines per page; above {MAX_LOG_LINES}: {MAX_LOG_LINES}.")

@@ -467,7 +467,7 @@ class LogLine:
 
 def log_level(value: str) -> int:
     """A level by name (`info`) or number (20); ValueError names the names."""
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return int(value)
     try:
         return LOG_LEVELS[value.lower()]

@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, StrictBool
 
 from tasks.core.errors import InvalidOptions
 from tasks.core.inventory import BackupSpec, Server
@@ -67,10 +67,11 @@ class BackupOptions(BaseModel):
 
     backup_type: Literal["full"] = "full"
     #: True picks zstd (gzip when the server has no zstd); a name picks that codec.
-    compression: bool | Literal["none", "gzip", "zstd"] = False
+    # Strict: JSON's true and false only, not "yes" or 1, as the API's schema says.
+    compression: StrictBool | Literal["none", "gzip", "zstd"] = False
     #: True encrypts the archive to the server's recipients (tasks/encryption.py); False leaves
     #: the server's `backup.encrypt` to decide, it never turns encryption off.
-    encryption: bool = False
+    encryption: StrictBool = False
 
     @property
     def wanted_compression(self) -> Literal["none", "gzip", "zstd", "auto"]:

@@ -76,3 +76,41 @@ def test_a_body_that_is_not_utf8_is_the_documented_400_in_the_envelope() -> None
         "message": "request body is not UTF-8 (byte 11): send UTF-8 JSON",
         "data": None,
     }
+
+
+def test_a_method_the_document_does_not_list_is_a_405_with_the_listed_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`GET /api/jobs/cancel` is not `GET /api/jobs/{job_id}` with a bad id (a 422), and
+    `Allow` names every method of the path, not the first route's (the fuzzer's finds)."""
+    import asyncio
+    import uuid
+
+    import httpx
+
+    from api_shim.app import app
+    from tasks.core.callers import mint_token
+
+    secret = "s" * 32
+    monkeypatch.setenv("MM_JWT_SECRET", secret)
+    headers = {"Authorization": f"Bearer {mint_token(secret, 'someone')}"}
+
+    async def ask(method: str, path: str) -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://shim") as client:
+            return await client.request(method, path, headers=headers)
+
+    for method, path, allowed in [
+        ("GET", "/api/jobs/cancel", "POST"),
+        ("PUT", "/api/backups/check", "POST"),
+        ("OPTIONS", f"/api/jobs/{uuid.uuid4()}", "DELETE, GET"),
+        ("TRACE", "/api/jobs", "GET"),
+    ]:
+        response = asyncio.run(ask(method, path))
+        assert response.status_code == 405, (method, path, response.text)
+        assert response.headers["allow"] == allowed, (method, path)
+        assert response.json()["message"] == f"method {method} not allowed on {path}"
+    # The methods a path takes go on to the route (here to the inventory, which is missing).
+    for method, path in [("POST", "/api/jobs/cancel"), ("GET", "/api/jobs/web-1")]:
+        response = asyncio.run(ask(method, path))
+        assert response.status_code == 503 and "inventory" in response.text, (method, path)

@@ -8,7 +8,14 @@ import pytest
 from pydantic import ValidationError
 
 from api_shim.schemas import BackupRequest, ScanRequest, UpdateRequest
-from tasks.core.due import MAX_AHEAD, due_time, parse_duration, parse_run_at
+from tasks.core.due import (
+    MAX_DELAY,
+    MAX_EPOCH_MS,
+    due_time,
+    parse_duration,
+    parse_run_at,
+    run_at_from_json,
+)
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 
@@ -63,11 +70,25 @@ def test_due_time() -> None:
     assert due_time(timedelta(0), None, NOW) is None
     with pytest.raises(ValueError, match="not both"):
         due_time(timedelta(1), NOW + timedelta(hours=1), NOW)
-    with pytest.raises(ValueError, match="days ahead"):
-        due_time(MAX_AHEAD + timedelta(days=1), None, NOW)
+    with pytest.raises(ValueError, match="366 days"):
+        due_time(MAX_DELAY + timedelta(days=1), None, NOW)
     # The largest delay a timedelta holds is refused, not an overflow (a fuzzer's 500).
-    with pytest.raises(ValueError, match="days ahead"):
+    with pytest.raises(ValueError, match="366 days"):
         due_time(timedelta.max, None, NOW)
+    # A time may be far ahead: what the OpenAPI document calls valid is accepted.
+    far = datetime(9999, 12, 31, tzinfo=UTC)
+    assert due_time(None, far, NOW) == far
+
+
+def test_the_apis_run_at_is_what_its_schema_says() -> None:
+    assert run_at_from_json(MAX_EPOCH_MS).year == 9999
+    assert run_at_from_json(2.0e12) == run_at_from_json(2_000_000_000_000)
+    refused = [MAX_EPOCH_MS + 1, -1, 1.5, float("nan"), float("inf"), "1798081200000"]
+    for value in refused:
+        with pytest.raises(ValueError):
+            run_at_from_json(value)
+    with pytest.raises(ValueError, match="beyond the last time"):
+        run_at_from_json("9999-12-31T23:00-05:00")
 
 
 def test_delays_beyond_any_date_are_refused_with_the_field_named() -> None:
