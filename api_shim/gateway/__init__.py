@@ -23,6 +23,7 @@ from prefect.client.schemas.objects import FlowRun, State
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled, Cancelling, Scheduled
 
+from api_shim.gateway.changes import JobChanges
 from api_shim.gateway.creation import Reaper, find_by_key, settle
 from api_shim.gateway.errors import (
     DeploymentMissing,
@@ -104,6 +105,8 @@ class Gateway:
         self._deployment_ids: dict[str, UUID] = {}
         self._reading_ids = asyncio.Lock()
         self.reaper = Reaper(client)
+        #: What Prefect's event stream says changed, for the jobs' event streams.
+        self.changes = JobChanges()
         self._deployments_read = -DEPLOYMENT_CACHE_SECONDS - 1.0
         self._ready = ReadyMark()
         #: The look at Prefect that /health probes are waiting for, if one is under way.
@@ -123,6 +126,7 @@ class Gateway:
             try:
                 yield gateway
             finally:
+                await gateway.changes.close()
                 await gateway.reaper.close()
 
     async def call(self, operation: str, awaitable: Awaitable[T], *, create: bool = False) -> T:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
@@ -50,6 +51,9 @@ MAX_LOG_LINES = 200
 UNENDED = tuple(state for state in JobState if not state.final)
 #: Seconds between keep-alive comments on a quiet event stream, so proxies keep it open.
 KEEPALIVE_SECONDS = 15.0
+#: Seconds between reads of a job whose stream tells of no change: a safety net for an event
+#: lost in a reconnect, rare enough that 100 open streams cost about one read a second.
+SAFETY_READ_SECONDS = 100.0
 
 
 class InvalidQuery(Exception):
@@ -300,8 +304,8 @@ async def cancel_job(job_id: UUID, scope: CallerScope, gateway: GatewayDep) -> E
 async def job_events(job_id: UUID, scope: CallerScope, gateway: GatewayDep) -> StreamingResponse:
     """Server-Sent Events: a `job` event whenever the state or progress changes, an `end`
     event once the job is final (or an `error` event if it can no longer be read)."""
-    first = await gateway.job(job_id, scope)  # 404 before the stream starts
-    stream = _events(gateway, job_id, scope, first, get_settings().api.events_poll)
+    await gateway.job(job_id, scope)  # 404 before the stream starts
+    stream = _events(gateway, job_id, scope, get_settings().api.events_poll)
     return StreamingResponse(
         stream,
         media_type="text/event-stream",
@@ -310,35 +314,46 @@ async def job_events(job_id: UUID, scope: CallerScope, gateway: GatewayDep) -> S
 
 
 async def _events(
-    gateway: Gateway, job_id: UUID, scope: Scope | None, job: Job, poll: float
+    gateway: Gateway, job_id: UUID, scope: Scope | None, poll: float
 ) -> AsyncIterator[str]:
+    """The job read again at each change Prefect's event stream tells of
+    (api_shim/gateway/changes.py), every `poll` seconds while there is no stream, and every
+    `SAFETY_READ_SECONDS` in any case."""
     last: tuple[JobState, float] | None = None
-    quiet = 0.0
-    while True:
-        if (job.state, job.progress) != last:
-            last = (job.state, job.progress)
-            quiet = 0.0
-            event = JobEvent(
-                job_id=job.id,
-                state=job.state,
-                progress=job.progress,
-                message=job.failed_reason,
-                final=job.state.final,
-            )
-            yield _sse("job", event.model_dump_json(by_alias=True))
-            if job.state.final:
-                yield _sse("end", event.model_dump_json(by_alias=True))
+    keepalive = asyncio.get_running_loop().time() + KEEPALIVE_SECONDS
+    with gateway.changes.listen(job_id) as changed:
+        while True:
+            changed.clear()
+            try:
+                job = await gateway.job(job_id, scope)
+            except GatewayError as exc:
+                yield _sse("error", json.dumps({"message": exc.message}))
                 return
-        elif quiet >= KEEPALIVE_SECONDS:
-            quiet = 0.0
-            yield ": keep-alive\n\n"
-        await asyncio.sleep(poll)
-        quiet += poll
-        try:
-            job = await gateway.job(job_id, scope)
-        except GatewayError as exc:
-            yield _sse("error", json.dumps({"message": exc.message}))
-            return
+            if (job.state, job.progress) != last:
+                last = (job.state, job.progress)
+                event = JobEvent(
+                    job_id=job.id,
+                    state=job.state,
+                    progress=job.progress,
+                    message=job.failed_reason,
+                    final=job.state.final,
+                )
+                yield _sse("job", event.model_dump_json(by_alias=True))
+                if job.state.final:
+                    yield _sse("end", event.model_dump_json(by_alias=True))
+                    return
+            # Until a change or the next read's time, with keep-alives for proxies meanwhile.
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            while not changed.is_set():
+                due = began + (SAFETY_READ_SECONDS if gateway.changes.live else poll)
+                if loop.time() >= due:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), min(due, keepalive) - loop.time())
+                if loop.time() >= keepalive:
+                    keepalive = loop.time() + KEEPALIVE_SECONDS
+                    yield ": keep-alive\n\n"
 
 
 def _sse(event: str, data: str) -> str:
