@@ -86,12 +86,14 @@ def _allowed_methods(path: str) -> list[str]:
     paths = app.openapi()["paths"]
     if path in paths:
         return sorted(_methods_of(paths[path]))
-    fits = [
-        item
-        for template, item in paths.items()
-        if re.fullmatch(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)), path)
-    ]
+    fits = [item for template, item in paths.items() if re.fullmatch(_pattern(template), path)]
     return sorted(set().union(*(_methods_of(item) for item in fits)))
+
+
+def _pattern(template: str) -> str:
+    """A path template as a regular expression: each `{parameter}` is one path segment."""
+    parts = re.split(r"(\{[^/}]+\})", template)
+    return "".join("[^/]+" if part.startswith("{") else re.escape(part) for part in parts)
 
 
 def _not_allowed(method: str, path: str) -> JSONResponse:
