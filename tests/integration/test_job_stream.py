@@ -1,5 +1,6 @@
 """A job's event stream (`GET /api/jobs/:id/events`) follows Prefect's event stream: it reads
-the job when it changes, not every half second (api_shim/gateway/changes.py)."""
+the job when it changes, not every half second (api_shim/gateway/changes.py). In both modes:
+in scaled mode the events come through Redis, from either Prefect API process."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import uuid
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from api_shim.routes.jobs import SAFETY_READ_SECONDS
 from deployments.system.local_target import LocalTarget
 from deployments.system.stack import Stack
 from tests.integration.conftest import InventoryFile
@@ -51,5 +53,9 @@ def test_a_quiet_job_is_read_once_and_its_end_arrives_as_it_happens(
             quiet_reads = _job_reads(stack) - before
             assert quiet_reads <= 2, quiet_reads
             ok(eve.post(f"/api/jobs/{job_id}/cancel"))
+            cancelled_at = time.monotonic()
             rest = list(events)
+            took = time.monotonic() - cancelled_at
         assert rest[-1][0] == "end" and rest[-1][1]["state"] == "cancelled", rest
+        # Told by an event, not found by the safety net's read (or there were no events).
+        assert took < SAFETY_READ_SECONDS / 2, took
