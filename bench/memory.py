@@ -241,7 +241,7 @@ def _loaded(stack: Stack, http: httpx.Client, servers: dict[str, str]) -> tuple[
     """Every pool full at once (`LOADED`), the whole stack watched; the most runs Running at
     once, from the state history."""
     backups = [servers[f"backup-{n}"] for n in range(LOADED["backup"])]
-    posts = [(f"/api/servers/{s}/backup", {}) for s in backups]
+    posts: list[tuple[str, dict[str, Any]]] = [(f"/api/servers/{s}/backup", {}) for s in backups]
     posts += [(f"/api/servers/{backups[0]}/scan", {"scan_type": "full"})] * LOADED["scan"]
     posts += [
         (f"/api/servers/{servers[f'update-{n}']}/update", {}) for n in range(LOADED["update"])
