@@ -18,8 +18,9 @@ The goal: the shim's p95 <= 1.1x Prefect's, the median over the pairs of each pa
 Each round also reports the enqueue p50/p95, the failed answers, the final states (none
 Crashed), "database is locked" lines in the server log, how many runs a deployment
 concurrency limit sent back, and the most runs Running at once per pool from the state
-history (limits 5 scans, 2 backups, 1 update). A round starts when the last one's runs have
-all ended, so the rounds repeat the same load on a database that keeps growing.
+history (limits 5 scans, 2 backups, 1 update). Before the first round, 20 posts each way (and
+their runs) warm the fresh stack. A round starts when the last one's runs have all ended, so
+the rounds repeat the same load on a database that keeps growing.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ SCANS, BACKUPS, UPDATES = 300, 60, 6
 CLIENTS, SPREAD = 10, 10.0
 #: Servers the jobs go to, in turn (each scan and backup server is the same sshd).
 SERVERS = 10
+#: Posts each way before the measured rounds (`Bench.warm`).
+WARM = 20
 #: The shim's p95 over Prefect's own create's, same burst, same run.
 RATIO_GOAL = 1.1
 LOCKED = "database is locked"
@@ -113,20 +116,26 @@ class Bench:
     #: Each pool's deployment, as the shim knows it.
     deployments: dict[str, UUID]
 
-    def send(self, *, shim: bool) -> list[Answer]:
-        """The plan's posts through the shim, or straight to Prefect (`direct_burst`)."""
+    def send(self, posts: list[Post], *, shim: bool, spread: float = SPREAD) -> list[Answer]:
+        """`posts` through the shim, or straight to Prefect (`direct_burst`)."""
         if not shim:
-            return asyncio.run(direct_burst(self.stack, self.deployments, self.plan, self.user))
+            return asyncio.run(direct_burst(self.stack, self.deployments, posts, self.user, spread))
         assert self.stack.shim_url is not None
-        return post_burst(
-            self.stack.shim_url, self.token, self.plan, clients=CLIENTS, spread=SPREAD
-        )
+        return post_burst(self.stack.shim_url, self.token, posts, clients=CLIENTS, spread=spread)
+
+    def warm(self, timeout: float) -> None:
+        """A few posts each way and their runs: a fresh stack's first requests and runs
+        (connections, caches, the fork servers' first forks) would land in one side's round."""
+        for shim in (True, False):
+            answers = self.send(self.plan[:WARM], shim=shim, spread=1.0)
+            with self.stack.sync_client() as client:
+                wait_final(client, [a.job_id for a in answers if a.job_id is not None], timeout)
 
     def round(self, timeout: float, *, shim: bool = True) -> Round:
         server_log = self.stack.logs_dir / "server.log"
         locked_before = _count(server_log, LOCKED)
         began = datetime.now(UTC)
-        answers = self.send(shim=shim)
+        answers = self.send(self.plan, shim=shim)
         ids = [a.job_id for a in answers if a.job_id is not None]
         with self.stack.sync_client() as client:
             runs = wait_final(client, ids, timeout)
@@ -165,7 +174,11 @@ def _parameters(post: Post, user: str) -> tuple[JobType, dict[str, Any]]:
 
 
 async def direct_burst(
-    stack: Stack, deployments: dict[str, UUID], posts: list[Post], user: str
+    stack: Stack,
+    deployments: dict[str, UUID],
+    posts: list[Post],
+    user: str,
+    spread: float = SPREAD,
 ) -> list[Answer]:
     """`posts` sent straight to Prefect as the shim sends them (`enqueue`, our own kind of
     key), paced as `post_burst` paces them; a failed create is an answer of status 0."""
@@ -189,7 +202,7 @@ async def direct_burst(
             # Prefect answers a create with 201.
             return Answer(post, 201, time.perf_counter() - began, created.job_id, None, "")
 
-        return await paced(posts, send, clients=CLIENTS, spread=SPREAD)
+        return await paced(posts, send, clients=CLIENTS, spread=spread)
 
 
 def _count(path: Path, needle: str) -> int:
@@ -272,6 +285,7 @@ def measure(
     with tempfile.TemporaryDirectory(prefix="mm-bench-burst-") as tmp:
         bench, target = start(Path(tmp), worker_type, scale)
         try:
+            bench.warm(timeout=600)
             results = []
             for pair in range(pairs):
                 done: dict[bool, Round] = {}
@@ -297,8 +311,8 @@ def rows(pairs: list[tuple[Round, Round]]) -> list[Row]:
     out = [
         Row(
             f"enqueue p95 during the burst ({jobs} jobs from {CLIENTS} clients over"
-            f" {SPREAD:.0f} s; {len(pairs)} pairs of alternating rounds, median of the pairs'"
-            " ratios)",
+            f" {SPREAD:.0f} s, runs executing; pairs of alternating rounds: {len(pairs)}; median"
+            " of the pairs' ratios)",
             f"shim p95 {p95s([s for s, _ in pairs])} ms",
             f"Prefect's create_flow_run p95 {p95s([p for _, p in pairs])} ms",
             f"{ratio:.2f}x",

@@ -101,7 +101,7 @@ def measure(rounds: int, scale: float) -> list[tuple[Side, Side]]:
             # Warm both paths (connections, caches) before anything is measured.
             warm = bench.plan[:20]
             post_burst(stack.shim_url, token, warm, clients=CLIENTS, spread=1.0)
-            asyncio.run(direct_burst(stack, bench.deployments, warm, USER))
+            asyncio.run(direct_burst(stack, bench.deployments, warm, USER, spread=1.0))
             return [
                 (_round(bench, token, False), _round(bench, token, True)) for _ in range(rounds)
             ]

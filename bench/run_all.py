@@ -61,8 +61,6 @@ BENCHMARKS = [
         ],
     ),
     Benchmark("burst", [("enqueue p95 during the burst", "<= 1.1x Prefect's create_flow_run")]),
-    # Pending until bench/sse.py exists: the Prefect server's CPU (/proc/<pid>/stat) with 100
-    # streams open against the same time idle.
     Benchmark(
         "sse",
         [("100 open event streams", "Prefect server CPU <= one poll a second")],
