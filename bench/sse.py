@@ -147,7 +147,7 @@ def run(config: BenchConfig) -> list[Row]:
     return [
         Row(
             f"{STREAMS} open event streams (`GET /api/jobs/:id/events` on one delayed job):"
-            f" Prefect server CPU over {window:.0f} s windows, {rounds} alternating rounds"
+            f" Prefect server CPU over {window:.0f} s windows, alternating rounds: {rounds}"
             f" (idle: {idle.per_second(idle.server)}; shim: streams"
             f" {streams.per_second(streams.shim)}, poll {poll.per_second(poll.shim)})",
             f"{streams.per_second(streams.server)}",
