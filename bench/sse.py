@@ -8,7 +8,7 @@ stays open. Then, in alternating rounds (the order rotating each round), the Pre
 CPU (utime + stime from /proc/<pid>/stat, `bench.run_cost.cpu_seconds`) over the same window:
 
 - ours: 100 clients each holding `GET /api/jobs/:id/events` open on that job, read as it
-  comes (streams opened, then a settling pause before the window);
+  comes (the window starts 2 s after every stream has sent its first event);
 - the reference: one client polling `GET /api/jobs/:id` once a second;
 - for information: the same window with nothing asked of the shim (the stack's own work).
 
@@ -37,8 +37,11 @@ from bench.run_cost import cpu_seconds
 from deployments.system.stack import FORKSERVER, Stack
 
 STREAMS = 100
-#: Seconds between the streams' opening and the window: their first reads are not the goal's.
-SETTLE = 3.0
+#: Seconds from the load being in place (every stream has sent its first event) to the window:
+#: the opening's reads are not the goal's.
+SETTLE = 2.0
+#: Seconds the 100 streams may take to open.
+OPENING = 120.0
 #: The job's delay: longer than any run of this benchmark, so it never starts.
 DELAY_MS = 3_600_000
 
@@ -48,7 +51,10 @@ class Phase:
     """One way of keeping the shim busy, and its CPU in each round (seconds per second)."""
 
     name: str
-    load: Callable[[httpx.AsyncClient, str, asyncio.Event], Coroutine[Any, Any, None]]
+    #: Keeps the shim busy until `stop` is set; sets `ready` once the load is in place.
+    load: Callable[
+        [httpx.AsyncClient, str, asyncio.Event, asyncio.Event], Coroutine[Any, Any, None]
+    ]
     server: dict[int, float] = field(default_factory=dict)
     shim: dict[int, float] = field(default_factory=dict)
 
@@ -56,25 +62,41 @@ class Phase:
         return f"{median(list(of.values())) * 1000:.1f} ms/s"
 
 
-async def _nothing(http: httpx.AsyncClient, job_id: str, stop: asyncio.Event) -> None:
+async def _nothing(
+    http: httpx.AsyncClient, job_id: str, ready: asyncio.Event, stop: asyncio.Event
+) -> None:
+    ready.set()
     await stop.wait()
 
 
-async def _poll(http: httpx.AsyncClient, job_id: str, stop: asyncio.Event) -> None:
+async def _poll(
+    http: httpx.AsyncClient, job_id: str, ready: asyncio.Event, stop: asyncio.Event
+) -> None:
     while not stop.is_set():
         began = time.monotonic()
         (await http.get(f"/api/jobs/{job_id}")).raise_for_status()
+        ready.set()
         try:
             await asyncio.wait_for(stop.wait(), max(0.0, 1.0 - (time.monotonic() - began)))
         except TimeoutError:
             pass
 
 
-async def _streams(http: httpx.AsyncClient, job_id: str, stop: asyncio.Event) -> None:
+async def _streams(
+    http: httpx.AsyncClient, job_id: str, ready: asyncio.Event, stop: asyncio.Event
+) -> None:
+    opened = 0
+
     async def one() -> None:
+        nonlocal opened
         async with http.stream("GET", f"/api/jobs/{job_id}/events") as response:
             response.raise_for_status()
-            async for _ in response.aiter_raw():
+            chunks = response.aiter_raw()
+            await anext(chunks)  # the job's first event: this stream is open
+            opened += 1
+            if opened == STREAMS:
+                ready.set()
+            async for _ in chunks:
                 pass
 
     readers = [asyncio.create_task(one()) for _ in range(STREAMS)]
@@ -93,8 +115,15 @@ async def _round(
     assert stack.server is not None and stack.server.pid is not None
     assert stack.shim is not None and stack.shim.pid is not None
     server, shim = stack.server.pid, stack.shim.pid
-    stop = asyncio.Event()
-    load = asyncio.create_task(phase.load(http, job_id, stop))
+    ready, stop = asyncio.Event(), asyncio.Event()
+    load = asyncio.create_task(phase.load(http, job_id, ready, stop))
+    in_place = asyncio.create_task(ready.wait())
+    await asyncio.wait({load, in_place}, timeout=OPENING, return_when=asyncio.FIRST_COMPLETED)
+    if load.done():
+        await load  # a load ends before `stop` only by failing: its error
+    if not ready.is_set():
+        in_place.cancel()
+        raise TimeoutError(f"{phase.name}: not in place after {OPENING:.0f} s")
     await asyncio.sleep(SETTLE)
     before = cpu_seconds(server), cpu_seconds(shim)
     began = time.monotonic()
