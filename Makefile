@@ -56,8 +56,9 @@ lint:
 	$(UV) run mypy
 	$(UV) run lint-imports
 
-# Every goal of issue 6 in one run and one table (bench/run_all.py), written into BENCHMARKS.md;
-# about 10 minutes. `make bench BENCH=--quick` is a smoke run on small data that writes nothing;
-# `BENCH="--only backup,api"` runs some modules only.
+# Every goal of issues 6 and 21 in one run and one table (bench/run_all.py), written into
+# BENCHMARKS.md; about half an hour, most of it the burst's rounds. `make bench BENCH=--quick`
+# is a smoke run on small data that writes nothing; `BENCH="--only backup,api"` runs some
+# modules only.
 bench: install
 	$(UV) run python -m bench.run_all $(BENCH)

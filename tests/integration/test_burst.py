@@ -3,7 +3,8 @@ POSTed at once from 10 clients. Every job ends Completed, none Crashed, no answe
 the state history never shows more than 5 scans, 2 backups or 1 update Running at once (the
 pools' limits, held by the deployments' concurrency limits on the server).
 
-bench/burst.py runs the same burst five times in a row and reports the latencies.
+bench/burst.py runs the same burst in rounds alternating with Prefect's own create_flow_run
+and reports the latencies.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from tests.support.burst import (
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 #: Quick scans, backups and updates per `--burst`. `full`, the default and CI's, is issue 7's
-#: burst (bench/burst.py runs it five times): 166 s on 2026-12-01 (~140 quick scans a minute),
+#: burst (bench/burst.py's rounds): 166 s on 2026-12-01 (~140 quick scans a minute),
 #: ~8 minutes on a machine twice as slow. `sixth` is still 10, 5 and 2 times the pools' limits,
 #: for a quicker run on a slow machine.
 BURSTS = {"full": (300, 60, 6), "sixth": (50, 10, 2)}
