@@ -114,7 +114,7 @@ RunAt = Annotated[
 Rules = tuple[dict[str, Any], ...]
 
 
-def given(field: str) -> dict[str, Any]:
+def _given(field: str) -> dict[str, Any]:
     """JSON Schema: `field` is there and not null."""
     return {"required": [field], "properties": {field: {"not": {"type": "null"}}}}
 
@@ -151,13 +151,13 @@ class Timing(FieldRules):
     )
     run_at: RunAt | None = Field(None, alias="runAt")
 
-    field_rules: ClassVar[Rules] = ({"not": {"allOf": [given("delay"), given("runAt")]}},)
+    field_rules: ClassVar[Rules] = ({"not": {"allOf": [_given("delay"), _given("runAt")]}},)
 
     _delay_is_a_number = field_validator("delay", mode="before")(_a_json_number)
 
     @model_validator(mode="after")
     def _one_due_time(self) -> Timing:
-        self.due()  # refuses both at once, and a time more than a year ahead
+        self.due()  # refuses both at once, and a delay of more than a year
         return self
 
     def due(self) -> datetime | None:
@@ -206,8 +206,8 @@ class ServerChoice(FieldRules):
     )
 
     field_rules: ClassVar[Rules] = (
-        {"anyOf": [given("serverIds"), _ALL]},
-        {"not": {"allOf": [given("serverIds"), _ALL]}},
+        {"anyOf": [_given("serverIds"), _ALL]},
+        {"not": {"allOf": [_given("serverIds"), _ALL]}},
     )
 
     @model_validator(mode="after")
@@ -390,7 +390,7 @@ class Cancelled(Schema):
 MAX_BULK = 200
 
 
-_FILTERS = (given("queue"), given("state"), given("serverId"))
+_FILTERS = (_given("queue"), _given("state"), _given("serverId"))
 
 
 class BulkJobsRequest(FieldRules):
@@ -405,8 +405,8 @@ class BulkJobsRequest(FieldRules):
     server_id: UUID | None = Field(None, alias="serverId")
 
     field_rules: ClassVar[Rules] = (
-        {"anyOf": [given("ids"), *_FILTERS]},
-        {"not": {"allOf": [given("ids"), {"anyOf": list(_FILTERS)}]}},
+        {"anyOf": [_given("ids"), *_FILTERS]},
+        {"not": {"allOf": [_given("ids"), {"anyOf": list(_FILTERS)}]}},
     )
 
     @model_validator(mode="after")
