@@ -4,10 +4,15 @@ open streams were 200 reads a second of the Prefect server).
 
 A job changes when its flow run gets a state (`prefect.flow-run.*`, the run as the resource)
 or its progress artifact moves (`prefect.artifact.*`, the run as a related resource: the
-events worker of the run attaches it, prefect/events/worker.py). A listener is woken, reads
-the job once, and sleeps until the next change. While there is no subscription (before the
-first one, or while it reconnects) listeners read on their own every `events_poll` seconds, and
-every listener is woken once a subscription is up again, for what it may have missed.
+events worker of the run attaches it, prefect/events/worker.py); a job not started yet also
+when a pool or work queue is paused or resumed (`prefect.work-pool.*`, `prefect.work-queue.*`:
+rare, so they wake every listener). A listener is woken, reads the job once, and sleeps until
+the next change. What no event tells is a delayed job's time coming: it shows `waiting` at its
+next read, or goes straight to `active` if its pool takes it at once (docs/DESIGN.md).
+
+While there is no subscription (before the first one, or while it reconnects) listeners read
+on their own every `events_poll` seconds, and every listener is woken once a subscription is up
+again, for what it may have missed.
 """
 
 from __future__ import annotations
@@ -26,16 +31,19 @@ from prefect.events.schemas.events import Event
 log = logging.getLogger("api_shim")
 
 _RUN_PREFIX = "prefect.flow-run."
+#: Events about what holds jobs back, which may concern any listener's job.
+_HOLDS = ("prefect.work-pool.", "prefect.work-queue.")
 #: Seconds between attempts to subscribe again after the stream failed.
 RESUBSCRIBE_SECONDS = 2.0
 
 
 def _changes_from_now() -> EventFilter:
-    """The events that change what a job reads, its run's states and its progress artifact,
-    from now on: the server would first send those it stored since the default, 180 days ago."""
+    """The events that change what a job reads (its run's states, its progress artifact, the
+    holds on its pool) from now on: the server would first send those it stored since the
+    filter's default, 180 days ago."""
     return EventFilter(
         occurred=EventOccurredFilter(since=datetime.now(UTC)),
-        event=EventNameFilter(prefix=[_RUN_PREFIX, "prefect.artifact."]),
+        event=EventNameFilter(prefix=[_RUN_PREFIX, "prefect.artifact.", *_HOLDS]),
     )
 
 
@@ -94,7 +102,8 @@ class JobChanges:
                     self.live = True
                     self.wake(set(self._listeners))  # what changed while not subscribed
                     async for event in subscriber:
-                        self.wake(runs_of(event))
+                        holds = event.event.startswith(_HOLDS)
+                        self.wake(set(self._listeners) if holds else runs_of(event))
                         if not self._listeners:
                             return
             except asyncio.CancelledError:

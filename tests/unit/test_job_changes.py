@@ -66,6 +66,11 @@ def test_listeners_of_a_run_are_woken_by_its_events_and_only_by_them(
             await feed.put(_event("prefect.flow-run.Completed", f"prefect.flow-run.{run}"))
             await asyncio.wait_for(mine.wait(), 1)
             assert not theirs.is_set()
+            # A pause may hold anyone's job: everyone reads again.
+            mine.clear()
+            await feed.put(_event("prefect.work-queue.paused", f"prefect.work-queue.{run}"))
+            await asyncio.wait_for(theirs.wait(), 1)
+            assert mine.is_set()
         assert not watch._listeners  # left: nobody is woken for them any more
         await watch.close()
 
