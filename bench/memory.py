@@ -148,7 +148,7 @@ def run(config: BenchConfig) -> list[Row]:
 
 def _parts(stack: Stack) -> dict[str, Child]:
     parts: dict[str, Child] = {f"server {n + 1}": c for n, c in enumerate(stack.servers)}
-    parts.update({f"worker {name}": child for name, child in stack.workers.items()})
+    parts.update({f"worker {', '.join(c.pools)}": c for c in stack.worker_processes()})
     if stack.shim is not None:
         parts["shim"] = stack.shim
     return parts

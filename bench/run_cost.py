@@ -50,7 +50,7 @@ def cpu_seconds(pid: int) -> float:
 def stack_cpu(stack: Stack) -> dict[str, float]:
     """CPU seconds so far of the server, the shim and each worker with its live descendants."""
     parts = {"prefect server": stack.server, "api shim": stack.shim}
-    parts.update({f"worker {key}": child for key, child in stack.workers.items()})
+    parts.update({f"worker {', '.join(c.pools)}": c for c in stack.worker_processes()})
     out = {}
     for name, child in parts.items():
         pid = child.pid if child is not None else None

@@ -99,7 +99,7 @@ def ours() -> Stopped:
             stack.start()
             assert stack.shim is not None, "the API shim did not start"
             time.sleep(SETTLE)
-            children = [*stack.servers, *stack.workers.values(), stack.shim]
+            children = [*stack.servers, *stack.worker_processes(), stack.shim]
             before = _processes(c.pid for c in children if c.pid is not None)
             began = time.monotonic()
             stack.stop()

@@ -1,4 +1,4 @@
-"""The whole system on one machine: Prefect server, bootstrap, one worker per pool, the API shim.
+"""The whole system on one machine: Prefect server, bootstrap, a worker for each pool, the API shim.
 
 One implementation for `make up`, `make demo` and the integration tests. Every child runs in its
 own process group with its log under `<data_dir>/logs`; `stop()` ends them in reverse order,
@@ -31,12 +31,13 @@ from prefect.workers.process import ProcessWorker
 
 from deployments.control.automations import crash_orphaned_runs, refind_crashed_runs
 from deployments.control.bootstrap import PROJECT_DIR, ensure_pool
-from deployments.control.queues import QUEUES, Queue, get_queue
+from deployments.control.queues import QUEUES, get_queue
 from deployments.system import credentials
 from deployments.system.backends import prefect_env
 from deployments.system.local_target import descendants
 from deployments.system.lock import record_children
 from deployments.worker.forkserver import DRAIN_SIGNAL, ForkServerWorker
+from deployments.worker.serve import PoolWorker, argv_of
 from tasks.core.settings import BackendSettings, Settings, SettingsError, get_settings
 from tasks.lifeline import tied_to_this_process
 from tasks.server_slot import release_orphaned_slots
@@ -59,6 +60,8 @@ WORKER_TYPES = (FORKSERVER, ProcessWorker.type)
 #: for ~13 % of a core on an idle server (docs/DESIGN.md, "The fork-server worker", Polling).
 #: Ours is woken by the pool's events, so its poll is only the safety net.
 POLL_SECONDS = {FORKSERVER: 5, ProcessWorker.type: 1}
+#: The module that serves a host's pools with fork-server workers in one process.
+SERVE = "deployments.worker.serve"
 
 _FOREIGN = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH")
 #: Inherited secrets that only some children may have: each is set again for those that need it
@@ -103,6 +106,9 @@ class Child:
     popen: subprocess.Popen[bytes] | None = None
     #: A fork-server worker, which takes no more runs after `DRAIN_SIGNAL`.
     drains: bool = False
+    #: A worker process: the pools it serves, and its worker host.
+    pools: tuple[str, ...] = ()
+    host: int = 0
     #: When `start` was last called (UTC).
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -206,8 +212,9 @@ class Stack:
         server_ports: scaled mode only: run one Prefect API process (`--no-services`) per port,
             plus the background services in a process of their own; `port` is then the one
             address clients use, served by something in front of them (a load balancer).
-        hosts: worker hosts; each runs one worker per pool with its own HOME and PREFECT_HOME,
-            as if on a machine of its own. All of them share `backup_root`.
+        hosts: worker hosts; each runs a worker for each pool (fork-server workers all in one
+            process) with its own HOME and PREFECT_HOME, as if on a machine of its own. All of
+            them share `backup_root`.
         worker_type: `forkserver` (runs forked from a pre-imported process,
             deployments/worker/forkserver.py) or Prefect's stock `process`; default: MM_WORKER_TYPE,
             else `forkserver`.
@@ -454,7 +461,8 @@ class Stack:
         asyncio.run(self._ensure_pools())
         for host in range(self.hosts):
             for queue in QUEUES:
-                self.start_worker(queue.name, wait=False, host=host)
+                if not self.served(queue.name, host):
+                    self.start_worker(queue.name, wait=False, host=host)
         if self.api_port is not None and (self.project_dir / "api_shim" / "app.py").exists():
             self.start_shim()
         self.bootstrap()
@@ -568,6 +576,15 @@ class Stack:
         """The key of a worker in `workers`: the pool's name on the first host."""
         return f"{pool}@{host + 1}" if host else pool
 
+    def served(self, pool: str, host: int = 0) -> bool:
+        """Whether a live worker process serves `pool` on `host`."""
+        worker = self.workers.get(self.worker_key(pool, host))
+        return worker is not None and worker.alive()
+
+    def worker_processes(self) -> list[Child]:
+        """Each worker process once (`workers` maps every pool a process serves to it)."""
+        return list({id(child): child for child in self.workers.values()}.values())
+
     def start_worker(
         self,
         pool: str,
@@ -579,40 +596,44 @@ class Stack:
     ) -> Child:
         """Start (or restart) the worker of `pool` on `host`, limited like the pool itself.
 
-        `worker_type` overrides the stack's for this worker (e.g. the stock fallback).
+        Fork-server workers are one process for every pool of the host that has no live worker
+        (deployments/worker/serve.py): after a crash or a stop of that process, starting the
+        worker of one of its pools serves all of them again. The stock worker serves `pool`
+        alone. `worker_type` overrides the stack's for this start (e.g. the stock fallback).
         """
-        queue: Queue = get_queue(pool)
-        key = self.worker_key(pool, host)
-        old = self.workers.get(key)
-        if old is not None and old.alive():
-            raise StackError(f"the {key} worker is already running")
-        worker = self._child(
-            f"worker-{key}",
-            [
-                "worker",
-                "start",
-                "--pool",
-                pool,
-                "--type",
-                worker_type or self.worker_type,
-                "--name",
-                self.worker_name(pool, host),
-                # A second guard: the pool's own limit can overshoot (docs/DESIGN.md,
-                # "Prefect behaviour the code relies on").
-                "--limit",
-                str(queue.concurrency),
-                # Pools are the bootstrap's; a worker must not create an empty-template one.
-                "--no-create-pool-if-not-found",
-            ],
-            env={
-                "PREFECT_WORKER_QUERY_SECONDS": str(POLL_SECONDS[worker_type or self.worker_type]),
-                **self.host_environment(host),
-            },
-        )
-        worker.drains = (worker_type or self.worker_type) == FORKSERVER
-        self.workers[key] = worker
+        kind = worker_type or self.worker_type
+        if self.served(pool, host):
+            raise StackError(f"the {self.worker_key(pool, host)} worker is already running")
+        pools = [pool]
+        if kind == FORKSERVER:
+            pools += [q.name for q in QUEUES if q.name != pool and not self.served(q.name, host)]
+        # A second guard beside the pool's own limit, which can overshoot (docs/DESIGN.md,
+        # "Prefect behaviour the code relies on").
+        serving = [
+            PoolWorker(p, get_queue(p).concurrency, self.worker_name(p, host)) for p in pools
+        ]
+        env = {
+            "PREFECT_WORKER_QUERY_SECONDS": str(POLL_SECONDS[kind]),
+            **self.host_environment(host),
+        }
+        suffix = f"@{host + 1}" if host else ""
+        if kind == FORKSERVER:
+            worker = self._child(f"workers{suffix}", argv_of(serving), SERVE, env=env)
+        else:
+            (only,) = serving
+            args = ["worker", "start", "--pool", pool, "--type", kind, "--name", only.name]
+            args += ["--limit", str(only.limit)]
+            # Pools are the bootstrap's; a worker must not create an empty-template one.
+            args += ["--no-create-pool-if-not-found"]
+            worker = self._child(f"worker-{pool}{suffix}", args, env=env)
+        worker.drains = kind == FORKSERVER
+        worker.pools = tuple(pools)
+        worker.host = host
+        for served in pools:
+            self.workers[self.worker_key(served, host)] = worker
         if wait:
-            self.wait_for_worker(pool, timeout, host=host)
+            for served in pools:
+                self.wait_for_worker(served, timeout, host=host)
         return worker
 
     def wait_for_worker(self, pool: str, timeout: float = 60.0, *, host: int = 0) -> None:
@@ -635,14 +656,16 @@ class Stack:
         self._wait(worker, registered, timeout, f"worker {name} did not register")
 
     def stop_worker(self, pool: str, timeout: float = 15.0, *, host: int = 0) -> None:
-        """Stop the worker of `pool` and its flow runs, as a clean shutdown does."""
+        """Stop the worker process of `pool` and its flow runs, as a clean shutdown does (a
+        fork-server process serves the host's other pools too)."""
         worker = self.workers.get(self.worker_key(pool, host))
         if worker is not None:
             worker.stop(timeout)
 
     def kill_worker(self, pool: str, *, host: int = 0) -> None:
-        """kill -9 the worker of `pool` only, as in a crash. A fork-server worker's runs die with
-        it (deployments/worker/lifeline.py); the stock worker's live on."""
+        """kill -9 the worker process of `pool` only, as in a crash (a fork-server process
+        serves the host's other pools too). A fork-server worker's runs die with it
+        (deployments/worker/lifeline.py); the stock worker's live on."""
         worker = self.workers.get(self.worker_key(pool, host))
         if worker is not None:
             worker.kill()
@@ -709,7 +732,7 @@ class Stack:
         grace = self.stop_grace if grace is None else grace
         self._deadline = time.monotonic() + (0.0 if self._hurried else grace)
         began = time.monotonic()
-        workers = [w for w in self.workers.values() if w.alive()]
+        workers = [w for w in self.worker_processes() if w.alive()]
         draining = [w for w in workers if w.drains and w.pid is not None]
         for worker in draining:
             assert worker.pid is not None
@@ -804,7 +827,7 @@ class Stack:
     def _record_children(self, new: Child) -> None:
         """List every running child in the data directory, for the next stack to end them if
         this one's supervisor is killed before it can (deployments/system/lock.py)."""
-        children = [*self.servers, self.services, *self.workers.values(), self.shim, new]
+        children = [*self.servers, self.services, *self.worker_processes(), self.shim, new]
         pids = {c.pid for c in children if c is not None and c.alive() and c.pid is not None}
         record_children(self.data_dir, sorted(pids))
 

@@ -226,10 +226,12 @@ def supervise(stack: Stack) -> None:
         time.sleep(1)
         if stack.server is None or not stack.server.alive():
             raise StackError(f"the Prefect server exited; see {stack.logs_dir / 'server.log'}")
-        for pool, worker in stack.workers.items():
-            if not worker.alive():
-                console.print(f"[yellow]the {pool} worker exited; restarting it[/]")
-                stack.start_worker(pool)
+        for worker in stack.worker_processes():
+            # A restart of one pool's fork-server worker serves every pool its process served.
+            if not worker.alive() and not stack.served(worker.pools[0], worker.host):
+                pools = ", ".join(worker.pools)
+                console.print(f"[yellow]the worker of {pools} exited; restarting it[/]")
+                stack.start_worker(worker.pools[0], host=worker.host)
 
 
 def write_demo_inventory(demo_dir: Path, target: LocalTarget) -> Path:

@@ -23,8 +23,9 @@ server is lost is made sure dead before it is reported (deployments/worker/lifel
 docs/DESIGN.md, "Who owns each process").
 
 It serves the same `process` pools as the stock worker, which stays a drop-in fallback
-(`MM_WORKER_TYPE=process`). Start it with `prefect worker start --type forkserver --pool scan`
-(the `prefect.collections` entry point in pyproject.toml registers the type).
+(`MM_WORKER_TYPE=process`). The stack runs one for each pool in one process
+(deployments/worker/serve.py); `prefect worker start --type forkserver --pool scan` starts one
+alone (the `prefect.collections` entry point in pyproject.toml registers the type).
 """
 
 from __future__ import annotations
@@ -138,6 +139,14 @@ RESUBSCRIBE_DELAY = 5.0
 #: (deployments/system/stack.py), before any run is signalled. Its runs go on; SIGTERM then
 #: stops the worker itself as Prefect's CLI does.
 DRAIN_SIGNAL = signal.SIGUSR1
+
+#: Set by `DRAIN_SIGNAL`: a signal is the process's, so it drains every worker of the process
+#: (deployments/worker/serve.py runs one per pool).
+_draining = threading.Event()
+
+
+def _drain(signum: int, frame: FrameType | None) -> None:
+    _draining.set()
 
 
 def _settings_sources(env: Mapping[str, str], cwd: str) -> tuple[frozenset[tuple[str, str]], str]:
@@ -384,8 +393,7 @@ class ForkServerWorker(ProcessWorker):
         # First: the stack may ask for a drain as soon as the worker has registered, which
         # happens before the warm-up below ends. setup() runs on the worker's main thread, where
         # Python lets a handler be set.
-        self._draining = False
-        signal.signal(DRAIN_SIGNAL, self._drain)
+        signal.signal(DRAIN_SIGNAL, _drain)
         # Entered before, and closed after, everything of the worker's own exit stack: its task
         # groups nest around the worker's, and it outlives the runs in flight. Its observer and
         # process manager serve any number of runs.
@@ -409,12 +417,9 @@ class ForkServerWorker(ProcessWorker):
         finally:
             await self._executors_stack.__aexit__(*exc_info)
 
-    def _drain(self, signum: int, frame: FrameType | None) -> None:
-        self._draining = True
-
     async def get_and_submit_flow_runs(self) -> list[FlowRun]:
         """Nothing once draining: both the interval poll and the event-woken one come here."""
-        if self._draining:
+        if _draining.is_set():
             return []
         return await super().get_and_submit_flow_runs()
 

@@ -85,7 +85,7 @@ def wait_for_final_state(stack: Stack) -> Callable[..., FlowRun]:
                     state = flow_run.state.name if flow_run.state else None
                     logs = "\n".join(
                         f"--- {child.log_path}\n{child.log_tail(1500)}"
-                        for child in stack.workers.values()
+                        for child in stack.worker_processes()
                     )
                     pytest.fail(
                         f"flow run {flow_run_id} still {state} after {timeout} s\n{logs}",

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from uuid import UUID
 
+from deployments.control.queues import QUEUES
 from deployments.system.local_target import descendants
 from deployments.system.stack import FORKSERVER, POLL_SECONDS, Stack
 from deployments.worker.forkserver import DRAIN_SIGNAL, PRELOAD
@@ -64,20 +65,69 @@ def test_each_run_is_a_process_of_its_own_forked_below_the_worker(
     assert not pids & set(descendants(worker.pid or 0))
 
 
+def _fork_servers(worker_pid: int) -> list[int]:
+    """The fork servers started by the worker process itself (its runs, forked from one, share
+    its command line but are not the worker's children)."""
+    found = []
+    for pid in descendants(worker_pid):
+        try:
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        if parent == worker_pid and b"multiprocessing.forkserver" in _cmdline(pid):
+            found.append(pid)
+    return found
+
+
+def test_one_process_serves_every_pool_from_one_fork_server(
+    stack: Stack, target, inventory, run_job, wait_for_final_state, tmp_path: Path
+) -> None:
+    """deployments/worker/serve.py: the pools' workers share one process and its fork server,
+    and each pool keeps a worker of its own in Prefect (name, limit, registration)."""
+    worker = stack.workers["scan"]
+    assert worker.pid is not None
+    assert all(stack.workers[queue.name] is worker for queue in QUEUES), stack.workers
+    assert set(worker.pools) == {queue.name for queue in QUEUES}, worker.pools
+    with stack.sync_client() as client:
+        for queue in QUEUES:
+            names = {w.name for w in client.read_workers_for_work_pool(queue.name)}
+            assert stack.worker_name(queue.name) in names, (queue.name, names)
+    source = tmp_path / "data"
+    source.mkdir()
+    (source / "file.txt").write_text("one process\n")
+    server_id = inventory.add_server(
+        target, backup={"paths": [str(source)]}, update={"command": "true"}
+    )
+    run_ids = {
+        "backup": run_job("backup/backup", {"server_id": str(server_id)}),
+        "scan": run_job("scan/scan", {"server_id": str(server_id), "job_type": "scan:quick"}),
+        "update": run_job("update/update", {"server_id": str(server_id)}),
+    }
+    pids = {}
+    for pool, run_id in run_ids.items():
+        run = wait_for_final_state(run_id)
+        assert run.state is not None and run.state.is_completed(), (pool, run.state)
+        pids[pool] = int(str(run.infrastructure_pid).rsplit(":", 1)[-1])
+    # Each pool's run was a process of its own, forked below the one worker process.
+    assert len(set(pids.values())) == 3, pids
+    assert len(_fork_servers(worker.pid)) == 1, "not one fork server for all pools"
+    assert worker.pid not in pids.values()
+    assert stack.workers["scan"].pid == worker.pid, "the worker process was restarted"
+
+
 def test_the_stock_process_worker_still_serves_the_pool(
     stack: Stack, target, inventory, run_job, wait_for_final_state
 ) -> None:
     server_id = inventory.add_server(target)
     stack.stop_worker("scan")
-    log_path = stack.workers["scan"].log_path
-    offset = log_path.stat().st_size
     try:
-        stack.start_worker("scan", worker_type="process")
+        stock = stack.start_worker("scan", worker_type="process")
+        assert stock.pools == ("scan",), stock.pools
         run_id: UUID = run_job("scan/scan", {"server_id": str(server_id), "job_type": "scan:quick"})
         run = wait_for_final_state(run_id)
         assert run.state is not None and run.state.is_completed(), run.state
         # This worker's own lines only: the log file is appended to across restarts.
-        log = log_path.read_bytes()[offset:].decode(errors="replace")
+        log = stock.log_path.read_bytes().decode(errors="replace").rsplit(" started!", 1)[-1]
         assert f"submitting flow run '{run_id}'" in log, log
         worker_pid = stack.workers["scan"].pid or 0
         assert not any(

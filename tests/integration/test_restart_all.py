@@ -137,8 +137,9 @@ def kill_everything(stack: Stack) -> list[str]:
     The flow runs' groups are collected first (they are found below their workers), then all
     groups get SIGKILL before any is waited for: nothing gets to notice another one's death.
     """
-    children = [*stack.workers.values(), *([stack.shim] if stack.shim else []), *stack.servers]
-    runs = [group for worker in stack.workers.values() for group in worker.flow_run_groups()]
+    workers = stack.worker_processes()
+    children = [*workers, *([stack.shim] if stack.shim else []), *stack.servers]
+    runs = [group for worker in workers for group in worker.flow_run_groups()]
     groups = runs + [child.pid for child in children if child.alive() and child.pid is not None]
     for group in groups:
         with contextlib.suppress(ProcessLookupError):

@@ -81,7 +81,7 @@ def test_secrets_stay_where_they_are_needed(
             "post": f"true {hook_token}",
         },
     )
-    roots = {f"worker:{key}": child for key, child in stack.workers.items()}
+    roots = {f"worker:{child.name}": child for child in stack.worker_processes()}
     roots.update({f"server:{c.name}": c for c in stack.servers if c is not None})
     assert stack.shim is not None
     roots["shim"] = stack.shim
