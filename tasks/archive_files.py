@@ -186,8 +186,9 @@ def restore(
             f"backup {manifest.backup_id} is encrypted; restoring it needs its age identity"
             " (--identity FILE or MM_BACKUP_IDENTITY)"
         )
-    verification = repository.verify(manifest, identity)
-    chosen = select(verification.members, paths)
+    listed: list[Member] = []
+    repository.verify(manifest, identity, each=listed.append)
+    chosen = select(listed, paths)
     if paths:
         _check_hard_links(chosen)
     destination.mkdir(parents=True, exist_ok=True)

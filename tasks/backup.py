@@ -11,7 +11,7 @@ from uuid import UUID
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.archive_listing import write_listing
+from tasks.archive_listing import ListingWriter, listing_file
 from tasks.atomic import HashingWriter
 from tasks.core.errors import InvalidOptions, RemoteCommandFailed, RemotePathMissing
 from tasks.core.inventory import Server
@@ -300,7 +300,10 @@ def transfer_archive(
     with (
         session_for(server, connection, open_session) as ssh,
         repo.open_archive(manifest) as archive,
-        _encrypted(manifest, archive) as sink,
+        # Inside: opening the archive removes the partial files an earlier try left. It is
+        # in place just before the archive, and only the completed manifest vouches for either.
+        _listing_during_transfer(repo, manifest) as listing,
+        _encrypted(manifest, archive, listing) as sink,
     ):
         result = ssh.download(
             tar_command(manifest.paths, manifest.compression, plan.followed),
@@ -324,19 +327,29 @@ def transfer_archive(
     progress.milestone(90, "transfer done")
     stored = {"size": archive.size, "sha256": archive.sha256}
     if isinstance(sink, EncryptingWriter):
-        write_listing(repo.listing_path(manifest), sink.members)
-        files = sum(1 for member in sink.members if member.type == "file")
-        stored |= {"plaintext_sha256": sink.sha256, "file_count": files}
+        assert listing is not None
+        stored |= {"plaintext_sha256": sink.sha256, "file_count": listing.files}
     return manifest.model_copy(update=stored)
 
 
+def _listing_during_transfer(
+    repo: BackupRepository, manifest: Manifest
+) -> contextlib.AbstractContextManager[ListingWriter | None]:
+    """An encrypted archive's listing, taken from its plaintext on the way (no later reader
+    here can decrypt it); a plain one's is written by its verification."""
+    if not manifest.encrypted:
+        return contextlib.nullcontext(None)
+    return listing_file(repo.listing_path(manifest))
+
+
 def _encrypted(
-    manifest: Manifest, archive: HashingWriter
+    manifest: Manifest, archive: HashingWriter, listing: ListingWriter | None
 ) -> contextlib.AbstractContextManager[HashingWriter | EncryptingWriter]:
     """What the transfer writes into: `archive` itself, or age in front of it."""
     if not manifest.encrypted:
         return contextlib.nullcontext(archive)
-    return encrypting(archive, manifest.recipients, manifest.compression)
+    assert listing is not None
+    return encrypting(archive, manifest.recipients, manifest.compression, listing.add)
 
 
 def set_post_pending(manifest: Manifest, pending: bool) -> Manifest:
@@ -363,10 +376,12 @@ def complete_backup_record(manifest: Manifest) -> Manifest:
     """Verify the archive against the transfer's checksum, keep its member listing, then mark
     the backup completed."""
     repo = repository()
-    verification = repo.verify(manifest)
-    if not manifest.encrypted:  # an encrypted archive's listing is written during its transfer
+    if manifest.encrypted:  # its listing was written during its transfer
+        verification = repo.verify(manifest)
+    else:
         # Before the manifest says completed: a completed backup always has its listing.
-        write_listing(repo.listing_path(manifest), verification.members)
+        with listing_file(repo.listing_path(manifest)) as listing:
+            verification = repo.verify(manifest, each=listing.add)
     done = manifest.model_copy(
         update={
             "file_count": verification.file_count,

@@ -26,7 +26,7 @@ import os
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -91,12 +91,17 @@ def _stderr_of(process: subprocess.Popen[bytes]) -> str:
 
 class PlaintextTap:
     """The sha256 and the member listing of a tar stream (as the server sent it: compressed
-    or not), fed chunk by chunk; listed in a thread of its own, from a pipe."""
+    or not), fed chunk by chunk; listed in a thread of its own, from a pipe.
 
-    def __init__(self, compression: str) -> None:
+    `each`, when given, gets every member in order on that thread (a backup writes them to its
+    listing), and none is kept; without it `finish` returns them.
+    """
+
+    def __init__(self, compression: str, each: Callable[[Member], object] | None = None) -> None:
         self._sha256 = hashlib.sha256()
         self.size = 0
         self._members: list[Member] = []
+        self._each = self._members.append if each is None else each
         self._error: ArchiveInvalid | None = None
         self._unzstd: subprocess.Popen[bytes] | None = None
         listing_read, self._feed = _big_pipe()
@@ -134,7 +139,8 @@ class PlaintextTap:
                 self._close_feed()
 
     def finish(self) -> list[Member]:
-        """The members, once the stream has ended; `ArchiveInvalid` if it was not whole tar."""
+        """The members (none if `each` took them), once the stream has ended; `ArchiveInvalid`
+        if it was not whole tar."""
         self._close_feed()
         self._lister.join()
         if self._unzstd is not None:
@@ -167,7 +173,8 @@ class PlaintextTap:
     def _list(self, stream: IO[bytes], compression: str) -> None:
         with stream:
             try:
-                self._members = list(read_members(stream, compression))
+                for member in read_members(stream, compression):
+                    self._each(member)
             except ArchiveInvalid as exc:
                 self._error = exc
             # tar's padding after its end, or all the rest after an error: read, so that the
@@ -181,11 +188,17 @@ class EncryptingWriter:
     """The `ArchiveSink` of an encrypted archive: plaintext in, age's output into `archive`.
 
     `size` and `sha256` are the plaintext's (what the server sent); `archive` has counted and
-    hashed the stored bytes, and `members` holds the listing, once `finish` returned. Made and
-    finished by `encrypting`.
+    hashed the stored bytes, and `members` holds the listing, once `finish` returned, unless
+    `each` took every member as it came (`PlaintextTap`). Made and finished by `encrypting`.
     """
 
-    def __init__(self, archive: HashingWriter, recipients: Sequence[str], compression: str) -> None:
+    def __init__(
+        self,
+        archive: HashingWriter,
+        recipients: Sequence[str],
+        compression: str,
+        each: Callable[[Member], object] | None = None,
+    ) -> None:
         argv = [age_binary(), "--encrypt"]
         for recipient in recipients:
             argv += ["--recipient", recipient]
@@ -194,7 +207,7 @@ class EncryptingWriter:
         self._failure: BaseException | None = None
         self._age_error: JobError | None = None
         self.members: list[Member] = []
-        self.tap = PlaintextTap(compression)
+        self.tap = PlaintextTap(compression, each)
         self._plain_read, self._plain_write = _big_pipe()
         age_read, self._age_stdin = _big_pipe()
         try:
@@ -305,14 +318,18 @@ class EncryptingWriter:
 
 @contextlib.contextmanager
 def encrypting(
-    archive: HashingWriter, recipients: Sequence[str], compression: str
+    archive: HashingWriter,
+    recipients: Sequence[str],
+    compression: str,
+    each: Callable[[Member], object] | None = None,
 ) -> Iterator[EncryptingWriter]:
-    """An `EncryptingWriter` in front of `archive`, finished when the block ends.
+    """An `EncryptingWriter` in front of `archive` (its members to `each`, when given),
+    finished when the block ends.
 
     When the block fails because age did (a full disk, say), the error raised is age's, not the
     broken pipe or link the transport saw as its consequence.
     """
-    writer = EncryptingWriter(archive, recipients, compression)
+    writer = EncryptingWriter(archive, recipients, compression, each)
     try:
         yield writer
     except BaseException as exc:

@@ -20,14 +20,14 @@ import shutil
 import stat
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import IO, Literal, cast
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic.alias_generators import to_camel
 
 from tasks.archive_listing import Member, load_listing, read_members
@@ -141,9 +141,6 @@ class Verification(BaseModel):
     #: An encrypted archive was decrypted and its plaintext checked too (an identity was given);
     #: False for one checked by its stored bytes alone, and for a plain archive.
     decrypted: bool = False
-    #: Every member, read by the same pass that counted the files (the backup's listing);
-    #: empty for an encrypted archive checked without its identity.
-    members: list[Member] = Field(default_factory=list, repr=False, exclude=True)
 
 
 class BackupRepository:
@@ -333,13 +330,21 @@ class BackupRepository:
         for stale in self.server_dir(manifest.server_id).glob(f".{manifest.backup_id}.*.partial"):
             stale.unlink(missing_ok=True)
 
-    def verify(self, manifest: Manifest, identity: Path | None = None) -> Verification:
-        """Check size and sha256 against the manifest, then read every member's header: the
-        members come back too, so that a backup's listing costs no second read.
+    def verify(
+        self,
+        manifest: Manifest,
+        identity: Path | None = None,
+        *,
+        each: Callable[[Member], object] | None = None,
+    ) -> Verification:
+        """Check size and sha256 against the manifest, then read every member's header; `each`
+        is given every member of that pass, in order, so that a backup's listing costs no
+        second read (and none is kept here: `tasks.archive_listing.listing_file`).
 
         An encrypted archive without `identity`: its stored bytes only (the file count is the
-        one its backup listed). With it, the archive is decrypted: the plaintext's sha256 and
-        its members must match the manifest and the listing written at backup time.
+        one its backup listed; `each` gets nothing). With it, the archive is decrypted: the
+        plaintext's sha256 and its members must match the manifest and the listing written at
+        backup time.
         """
         path = self.archive_path(manifest)
         if not path.is_file():
@@ -361,21 +366,17 @@ class BackupRepository:
             )
         if not manifest.encrypted:
             with self.open_tar(manifest) as tar:
-                members = [*read_members(tar)]
-            file_count = sum(1 for m in members if m.type == "file")
+                file_count = _count_files(read_members(tar), each)
         elif identity is None:
-            members = []
             file_count = manifest.file_count or 0
         else:
-            members = self._verify_plaintext(manifest, identity)
-            file_count = sum(1 for m in members if m.type == "file")
+            file_count = _count_files(self._verify_plaintext(manifest, identity), each)
         return Verification(
             backup_id=manifest.backup_id,
             size=size,
             sha256=digest.hexdigest(),
             file_count=file_count,
             decrypted=manifest.encrypted and identity is not None,
-            members=members,
         )
 
     def _verify_plaintext(self, manifest: Manifest, identity: Path) -> builtins.list[Member]:
@@ -449,6 +450,16 @@ def _plain_tar(stored: IO[bytes], compression: Compression) -> Iterator[IO[bytes
             errors.seek(0)
             message = errors.read().decode(errors="replace").strip()[-500:]
             raise ArchiveInvalid(f"zstd cannot decompress the archive: {message}")
+
+
+def _count_files(members: Iterable[Member], each: Callable[[Member], object] | None) -> int:
+    """The regular files among `members`, every member handed to `each` on the way."""
+    files = 0
+    for member in members:
+        files += member.type == "file"
+        if each is not None:
+            each(member)
+    return files
 
 
 def _drain(stream: IO[bytes], compression: Compression) -> None:

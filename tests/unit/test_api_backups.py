@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from api_shim.app import app
-from tasks.archive_listing import write_listing
+from tasks.archive_listing import listing_file
 from tasks.atomic import atomic_file
 from tasks.core.callers import mint_token
 from tasks.core.settings import get_settings
@@ -91,7 +91,8 @@ def backup(repo: BackupRepository, server_id: UUID, minutes_ago: int, **fields: 
     manifest = manifest.model_copy(update={"size": written.size, "sha256": written.sha256})
     repo.save(manifest)
     if listed:
-        write_listing(repo.listing_path(manifest), repo.verify(manifest).members)
+        with listing_file(repo.listing_path(manifest)) as listing:
+            repo.verify(manifest, each=listing.add)
     return manifest
 
 

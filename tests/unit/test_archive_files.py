@@ -549,7 +549,10 @@ def test_a_backup_without_a_listing_is_listed_from_its_archive(
         "srv/top.txt",
     }
     assert sorted(m.type for m in listed) == ["dir"] * 4 + ["file"] * 4 + ["hardlink"]
-    assert listed == repo.verify(manifest).members
+    verified: list[Member] = []
+    verification = repo.verify(manifest, each=verified.append)
+    assert listed == verified
+    assert verification.file_count == sum(m.type == "file" for m in listed) == 4
 
 
 def test_a_listing_is_read_without_the_archive(tmp_path: Path, repo: BackupRepository) -> None:

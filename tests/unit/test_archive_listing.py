@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from tasks.archive_listing import load_listing, read_members, write_listing
+from tasks.archive_listing import (
+    ListingWriter,
+    listing_file,
+    load_listing,
+    read_members,
+    write_listing,
+)
 from tasks.core.errors import ArchiveInvalid
 
 
@@ -56,3 +62,28 @@ def test_a_stream_cut_short_is_not_taken_for_an_archive(tmp_path: Path) -> None:
     cut = io.BytesIO(buffer.getvalue()[:2048])
     with pytest.raises(ArchiveInvalid):
         list(read_members(cut))
+
+
+def test_a_listing_is_written_as_members_come_and_appears_only_whole(tmp_path: Path) -> None:
+    """`listing_file`: batches of lines reach the temp file while the archive is read, more
+    than one batch here; an error leaves nothing under the listing's name."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for n in range(2000):
+            archive.addfile(tarfile.TarInfo(f"srv/many/file-{n:04}"), io.BytesIO(b""))
+    path = tmp_path / "listing.files.jsonl"
+    with listing_file(path) as listing:
+        for member in read_members(io.BytesIO(buffer.getvalue())):
+            listing.add(member)
+        assert listing.count == 2000 and listing.files == 2000
+        partial = next(tmp_path.glob(".listing.files.jsonl.*.partial"))
+        assert partial.stat().st_size >= ListingWriter.BATCH, "nothing written before the end"
+        assert not path.exists()
+    assert [m.path for m in load_listing(path)] == [f"srv/many/file-{n:04}" for n in range(2000)]
+
+    failed = tmp_path / "failed.files.jsonl"
+    with pytest.raises(ArchiveInvalid), listing_file(failed) as listing:
+        for member in read_members(io.BytesIO(buffer.getvalue())):
+            listing.add(member)
+        raise ArchiveInvalid("the archive's checksum did not match")
+    assert list(tmp_path.glob(".failed*")) == [] and not failed.exists()

@@ -22,7 +22,7 @@ from deployments.cli import main as cli
 from deployments.control.jobs import Enqueued
 from flows.backup import backup
 from tasks.archive_files import restore
-from tasks.archive_listing import load_listing, write_listing
+from tasks.archive_listing import listing_file, load_listing
 from tasks.atomic import atomic_file
 from tasks.backup import plan_command, tar_command
 from tasks.core.errors import (
@@ -296,10 +296,10 @@ def encrypted_backup(
         recipients=[identity.recipient],
         started_at=utcnow(),
     )
-    with repo.open_archive(manifest) as archive:
-        with encrypting(archive, manifest.recipients, compression) as writer:
+    with repo.open_archive(manifest) as archive, listing_file(repo.listing_path(manifest)) as ls:
+        with encrypting(archive, manifest.recipients, compression, ls.add) as writer:
             writer.write(tar_bytes(FILES, compression))
-    write_listing(repo.listing_path(manifest), writer.members)
+    assert (ls.count, ls.files, writer.members) == (2, 2, []), "members kept in memory"
     done = manifest.model_copy(
         update={
             "size": archive.size,
