@@ -4,15 +4,18 @@ started on demand through the API; it finds a byte flipped in a stored archive, 
 Breaks: one byte of a real backup's archive (made over the real sshd), in the repository, after
 the backup completed and verified. Must survive: the other backup of the server, which matches
 and gets its check time; the check job fails naming the broken backup, whose manifest says
-`corrupt` with the mismatch; the job's result lists it (`GET /api/jobs/:id`), and `/metrics`
-counts one corrupt archive for the server.
+`corrupt` with the mismatch; the job's result lists it (`GET /api/jobs/:id`), `/metrics`
+counts one corrupt archive for the server, and the server's `notify:` webhook gets one message
+(deployments/control/notifications.py, the corrupt-archives automation).
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 import tarfile
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,11 +25,15 @@ import pytest
 
 from deployments.control.catalogue import CHECK
 from deployments.control.checks import SCHEDULE_SLUG
+from deployments.control.notifications import ensure_notifications
 from deployments.system.local_target import LocalTarget
 from deployments.system.stack import Stack
+from tasks.core.inventory import load_inventory
+from tasks.core.settings import NotifySettings
 from tasks.repository import BackupRepository, BackupStatus, Manifest
 from tests.integration.conftest import CHECK_CRON, InventoryFile
 from tests.support.api import Api, error, ok
+from tests.support.receivers import Webhook
 from tests.support.trees import make_tree
 
 
@@ -86,7 +93,40 @@ def test_a_flipped_byte_is_found_by_the_check_job(
     tmp_path,
 ) -> None:
     source = make_tree(tmp_path / "source", big_bytes=50_000)
-    server_id = inventory.add_server(target, backup={"paths": [str(source)]})
+    webhook = Webhook()
+    server_id = inventory.add_server(
+        target,
+        name="web-checked",
+        backup={"paths": [str(source)]},
+        notify=[f"json://127.0.0.1:{webhook.port}/checked"],
+    )
+    try:
+        _a_flipped_byte_is_found(
+            stack, inventory, admin, run_job, wait_for_final_state, webhook, server_id
+        )
+    finally:
+        inventory.remove(server_id)
+        # No `notify:` left: the automations and block made for this server go.
+        asyncio.run(_notifications(stack, inventory))
+        webhook.close()
+
+
+async def _notifications(stack: Stack, inventory: InventoryFile) -> list[str]:
+    async with stack.client() as client:
+        return await ensure_notifications(
+            client, load_inventory(inventory.path), NotifySettings(urls=None)
+        )
+
+
+def _a_flipped_byte_is_found(
+    stack: Stack,
+    inventory: InventoryFile,
+    admin: Api,
+    run_job,
+    wait_for_final_state,
+    webhook: Webhook,
+    server_id: uuid.UUID,
+) -> None:
     backup_id = uuid.uuid4()
     run = wait_for_final_state(
         run_job("backup/backup", {"server_id": str(server_id), "backup_id": str(backup_id)})
@@ -100,6 +140,8 @@ def test_a_flipped_byte_is_found_by_the_check_job(
     data = bytearray(archive.read_bytes())
     data[len(data) // 2] ^= 0x40  # inside b.bin's random bytes: tar still lists the archive
     archive.write_bytes(bytes(data))
+    # The bootstrap's part for the server's `notify:` list, as after an edit of the inventory.
+    assert any("corrupt archives" in c for c in asyncio.run(_notifications(stack, inventory)))
 
     # Users may not start checks; an admin's runs through the check deployment.
     with Api(stack.shim_url or "", stack.jwt_secret or "", "someone") as user:
@@ -138,4 +180,12 @@ def test_a_flipped_byte_is_found_by_the_check_job(
     )
     assert found is not None, metrics[-2000:]
     assert float(found.group(1)) == 1.0
-    inventory.remove(server_id)
+
+    deadline = time.monotonic() + 30
+    while not webhook.titled("corrupt", "/checked") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    [told] = webhook.titled("corrupt", "/checked")
+    assert told["title"] == "medicine-man: 1 corrupt backups of web-checked", told
+    assert str(backup_id) in told["message"] and str(matching.backup_id) not in told["message"]
+    time.sleep(2)
+    assert len(webhook.at("/checked")) == 1, webhook.at("/checked")

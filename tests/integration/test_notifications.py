@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import email
-import json
 import re
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from uuid import UUID
 
@@ -31,6 +28,7 @@ from deployments.system.stack import Stack
 from tasks.core.inventory import load_inventory
 from tasks.core.jobs import JobType
 from tasks.core.settings import NotifySettings
+from tests.support.receivers import Webhook
 from tests.support.session import InventoryFile
 from tests.support.trees import make_tree
 
@@ -39,34 +37,6 @@ from tests.support.trees import make_tree
 DIGEST_SECONDS = 60
 GRACE_SECONDS = 5
 SCANS = 50
-
-
-class Webhook:
-    """An HTTP server thread keeping every JSON body POSTed to it."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        received = self.bodies
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", 0))
-                received.append({**json.loads(self.rfile.read(length)), "path": self.path})
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def titled(self, text: str, path: str) -> list[dict[str, Any]]:
-        return [b for b in self.bodies if text in b.get("title", "") and b["path"] == path]
-
-    def at(self, path: str) -> list[str]:
-        return [b["title"] for b in self.bodies if b["path"] == path]
 
 
 class Mailbox:
@@ -102,7 +72,7 @@ def receivers() -> Iterator[tuple[Webhook, Mailbox]]:
         yield webhook, mailbox, smtp.port  # type: ignore[misc]
     finally:
         smtp.stop()
-        webhook.server.shutdown()
+        webhook.close()
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
