@@ -22,7 +22,13 @@ from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_TLS_INSECURE
 from pydantic import BaseModel
 
 #: Imported during a run of each flow, found by profiling the forked runs.
-LAZY_IMPORTS = ("anyio._backends._asyncio", "prefect.task_engine", "encodings.idna")
+LAZY_IMPORTS = (
+    "anyio._backends._asyncio",
+    "prefect.task_engine",
+    "encodings.idna",
+    # A task's call imports it (and graphviz): ~4 % of a quick scan's process.
+    "prefect.utilities.visualization",
+)
 
 
 def complete_models(prefix: str = "prefect.") -> int:
