@@ -35,7 +35,7 @@ from tasks.archive_listing import Member, read_members
 from tasks.atomic import HashingWriter
 from tasks.core.errors import ArchiveInvalid, InvalidOptions, JobError
 from tasks.lifeline import tied_to_this_process
-from tasks.remote import repository_full
+from tasks.remote import NO_ROOM, repository_full
 
 #: Bytes moved per read from a pipe.
 CHUNK = 1 << 20
@@ -102,7 +102,7 @@ class PlaintextTap:
         self.size = 0
         self._members: list[Member] = []
         self._each = self._members.append if each is None else each
-        self._error: ArchiveInvalid | None = None
+        self._error: JobError | OSError | None = None
         self._unzstd: subprocess.Popen[bytes] | None = None
         listing_read, self._feed = _big_pipe()
         if compression == "zstd":
@@ -177,6 +177,10 @@ class PlaintextTap:
                     self._each(member)
             except ArchiveInvalid as exc:
                 self._error = exc
+            except OSError as exc:
+                # `each`'s own write (the listing's file on a full disk): the backup fails
+                # with it at `finish`, rather than this thread ending with the listing cut.
+                self._error = repository_full(self.size) if exc.errno in NO_ROOM else exc
             # tar's padding after its end, or all the rest after an error: read, so that the
             # feeding side never blocks on a full pipe.
             with contextlib.suppress(OSError):

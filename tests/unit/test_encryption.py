@@ -7,6 +7,7 @@ Against a real sshd and Prefect: tests/integration/test_encrypted_backup.py.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -22,7 +23,7 @@ from deployments.cli import main as cli
 from deployments.control.jobs import Enqueued
 from flows.backup import backup
 from tasks.archive_files import restore
-from tasks.archive_listing import listing_file, load_listing
+from tasks.archive_listing import Member, listing_file, load_listing
 from tasks.atomic import atomic_file
 from tasks.backup import plan_command, tar_command
 from tasks.core.errors import (
@@ -36,7 +37,7 @@ from tasks.core.inventory import BackupSpec, load_inventory
 from tasks.core.jobs import BackupOptions, backup_recipients
 from tasks.core.recipients import check_recipient
 from tasks.core.settings import EncryptionSettings, SettingsError, get_settings, read_settings
-from tasks.encryption import check_tools, encrypting, read_plaintext
+from tasks.encryption import PlaintextTap, check_tools, encrypting, read_plaintext
 from tasks.repository import BackupRepository, BackupStatus, Compression, Manifest, utcnow
 from tests.support.age import Identity, make_identity
 from tests.support.offline import Offline, offline
@@ -447,3 +448,18 @@ def test_the_cli_verifies_and_restores_with_the_identity(
     restored = runner.invoke(cli.app, ["restore", backup_id, str(tmp_path / "r")])
     assert restored.exit_code == 0, restored.output
     assert (tmp_path / "r" / "srv/app/a.txt").read_bytes() == FILES["srv/app/a.txt"]
+
+
+def test_a_listing_that_finds_no_room_fails_the_backup_as_a_full_repository() -> None:
+    """The tap's `each` writes the listing on the tap's own thread: a full disk there fails
+    `finish` (not the thread alone, which would leave the listing cut and the backup whole)."""
+
+    def no_room(member: Member) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    tap = PlaintextTap("none", no_room)
+    data = tar_bytes(FILES) * 40  # more than a pipe holds: the tap must keep reading
+    for start in range(0, len(data), 4096):
+        tap.feed(data[start : start + 4096])
+    with pytest.raises(RepositoryFull, match="disk is full"):
+        tap.finish()
