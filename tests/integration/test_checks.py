@@ -33,7 +33,7 @@ from tasks.core.settings import NotifySettings
 from tasks.repository import BackupRepository, BackupStatus, Manifest
 from tests.integration.conftest import CHECK_CRON, InventoryFile
 from tests.support.api import Api, error, ok
-from tests.support.receivers import Webhook
+from tests.support.receivers import Webhook, wait_until
 from tests.support.trees import make_tree
 
 
@@ -181,9 +181,7 @@ def _a_flipped_byte_is_found(
     assert found is not None, metrics[-2000:]
     assert float(found.group(1)) == 1.0
 
-    deadline = time.monotonic() + 30
-    while not webhook.titled("corrupt", "/checked") and time.monotonic() < deadline:
-        time.sleep(0.5)
+    wait_until(lambda: webhook.titled("corrupt", "/checked"), 30, "the corrupt-archive message")
     [told] = webhook.titled("corrupt", "/checked")
     assert told["title"] == "medicine-man: 1 corrupt backups of web-checked", told
     assert str(backup_id) in told["message"] and str(matching.backup_id) not in told["message"]

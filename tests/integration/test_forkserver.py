@@ -17,6 +17,7 @@ from deployments.control.queues import QUEUES
 from deployments.system.local_target import descendants
 from deployments.system.stack import FORKSERVER, POLL_SECONDS, Stack
 from deployments.worker.forkserver import DRAIN_SIGNAL, PRELOAD
+from tests.support.processes import fork_servers
 
 
 def _cmdline(pid: int) -> bytes:
@@ -65,20 +66,6 @@ def test_each_run_is_a_process_of_its_own_forked_below_the_worker(
     assert not pids & set(descendants(worker.pid or 0))
 
 
-def _fork_servers(worker_pid: int) -> list[int]:
-    """The fork servers started by the worker process itself (its runs, forked from one, share
-    its command line but are not the worker's children)."""
-    found = []
-    for pid in descendants(worker_pid):
-        try:
-            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except OSError:
-            continue
-        if parent == worker_pid and b"multiprocessing.forkserver" in _cmdline(pid):
-            found.append(pid)
-    return found
-
-
 def test_one_process_serves_every_pool_from_one_fork_server(
     stack: Stack, target, inventory, run_job, wait_for_final_state, tmp_path: Path
 ) -> None:
@@ -108,9 +95,9 @@ def test_one_process_serves_every_pool_from_one_fork_server(
         run = wait_for_final_state(run_id)
         assert run.state is not None and run.state.is_completed(), (pool, run.state)
         pids[pool] = int(str(run.infrastructure_pid).rsplit(":", 1)[-1])
-    # Each pool's run was a process of its own, forked below the one worker process.
+    # Each pool's run was a process of its own, and the one worker process has one fork server.
     assert len(set(pids.values())) == 3, pids
-    assert len(_fork_servers(worker.pid)) == 1, "not one fork server for all pools"
+    assert len(fork_servers(worker.pid)) == 1, "not one fork server for all pools"
     assert worker.pid not in pids.values()
     assert stack.workers["scan"].pid == worker.pid, "the worker process was restarted"
 

@@ -11,15 +11,14 @@ import os
 import signal
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from uuid import UUID
 
 import pytest
 from prefect.client.schemas.objects import State, StateType
 
-from deployments.system.local_target import descendants
 from deployments.system.stack import Stack
 from deployments.worker import lifeline
+from tests.support.processes import fork_servers
 
 POOL = "update"
 #: Seconds within which a process must be gone once its owner is.
@@ -46,16 +45,10 @@ def _fork_server(stack: Stack) -> int:
     """The worker's child that runs the fork server (its runs, forked, share its command line)."""
     worker = stack.workers[POOL].pid
     assert worker is not None
-    for pid in descendants(worker):
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == worker and b"multiprocessing.forkserver" in cmdline:
-            return pid
-    pytest.fail(f"no fork server below the {POOL} worker")
+    found = fork_servers(worker)
+    if not found:
+        pytest.fail(f"no fork server below the {POOL} worker")
+    return found[0]
 
 
 def _wait_gone(processes: dict[str, tuple[int, int | None]]) -> datetime:

@@ -28,7 +28,7 @@ from deployments.system.stack import Stack
 from tasks.core.inventory import load_inventory
 from tasks.core.jobs import JobType
 from tasks.core.settings import NotifySettings
-from tests.support.receivers import Webhook
+from tests.support.receivers import Webhook, wait_until
 from tests.support.session import InventoryFile
 from tests.support.trees import make_tree
 
@@ -73,14 +73,6 @@ def receivers() -> Iterator[tuple[Webhook, Mailbox]]:
     finally:
         smtp.stop()
         webhook.close()
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout} s", pytrace=False)
-        time.sleep(0.5)
 
 
 def closed_port() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from deployments.system.local_target import descendants
 from deployments.worker.lifeline import is_alive, start_time
@@ -24,3 +25,22 @@ def left_alive(tree: Tree, within: float) -> list[int]:
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.2)
+
+
+def fork_servers(worker: int) -> list[int]:
+    """The fork servers the worker process `worker` started itself: its own children running
+    `multiprocessing.forkserver` (its runs, forked from one, share that command line but are
+    the fork server's children)."""
+    found = []
+    for pid in descendants(worker):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:  # It ended meanwhile.
+            continue
+        if (
+            int(stat.rsplit(")", 1)[1].split()[1]) == worker
+            and b"multiprocessing.forkserver" in cmdline
+        ):
+            found.append(pid)
+    return found

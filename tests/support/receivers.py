@@ -1,11 +1,16 @@
-"""Receivers of notifications that tests start: a JSON webhook (apprise `json://`)."""
+"""Receivers of notifications that tests start: a JSON webhook (apprise `json://`), and the
+wait for what they receive."""
 
 from __future__ import annotations
 
 import json
 import threading
+import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+import pytest
 
 
 class Webhook:
@@ -38,3 +43,12 @@ class Webhook:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Until `check()` holds (e.g. a message has arrived); fails naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout} s", pytrace=False)
+        time.sleep(0.5)
